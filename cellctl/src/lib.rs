@@ -1,0 +1,106 @@
+//! The commands of `cellctl`, as a library so tests drive the same code paths.
+//!
+//! Each command lives in its own module with one shape: read what it needs from
+//! the loaded [`Topology`], write a human-readable report to the given output.
+//! Exit codes: 0 success, 1 the command ran and found a problem (an invalid
+//! topology, an unroutable ID), 2 bad usage (clap's own code).
+
+mod commands;
+mod load;
+
+use std::{io::Write, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+
+pub use load::LoadError;
+
+/// Operate a redcell deployment: topology, routing and mint pools.
+#[derive(Debug, Parser)]
+#[command(name = "cellctl", version, about)]
+pub struct Cli {
+    /// The topology file.
+    #[arg(
+        long,
+        global = true,
+        env = "REDCELL_TOPOLOGY",
+        default_value = "cells.yaml"
+    )]
+    pub topology: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a topology file; lists every error (exit 1) or prints a summary.
+    Validate {
+        /// File to check instead of --topology.
+        file: Option<PathBuf>,
+    },
+    /// Show where an envelope ID lives: region, epoch, suffix, cell, servers.
+    Route {
+        /// The 22-digit envelope ID.
+        envelope_id: String,
+    },
+    /// Show the suffixes new envelopes may be minted with, per cell, with shares.
+    MintPool {
+        /// Only this sender region.
+        #[arg(long)]
+        region: Option<String>,
+    },
+}
+
+/// Why a command failed; each maps to an exit code.
+#[derive(Debug)]
+pub enum CommandError {
+    /// The topology file could not be read or is invalid.
+    Load(LoadError),
+    /// The command's own input is wrong (e.g. a malformed envelope ID).
+    Input(String),
+    /// Writing the report failed (e.g. a closed pipe).
+    Output(std::io::Error),
+}
+
+impl CommandError {
+    pub fn exit_code(&self) -> u8 {
+        1
+    }
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::Load(error) => error.fmt(f),
+            CommandError::Input(message) => f.write_str(message),
+            CommandError::Output(error) => write!(f, "cannot write output: {error}"),
+        }
+    }
+}
+
+impl From<LoadError> for CommandError {
+    fn from(error: LoadError) -> CommandError {
+        CommandError::Load(error)
+    }
+}
+
+impl From<std::io::Error> for CommandError {
+    fn from(error: std::io::Error) -> CommandError {
+        CommandError::Output(error)
+    }
+}
+
+/// Runs one command, writing its report to `out`.
+pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
+    match cli.command {
+        Command::Validate { file } => {
+            commands::validate::run(file.as_deref().unwrap_or(&cli.topology), out)
+        }
+        Command::Route { envelope_id } => {
+            commands::route::run(&load::topology(&cli.topology)?, &envelope_id, out)
+        }
+        Command::MintPool { region } => {
+            commands::mint_pool::run(&load::topology(&cli.topology)?, region.as_deref(), out)
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Topology plans: the operator's changes as pure functions from one topology to
+//! the next (DESIGN.md §3, §7).
+//!
+//! Every plan edits a copy of the validated [`Document`] and validates the result
+//! again, so a plan can never produce a topology that a binary would refuse to
+//! load; `cellctl` shows the diff and writes the file. Plans never touch the
+//! range tables of existing epochs, which is why an existing envelope ID keeps
+//! routing to the same cell through any sequence of plans.
+
+use crate::{
+    document::{CellDoc, Document, EpochDoc},
+    error::ConfigErrors,
+    model::{CellStatus, Topology},
+    suffix::{self, Suffix},
+};
+
+/// Why a plan cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("unknown cell {0:?}")]
+    UnknownCell(String),
+    #[error("unknown region {0:?}")]
+    UnknownRegion(String),
+    #[error("cell {cell:?} is already {status}")]
+    AlreadyInStatus { cell: String, status: &'static str },
+    #[error(
+        "epoch {pending} is not minting yet; promote it (or remove it) before planning another expansion"
+    )]
+    ExpansionPending { pending: u8 },
+    #[error("no epoch id is left (epochs end at 99)")]
+    EpochsExhausted,
+    #[error("an expansion needs at least one split")]
+    NothingToSplit,
+    #[error("cell {0:?} already exists")]
+    CellExists(String),
+    #[error("cell {0:?} is split twice in one expansion")]
+    SplitTwice(String),
+    #[error(
+        "cell {cell:?} owns {suffixes} suffix(es) in epoch {epoch}; at least 2 are needed to split"
+    )]
+    TooSmallToSplit {
+        cell: String,
+        suffixes: usize,
+        epoch: u8,
+    },
+    #[error("epoch {0} does not exist")]
+    UnknownEpoch(u32),
+    #[error("epoch {epoch} is not newer than the minting epoch {minting}")]
+    NotNewer { epoch: u32, minting: u8 },
+    #[error("region {0:?} is not drained")]
+    NotDrained(String),
+    #[error("the planned topology is invalid:\n{0}")]
+    Invalid(ConfigErrors),
+}
+
+/// A cell to create by an expansion. It starts `active` but receives nothing until
+/// its epoch is promoted to minting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCell {
+    pub name: String,
+    pub servers: Vec<String>,
+    pub db: String,
+}
+
+/// Split `from`'s suffixes in the new epoch: `from` keeps the lower half, the new
+/// cell takes the upper half.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub from: String,
+    pub into: NewCell,
+}
+
+fn revalidate(document: Document) -> Result<Topology, PlanError> {
+    Topology::from_document(document).map_err(PlanError::Invalid)
+}
+
+fn set_status(topology: &Topology, cell: &str, status: CellStatus) -> Result<Topology, PlanError> {
+    let current = topology
+        .cell(cell)
+        .ok_or_else(|| PlanError::UnknownCell(cell.to_owned()))?;
+    if current.status == status {
+        return Err(PlanError::AlreadyInStatus {
+            cell: cell.to_owned(),
+            status: status.as_str(),
+        });
+    }
+    let mut document = topology.document().clone();
+    for doc in document.cells.iter_mut().filter(|doc| doc.name == cell) {
+        doc.status = status.as_str().to_owned();
+    }
+    revalidate(document)
+}
+
+/// Takes a cell out of the mint pool: new envelopes stop landing there, old ones
+/// still route to it. Refused when it would leave a region unable to mint.
+pub fn fail(topology: &Topology, cell: &str) -> Result<Topology, PlanError> {
+    set_status(topology, cell, CellStatus::Failed)
+}
+
+/// Puts a failed or draining cell back into the mint pool.
+pub fn restore(topology: &Topology, cell: &str) -> Result<Topology, PlanError> {
+    set_status(topology, cell, CellStatus::Active)
+}
+
+/// Parallel expansion (平行扩容): new cells and a new epoch whose tables split the
+/// chosen cells' ranges, copying the latest epoch otherwise. The minting epoch
+/// does not move (see [`promote`]), and no data is copied: IDs of earlier epochs
+/// keep routing to their cells.
+pub fn expand(topology: &Topology, splits: &[Split]) -> Result<Topology, PlanError> {
+    if splits.is_empty() {
+        return Err(PlanError::NothingToSplit);
+    }
+    let latest = topology.epochs().last().ok_or(PlanError::EpochsExhausted)?;
+    if latest.id != topology.minting_epoch() {
+        return Err(PlanError::ExpansionPending {
+            pending: latest.id.get(),
+        });
+    }
+    let new_id = latest.id.get().checked_add(1).filter(|id| *id <= 99);
+    let new_id = new_id.ok_or(PlanError::EpochsExhausted)?;
+
+    let mut document = topology.document().clone();
+    let base = document
+        .epochs
+        .last()
+        .cloned()
+        .ok_or(PlanError::EpochsExhausted)?;
+    let mut epoch = EpochDoc {
+        id: u32::from(new_id),
+        ranges: base.ranges,
+    };
+    let mut seen = Vec::new();
+    for split in splits {
+        if seen.contains(&split.from.as_str()) {
+            return Err(PlanError::SplitTwice(split.from.clone()));
+        }
+        seen.push(split.from.as_str());
+        if topology.cell(&split.into.name).is_some()
+            || splits
+                .iter()
+                .filter(|other| other.into.name == split.into.name)
+                .count()
+                > 1
+        {
+            return Err(PlanError::CellExists(split.into.name.clone()));
+        }
+        let cell = topology
+            .cell(&split.from)
+            .ok_or_else(|| PlanError::UnknownCell(split.from.clone()))?;
+        let region = topology
+            .region_name(cell.region)
+            .ok_or_else(|| PlanError::UnknownCell(split.from.clone()))?
+            .to_owned();
+        let owned: Vec<Suffix> = latest
+            .table(cell.region)
+            .and_then(|table| {
+                let index = topology.cells().iter().position(|c| c.name == cell.name)?;
+                table
+                    .assignments()
+                    .iter()
+                    .find(|(owner, _)| *owner == index)
+                    .map(|(_, ranges)| ranges.iter().flat_map(|range| range.iter()).collect())
+            })
+            .unwrap_or_default();
+        if owned.len() < 2 {
+            return Err(PlanError::TooSmallToSplit {
+                cell: split.from.clone(),
+                suffixes: owned.len(),
+                epoch: latest.id.get(),
+            });
+        }
+        let (keep, give) = owned.split_at(owned.len().div_ceil(2));
+        let table = epoch.ranges.entry(region.clone()).or_default();
+        table.insert(
+            split.from.clone(),
+            suffix::format_ranges(&suffix::coalesce(keep.iter().copied())),
+        );
+        table.insert(
+            split.into.name.clone(),
+            suffix::format_ranges(&suffix::coalesce(give.iter().copied())),
+        );
+        document.cells.push(CellDoc {
+            name: split.into.name.clone(),
+            region,
+            status: CellStatus::Active.as_str().to_owned(),
+            servers: split.into.servers.clone(),
+            db: split.into.db.clone(),
+        });
+    }
+    document.epochs.push(epoch);
+    revalidate(document)
+}
+
+/// Moves minting to a newer epoch (after its new cells are migrated and healthy).
+pub fn promote(topology: &Topology, epoch: u32) -> Result<Topology, PlanError> {
+    if !topology
+        .epochs()
+        .iter()
+        .any(|e| u32::from(e.id.get()) == epoch)
+    {
+        return Err(PlanError::UnknownEpoch(epoch));
+    }
+    let minting = topology.minting_epoch().get();
+    if epoch <= u32::from(minting) {
+        return Err(PlanError::NotNewer { epoch, minting });
+    }
+    let mut document = topology.document().clone();
+    document.minting.epoch = epoch;
+    revalidate(document)
+}
+
+/// Sends new envelopes of region `from` to the cells of region `to`.
+pub fn drain_region(topology: &Topology, from: &str, to: &str) -> Result<Topology, PlanError> {
+    for region in [from, to] {
+        if topology.region_digit(region).is_none() {
+            return Err(PlanError::UnknownRegion(region.to_owned()));
+        }
+    }
+    let mut document = topology.document().clone();
+    document
+        .minting
+        .region_override
+        .insert(from.to_owned(), to.to_owned());
+    revalidate(document)
+}
+
+/// Lets region `from` mint in its own cells again.
+pub fn undrain_region(topology: &Topology, from: &str) -> Result<Topology, PlanError> {
+    let mut document = topology.document().clone();
+    if document
+        .minting
+        .region_override
+        .shift_remove(from)
+        .is_none()
+    {
+        return Err(PlanError::NotDrained(from.to_owned()));
+    }
+    revalidate(document)
+}

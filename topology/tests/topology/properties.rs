@@ -1,0 +1,263 @@
+//! Property tests (DESIGN.md §3, STYLE 17): the ID codec round-trips; after any
+//! sequence of valid plans every suffix is covered exactly once per region and
+//! epoch; the mint pool never holds a non-active cell; an expansion never
+//! reroutes an existing (region, epoch, suffix).
+
+use indexmap::IndexMap;
+use proptest::prelude::*;
+use redcell_topology::{
+    CellStatus, EnvelopeId, EpochId, MintDate, RegionDigit, Suffix, Topology,
+    document::{CellDoc, Document, EpochDoc, MintingDoc},
+    plan::{self, NewCell, Split},
+};
+
+const REGIONS: [&str; 3] = ["north", "south", "east"];
+
+/// A random valid topology: 1-3 regions, 1-4 cells each, random cut points,
+/// at least one active cell per region.
+fn topology_strategy() -> impl Strategy<Value = Topology> {
+    prop::collection::vec(
+        (
+            1usize..=4,
+            prop::collection::vec(1u16..999, 3),
+            prop::collection::vec(0u8..3, 4),
+        ),
+        1..=3,
+    )
+    .prop_map(|regions| {
+        let mut document = Document {
+            version: 1,
+            regions: Vec::new(),
+            cells: Vec::new(),
+            epochs: vec![EpochDoc {
+                id: 0,
+                ranges: IndexMap::new(),
+            }],
+            minting: MintingDoc {
+                epoch: 0,
+                region_override: IndexMap::new(),
+            },
+            degrade: Default::default(),
+        };
+        for (r, (cells, cuts, statuses)) in regions.into_iter().enumerate() {
+            let region = REGIONS[r].to_owned();
+            document.regions.push(region.clone());
+            let mut cuts: Vec<u16> = cuts.into_iter().take(cells - 1).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut bounds = vec![0u16];
+            bounds.extend(cuts);
+            bounds.push(1000);
+            let mut table = IndexMap::new();
+            for (c, pair) in bounds.windows(2).enumerate() {
+                let name = format!("{}{}", &region[..1], c + 1);
+                let status = if c == 0 { 0 } else { statuses[c] };
+                document.cells.push(CellDoc {
+                    name: name.clone(),
+                    region: region.clone(),
+                    status: ["active", "failed", "draining"][usize::from(status)].to_owned(),
+                    servers: vec![format!("10.0.{r}.{c}:7000")],
+                    db: format!("postgres://redcell@10.0.{r}.{c}:5432/cell_{name}"),
+                });
+                table.insert(name, format!("{:03}-{:03}", pair[0], pair[1] - 1));
+            }
+            document.epochs[0].ranges.insert(region, table);
+        }
+        Topology::from_document(document).expect("generated topology is valid")
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Fail(usize),
+    Restore(usize),
+    Expand(Vec<usize>),
+    Promote,
+    Drain(usize, usize),
+    Undrain(usize),
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0usize..16).prop_map(Step::Fail),
+        (0usize..16).prop_map(Step::Restore),
+        prop::collection::vec(0usize..16, 1..3).prop_map(Step::Expand),
+        Just(Step::Promote),
+        (0usize..3, 0usize..3).prop_map(|(a, b)| Step::Drain(a, b)),
+        (0usize..3).prop_map(Step::Undrain),
+    ]
+}
+
+fn apply(topology: &Topology, step: &Step, counter: &mut u32) -> Option<Topology> {
+    let cell_name = |i: usize| topology.cells()[i % topology.cells().len()].name.clone();
+    let region_name = |i: usize| topology.regions()[i % topology.regions().len()].clone();
+    let result = match step {
+        Step::Fail(i) => plan::fail(topology, &cell_name(*i)),
+        Step::Restore(i) => plan::restore(topology, &cell_name(*i)),
+        Step::Expand(picks) => {
+            let splits: Vec<Split> = picks
+                .iter()
+                .map(|i| {
+                    *counter += 1;
+                    Split {
+                        from: cell_name(*i),
+                        into: NewCell {
+                            name: format!("x{counter}"),
+                            servers: vec![format!("10.9.0.{}:7000", *counter % 250)],
+                            db: format!(
+                                "postgres://redcell@10.9.0.{}:5432/cell_x{counter}",
+                                *counter % 250
+                            ),
+                        },
+                    }
+                })
+                .collect();
+            plan::expand(topology, &splits)
+        }
+        Step::Promote => {
+            let latest = topology.epochs().last()?.id.get();
+            plan::promote(topology, u32::from(latest))
+        }
+        Step::Drain(a, b) => plan::drain_region(topology, &region_name(*a), &region_name(*b)),
+        Step::Undrain(a) => plan::undrain_region(topology, &region_name(*a)),
+    };
+    result.ok()
+}
+
+/// Every (region, epoch, suffix) -> cell, by routing a concrete ID.
+fn routes(topology: &Topology) -> Vec<((u8, u8, u16), String)> {
+    let mut all = Vec::new();
+    for (position, _) in topology.regions().iter().enumerate() {
+        let region = RegionDigit::new(u8::try_from(position + 1).unwrap()).unwrap();
+        for epoch in topology.epochs() {
+            for value in 0..1000 {
+                let suffix = Suffix::new(value).unwrap();
+                let id = EnvelopeId::new(
+                    MintDate::new(2026, 1, 22).unwrap(),
+                    region,
+                    epoch.id,
+                    1,
+                    suffix,
+                )
+                .unwrap();
+                let cell = topology.route(&id).expect("every suffix routes");
+                assert_eq!(
+                    cell.region, region,
+                    "suffix {suffix} of region {position} routes to a foreign cell"
+                );
+                all.push(((region.get(), epoch.id.get(), value), cell.name.clone()));
+            }
+        }
+    }
+    all
+}
+
+fn check_invariants(topology: &Topology) {
+    let routed = routes(topology);
+    assert_eq!(
+        routed.len(),
+        topology.regions().len() * topology.epochs().len() * 1000
+    );
+    for pool in topology.mint_pools() {
+        assert!(pool.total > 0, "a region cannot mint");
+        for pool_cell in &pool.cells {
+            let cell = &topology.cells()[pool_cell.cell];
+            assert_eq!(cell.status, CellStatus::Active, "{} in the pool", cell.name);
+            assert_eq!(cell.region, pool.minter);
+        }
+        // Every suffix of the pool is owned by a pool cell in the minting epoch.
+        for random in 0..u64::from(pool.total) {
+            let (suffix, cell) = pool.draw(random).unwrap();
+            let id = EnvelopeId::new(
+                MintDate::new(2026, 1, 22).unwrap(),
+                pool.minter,
+                pool.epoch,
+                1,
+                suffix,
+            )
+            .unwrap();
+            assert_eq!(
+                topology.route(&id).unwrap().name,
+                topology.cells()[cell].name
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn id_round_trips(
+        (year, month, day) in (2000u16..2100, 1u8..=12, 1u8..=28),
+        region in 1u8..=9, epoch in 0u8..=99, sequence in 0u64..10_000_000_000, suffix in 0u16..1000,
+    ) {
+        let id = EnvelopeId::new(
+            MintDate::new(year, month, day).unwrap(),
+            RegionDigit::new(region).unwrap(),
+            EpochId::new(epoch).unwrap(),
+            sequence,
+            Suffix::new(suffix).unwrap(),
+        ).unwrap();
+        let text = id.to_string();
+        prop_assert_eq!(text.len(), 22);
+        prop_assert_eq!(text.parse::<EnvelopeId>().unwrap(), id);
+    }
+
+    #[test]
+    fn parsing_any_string_never_panics(text in ".{0,30}") {
+        let _ = text.parse::<EnvelopeId>();
+    }
+
+    #[test]
+    fn digit_strings_parse_or_name_the_field(text in "[0-9]{22}") {
+        match text.parse::<EnvelopeId>() {
+            Ok(id) => prop_assert_eq!(id.to_string(), text),
+            Err(error) => {
+                let message = error.to_string();
+                prop_assert!(message.contains("date") || message.contains("region"), "{}", message);
+            }
+        }
+    }
+
+    #[test]
+    fn plans_keep_coverage_pool_and_routes(
+        topology in topology_strategy(),
+        steps in prop::collection::vec(step_strategy(), 1..8),
+    ) {
+        check_invariants(&topology);
+        let mut current = topology;
+        let mut counter = 0;
+        for step in &steps {
+            let Some(next) = apply(&current, step, &mut counter) else { continue };
+            check_invariants(&next);
+            // Existing (region, epoch, suffix) keep their cell through any plan.
+            let before = routes(&current);
+            let after: std::collections::HashMap<_, _> = routes(&next).into_iter().collect();
+            for (key, cell) in before {
+                prop_assert_eq!(after.get(&key), Some(&cell), "{:?} rerouted by {:?}", key, step);
+            }
+            current = next;
+        }
+    }
+
+    #[test]
+    fn expansion_of_any_cell_succeeds_and_halves_it(topology in topology_strategy(), pick in 0usize..16) {
+        let from = topology.cells()[pick % topology.cells().len()].name.clone();
+        let owned = |t: &Topology, epoch: usize, name: &str| {
+            routes(t).into_iter().filter(|((_, e, _), cell)| usize::from(*e) == epoch && cell == name).count()
+        };
+        let before = owned(&topology, 0, &from);
+        let split = Split {
+            from: from.clone(),
+            into: NewCell { name: "zz".into(), servers: vec!["10.8.0.1:7000".into()], db: "postgres://r@10.8.0.1:5432/zz".into() },
+        };
+        match plan::expand(&topology, &[split]) {
+            Ok(expanded) => {
+                prop_assert_eq!(owned(&expanded, 1, &from), before.div_ceil(2));
+                prop_assert_eq!(owned(&expanded, 1, "zz"), before / 2);
+            }
+            Err(error) => prop_assert!(before < 2, "{}", error),
+        }
+    }
+}

@@ -13,3 +13,40 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    /// The compiled contract is the one DESIGN.md §4 names: a build that silently
+    /// dropped or renamed an RPC would break every client.
+    #[test]
+    fn descriptor_lists_the_client_api() -> Result<(), prost::DecodeError> {
+        let set = prost_types::FileDescriptorSet::decode(super::v1::FILE_DESCRIPTOR_SET)?;
+        let file = set.file.iter().find(|file| file.package() == "redcell.v1");
+        let services: Vec<(String, Vec<String>)> = file
+            .map(|file| {
+                file.service
+                    .iter()
+                    .map(|service| {
+                        let methods = service.method.iter().map(|m| m.name().to_owned());
+                        (service.name().to_owned(), methods.collect())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            services,
+            [
+                (
+                    "RedEnvelope".to_owned(),
+                    ["Send", "Grab", "Open", "Get", "History"]
+                        .map(String::from)
+                        .to_vec()
+                ),
+                ("CellInternal".to_owned(), vec!["CellHistory".to_owned()]),
+            ]
+        );
+        Ok(())
+    }
+}

@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn coalesces_runs() {
-        let suffixes = [1, 2, 3, 7, 9, 10].map(|v| Suffix(v));
+        let suffixes = [1, 2, 3, 7, 9, 10].map(Suffix);
         assert_eq!(format_ranges(&coalesce(suffixes)), "001-003,007,009-010");
     }
 }

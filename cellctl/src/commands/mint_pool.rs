@@ -11,13 +11,13 @@ pub fn run(
     only: Option<&str>,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
-    if let Some(name) = only {
-        if topology.region_digit(name).is_none() {
-            return Err(CommandError::Input(format!(
-                "unknown region {name:?} (regions: {})",
-                topology.regions().join(", ")
-            )));
-        }
+    if let Some(name) = only
+        && topology.region_digit(name).is_none()
+    {
+        return Err(CommandError::Input(format!(
+            "unknown region {name:?} (regions: {})",
+            topology.regions().join(", ")
+        )));
     }
     for pool in topology.mint_pools() {
         let sender = topology.region_name(pool.sender).unwrap_or("?");

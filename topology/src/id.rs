@@ -39,6 +39,36 @@ impl MintDate {
         valid.then_some(MintDate { year, month, day })
     }
 
+    /// The UTC date of a Unix day number (days since 1970-01-01), by Howard
+    /// Hinnant's `civil_from_days`. `None` outside 2000–2099.
+    pub fn from_unix_days(days: i64) -> Option<MintDate> {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let day_of_era = z.rem_euclid(146_097);
+        let year_of_era =
+            (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+        let shifted_month = (5 * day_of_year + 2) / 153;
+        let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+        let month = if shifted_month < 10 {
+            shifted_month + 3
+        } else {
+            shifted_month - 9
+        };
+        let year = year_of_era + era * 400 + i64::from(month <= 2);
+        MintDate::new(
+            u16::try_from(year).ok()?,
+            u8::try_from(month).ok()?,
+            u8::try_from(day).ok()?,
+        )
+    }
+
+    /// Today's UTC date at `now`.
+    pub fn from_system_time(now: std::time::SystemTime) -> Option<MintDate> {
+        let seconds = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+        MintDate::from_unix_days(i64::try_from(seconds / 86_400).ok()?)
+    }
+
     pub fn year(self) -> u16 {
         self.year
     }

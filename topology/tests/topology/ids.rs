@@ -105,3 +105,14 @@ fn malformed_ids_name_the_problem() {
 fn leap_day_of_a_leap_year_is_valid() {
     assert!("2402291030000481516742".parse::<EnvelopeId>().is_ok());
 }
+
+#[test]
+fn unix_days_become_calendar_dates() {
+    let date = |days| MintDate::from_unix_days(days);
+    assert_eq!(date(10_957), MintDate::new(2000, 1, 1)); // 2000-01-01
+    assert_eq!(date(11_016), MintDate::new(2000, 2, 29));
+    assert_eq!(date(20_475), MintDate::new(2026, 1, 22));
+    assert_eq!(date(47_481), MintDate::new(2099, 12, 31));
+    assert_eq!(date(47_482), None); // 2100-01-01 does not fit two year digits
+    assert_eq!(date(0), None); // 1970
+}

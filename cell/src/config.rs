@@ -1,0 +1,201 @@
+//! The logic server's configuration: flags (with environment fallbacks) parsed
+//! by clap, then validated against the topology into a [`CellConfig`] before any
+//! port is bound. A bad value exits with a message naming its flag.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use clap::Parser;
+use redcell_topology::Topology;
+
+use crate::{context::OpenStrategy, lane::LaneConfig, request::Limits};
+
+/// A redcell logic server: one cell's envelopes, lanes and workers.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cell", version, about)]
+pub struct CellArgs {
+    /// The topology file.
+    #[arg(long, env = "REDCELL_TOPOLOGY", default_value = "cells.yaml")]
+    pub topology: PathBuf,
+    /// This server's cell (a name in the topology).
+    #[arg(long, env = "REDCELL_CELL")]
+    pub cell: String,
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "REDCELL_LISTEN")]
+    pub listen: SocketAddr,
+    /// The order DB; defaults to the cell's `db` in the topology (override to
+    /// keep credentials out of cells.yaml).
+    #[arg(long, env = "REDCELL_DB_DSN")]
+    pub db_dsn: Option<String>,
+    /// The ledger (the payment system's stand-in).
+    #[arg(long, env = "REDCELL_LEDGER_DSN")]
+    pub ledger_dsn: String,
+    /// Order DB connections of this server.
+    #[arg(long, env = "REDCELL_DB_POOL", default_value_t = 16)]
+    pub db_pool: usize,
+    /// Ledger connections of this server.
+    #[arg(long, env = "REDCELL_LEDGER_POOL", default_value_t = 8)]
+    pub ledger_pool: usize,
+    /// Seconds until an envelope expires and its remainder is refunded.
+    #[arg(long, env = "REDCELL_ENVELOPE_TTL_SECS", default_value_t = 86_400)]
+    pub envelope_ttl_secs: u64,
+    /// How Opens are executed; `rowlock` exists for benchmarks only.
+    #[arg(long, value_enum, default_value = "lane")]
+    pub open_strategy: OpenStrategy,
+    /// Requests queued per envelope before RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 4096)]
+    pub lane_queue_cap: usize,
+    /// Most Opens per batch commit.
+    #[arg(long, default_value_t = 512)]
+    pub lane_batch_max: usize,
+    /// Seconds after which an idle lane is dropped.
+    #[arg(long, default_value_t = 30)]
+    pub lane_idle_secs: u64,
+    /// Most shares per envelope.
+    #[arg(long, default_value_t = 500)]
+    pub max_count: u32,
+    /// Largest envelope, in cents.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_total_cents: i64,
+    /// Milliseconds between worker passes when idle.
+    #[arg(long, default_value_t = 500)]
+    pub worker_interval_ms: u64,
+    /// Seconds a Send may stay PENDING_PAYMENT before recovery resolves it.
+    #[arg(long, default_value_t = 10)]
+    pub recovery_grace_secs: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "REDCELL_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Worker cadence.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    pub interval: Duration,
+    pub recovery_grace: Duration,
+    pub health_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> WorkerConfig {
+        WorkerConfig {
+            interval: Duration::from_millis(500),
+            recovery_grace: Duration::from_secs(10),
+            health_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A validated configuration of one logic server.
+#[derive(Debug, Clone)]
+pub struct CellConfig {
+    pub cell: String,
+    pub topology: Arc<Topology>,
+    pub db_dsn: String,
+    pub db_pool: usize,
+    pub limits: Limits,
+    pub envelope_ttl: Duration,
+    pub lanes: LaneConfig,
+    pub open_strategy: OpenStrategy,
+    pub workers: WorkerConfig,
+}
+
+impl CellConfig {
+    /// Defaults for `cell` of `topology` (tests and embedders adjust fields).
+    pub fn new(cell: &str, topology: Arc<Topology>) -> Result<CellConfig, String> {
+        let db_dsn = topology
+            .cell(cell)
+            .map(|found| found.db.clone())
+            .ok_or_else(|| unknown_cell(cell, &topology))?;
+        Ok(CellConfig {
+            cell: cell.to_owned(),
+            topology,
+            db_dsn,
+            db_pool: 16,
+            limits: Limits::default(),
+            envelope_ttl: Duration::from_secs(86_400),
+            lanes: LaneConfig::default(),
+            open_strategy: OpenStrategy::Lane,
+            workers: WorkerConfig::default(),
+        })
+    }
+
+    /// Validates flags against the loaded topology; every problem, each naming
+    /// its flag.
+    pub fn from_args(args: &CellArgs, topology: Topology) -> Result<CellConfig, Vec<String>> {
+        let mut errors = Vec::new();
+        let topology = Arc::new(topology);
+        let mut config = match CellConfig::new(&args.cell, topology) {
+            Ok(config) => Some(config),
+            Err(error) => {
+                errors.push(error);
+                None
+            }
+        };
+        let positive = [
+            ("--db-pool", args.db_pool as u64),
+            ("--ledger-pool", args.ledger_pool as u64),
+            ("--envelope-ttl-secs", args.envelope_ttl_secs),
+            ("--lane-queue-cap", args.lane_queue_cap as u64),
+            ("--lane-batch-max", args.lane_batch_max as u64),
+            ("--lane-idle-secs", args.lane_idle_secs),
+            ("--max-count", u64::from(args.max_count)),
+            ("--worker-interval-ms", args.worker_interval_ms),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                errors.push(format!("{flag}: must be at least 1"));
+            }
+        }
+        if args.max_total_cents < 1 {
+            errors.push(format!(
+                "--max-total-cents: must be at least 1, got {}",
+                args.max_total_cents
+            ));
+        }
+        if let Some(dsn) = &args.db_dsn
+            && dsn.parse::<tokio_postgres::Config>().is_err()
+        {
+            errors.push("--db-dsn: malformed PostgreSQL DSN".to_owned());
+        }
+        if args.ledger_dsn.parse::<tokio_postgres::Config>().is_err() {
+            errors.push("--ledger-dsn: malformed PostgreSQL DSN".to_owned());
+        }
+        let Some(config) = config.as_mut().filter(|_| errors.is_empty()) else {
+            return Err(errors);
+        };
+        if let Some(dsn) = &args.db_dsn {
+            config.db_dsn = dsn.clone();
+        }
+        config.db_pool = args.db_pool;
+        config.limits = Limits {
+            max_count: args.max_count,
+            max_total_cents: args.max_total_cents,
+            ..Limits::default()
+        };
+        config.envelope_ttl = Duration::from_secs(args.envelope_ttl_secs);
+        config.lanes = LaneConfig {
+            queue_cap: args.lane_queue_cap,
+            batch_max: args.lane_batch_max,
+            idle: Duration::from_secs(args.lane_idle_secs),
+        };
+        config.open_strategy = args.open_strategy;
+        config.workers = WorkerConfig {
+            interval: Duration::from_millis(args.worker_interval_ms),
+            recovery_grace: Duration::from_secs(args.recovery_grace_secs),
+            ..WorkerConfig::default()
+        };
+        Ok(config.clone())
+    }
+}
+
+fn unknown_cell(cell: &str, topology: &Topology) -> String {
+    let names: Vec<&str> = topology
+        .cells()
+        .iter()
+        .map(|cell| cell.name.as_str())
+        .collect();
+    format!(
+        "--cell: unknown cell {cell:?} (cells: {})",
+        names.join(", ")
+    )
+}

@@ -1,0 +1,31 @@
+//! What every operation of a cell needs, built once at startup.
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_postgres::Pool;
+use redcell_topology::Topology;
+
+use crate::{ids::IdMinter, lane::Lanes, request::Limits};
+
+/// How Opens are executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OpenStrategy {
+    /// Per-envelope lanes with batched commits (the product).
+    Lane,
+    /// One transaction per Open with `SELECT ... FOR UPDATE` (benchmarks only).
+    Rowlock,
+}
+
+/// Shared state of one logic server.
+#[derive(Debug)]
+pub struct CellContext<P> {
+    pub cell: String,
+    pub topology: Arc<Topology>,
+    pub pool: Pool,
+    pub payments: P,
+    pub lanes: Lanes,
+    pub minter: IdMinter,
+    pub limits: Limits,
+    pub envelope_ttl: Duration,
+    pub open_strategy: OpenStrategy,
+}

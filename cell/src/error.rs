@@ -1,0 +1,100 @@
+//! The cell's errors and their gRPC codes (DESIGN.md §4).
+//!
+//! One enum for the request path, one exhaustive `From<CellError> for Status`
+//! with no `_` arm: a new variant forces a decision about its code. Database
+//! errors are classified in one place ([`crate::db::DbError`]) so callers match on
+//! meaning, never on message text.
+
+use tonic::{Code, Status};
+
+use crate::db::DbError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    /// Bad input; `field` names the request field.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is well-formed but the state forbids it (insufficient
+    /// balance, an unpaid or cancelled envelope, a suffix this cell does not mint).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The lane's queue is full: retry later.
+    #[error("{0}")]
+    Busy(String),
+    /// The order DB or the payment system is unreachable: retryable.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("missing caller identity ({0})")]
+    Unauthenticated(&'static str),
+    /// Shutting down: retryable on another server of the cell.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// A bug or a broken invariant; details are logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CellError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> CellError {
+        CellError::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<DbError> for CellError {
+    fn from(error: DbError) -> CellError {
+        match error {
+            DbError::Unavailable(message) => {
+                CellError::Unavailable(format!("order database unavailable: {message}"))
+            }
+            DbError::Conflict(message) => {
+                CellError::Unavailable(format!("write conflict, retry: {message}"))
+            }
+            DbError::UniqueViolation(message) | DbError::Other(message) => {
+                CellError::Internal(message)
+            }
+        }
+    }
+}
+
+impl From<redcell_payments::PaymentsError> for CellError {
+    fn from(error: redcell_payments::PaymentsError) -> CellError {
+        use redcell_payments::PaymentsError;
+        match error {
+            PaymentsError::Unavailable(message) => {
+                CellError::Unavailable(format!("payment system unavailable: {message}"))
+            }
+            PaymentsError::KeyConflict { key } => {
+                CellError::Internal(format!("ledger key conflict on {key}"))
+            }
+            PaymentsError::InvalidAmount(cents) => {
+                CellError::Internal(format!("ledger refused amount {cents}"))
+            }
+        }
+    }
+}
+
+impl From<CellError> for Status {
+    fn from(error: CellError) -> Status {
+        let code = match &error {
+            CellError::InvalidArgument { .. } => Code::InvalidArgument,
+            CellError::NotFound(_) => Code::NotFound,
+            CellError::FailedPrecondition(_) => Code::FailedPrecondition,
+            CellError::Busy(_) => Code::ResourceExhausted,
+            CellError::Unavailable(_) | CellError::ShuttingDown => Code::Unavailable,
+            CellError::Unauthenticated(_) => Code::Unauthenticated,
+            CellError::Internal(message) => {
+                tracing::error!(%message, "internal error");
+                return Status::internal("internal error");
+            }
+        };
+        Status::new(code, error.to_string())
+    }
+}

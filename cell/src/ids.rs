@@ -1,0 +1,139 @@
+//! Minting envelope IDs in this cell (DESIGN.md §2).
+//!
+//! `YYMMDD R EE NNNNNNNNNN SSS`: today's UTC date, this cell's region, the
+//! minting epoch, a sequence unique within (cell, date), and a suffix this cell
+//! owns in the minting epoch. Sequences are reserved from the order DB in
+//! blocks, so every server of the cell mints distinct IDs without a round trip
+//! per envelope; a block abandoned by a restart only leaves a gap.
+
+use std::{sync::Arc, time::SystemTime};
+
+use deadpool_postgres::Pool;
+use rand::RngExt;
+use redcell_topology::{EnvelopeId, MintDate, RegionDigit, Suffix, SuffixRange, Topology};
+use tokio::sync::Mutex;
+
+use crate::{error::CellError, store};
+
+/// Sequences reserved per DB round trip.
+const BLOCK_SIZE: u32 = 1000;
+
+#[derive(Debug)]
+struct Block {
+    date: MintDate,
+    next: u64,
+    end: u64,
+}
+
+/// Mints the IDs of new envelopes of one cell.
+#[derive(Debug)]
+pub struct IdMinter {
+    pool: Pool,
+    cell: String,
+    block: Mutex<Option<Block>>,
+}
+
+impl IdMinter {
+    pub fn new(pool: Pool, cell: String) -> IdMinter {
+        IdMinter {
+            pool,
+            cell,
+            block: Mutex::new(None),
+        }
+    }
+
+    /// A new ID with `suffix` (chosen by the router from the mint pool), or with
+    /// a suffix of this cell drawn at random when none is given.
+    pub async fn mint(
+        &self,
+        topology: &Arc<Topology>,
+        suffix: Option<Suffix>,
+    ) -> Result<EnvelopeId, CellError> {
+        let (region, epoch, owned) = self.owned_suffixes(topology)?;
+        let suffix = match suffix {
+            Some(suffix) if owned.iter().any(|range| range.contains(suffix)) => suffix,
+            Some(suffix) => {
+                return Err(CellError::FailedPrecondition(format!(
+                    "suffix {suffix} is not minted by cell {} in epoch {epoch}",
+                    self.cell
+                )));
+            }
+            None => draw(&owned).ok_or_else(|| {
+                CellError::FailedPrecondition(format!(
+                    "cell {} mints no suffix in epoch {epoch}",
+                    self.cell
+                ))
+            })?,
+        };
+        let date = MintDate::from_system_time(SystemTime::now())
+            .ok_or_else(|| CellError::Internal("the clock is outside 2000-2099".into()))?;
+        let sequence = self.next_sequence(date).await?;
+        EnvelopeId::new(date, region, epoch, sequence, suffix).ok_or_else(|| {
+            CellError::Unavailable(format!("sequence space of {date:?} is exhausted"))
+        })
+    }
+
+    fn owned_suffixes(
+        &self,
+        topology: &Topology,
+    ) -> Result<(RegionDigit, redcell_topology::EpochId, Vec<SuffixRange>), CellError> {
+        let cell = topology
+            .cell(&self.cell)
+            .ok_or_else(|| CellError::Internal(format!("cell {} left the topology", self.cell)))?;
+        let index = topology
+            .cells()
+            .iter()
+            .position(|candidate| candidate.name == self.cell)
+            .unwrap_or(usize::MAX);
+        let epoch_id = topology.minting_epoch();
+        let owned = topology
+            .epoch(epoch_id)
+            .and_then(|epoch| epoch.table(cell.region))
+            .and_then(|table| {
+                table
+                    .assignments()
+                    .iter()
+                    .find(|(owner, _)| *owner == index)
+            })
+            .map(|(_, ranges)| ranges.clone())
+            .unwrap_or_default();
+        Ok((cell.region, epoch_id, owned))
+    }
+
+    async fn next_sequence(&self, date: MintDate) -> Result<u64, CellError> {
+        let mut block = self.block.lock().await;
+        match block.as_mut() {
+            Some(current) if current.date == date && current.next < current.end => {
+                let sequence = current.next;
+                current.next += 1;
+                Ok(sequence)
+            }
+            _ => {
+                let range = store::allocate_sequences(&self.pool, date, BLOCK_SIZE).await?;
+                let sequence = range.start;
+                *block = Some(Block {
+                    date,
+                    next: range.start + 1,
+                    end: range.end,
+                });
+                Ok(sequence)
+            }
+        }
+    }
+}
+
+fn draw(owned: &[SuffixRange]) -> Option<Suffix> {
+    let total: u32 = owned.iter().map(|range| u32::from(range.len())).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut position = rand::rng().random_range(0..total);
+    for range in owned {
+        let len = u32::from(range.len());
+        if position < len {
+            return Suffix::new(range.start().get() + u16::try_from(position).ok()?);
+        }
+        position -= len;
+    }
+    None
+}

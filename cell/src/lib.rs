@@ -1,0 +1,30 @@
+//! The redcell cell logic server (DESIGN.md §4, §5, §8).
+//!
+//! A cell owns ranges of envelope-ID suffixes and keeps their envelopes in its
+//! own PostgreSQL order DB. Requests arrive from routers over gRPC
+//! ([`service`]); each operation has its own module ([`ops`]). Opens of one
+//! envelope run through its [`lane`] and commit in batches ([`store`]); money
+//! leaves the cell only through the settlement outbox ([`workers::settlement`])
+//! into the [`redcell_payments::Payments`] boundary.
+
+pub mod allocation;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod envelope;
+pub mod error;
+pub mod health;
+pub mod ids;
+pub mod lane;
+pub mod ops;
+pub mod request;
+pub mod rowlock;
+pub mod server;
+pub mod service;
+pub mod share;
+pub mod store;
+pub mod workers;
+
+pub use config::{CellArgs, CellConfig};
+pub use context::OpenStrategy;
+pub use server::{RunError, run};

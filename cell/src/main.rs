@@ -1,0 +1,94 @@
+//! `cell`: one logic server. Parses flags, loads and validates the topology and
+//! the configuration (exit 2 naming the bad flag or key, before binding), then
+//! runs until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use redcell_cell::{CellArgs, CellConfig};
+use redcell_payments::PgLedger;
+use redcell_topology::Topology;
+
+/// Exit code of a configuration error (EX_CONFIG of sysexits.h).
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let args = CellArgs::parse();
+    init_logging(args.log_json);
+    let config = match load(&args) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("cell: {error}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cell: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cell: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &CellArgs) -> Result<CellConfig, Vec<String>> {
+    let path = args.topology.display();
+    let text = std::fs::read_to_string(&args.topology)
+        .map_err(|error| vec![format!("--topology: cannot read {path}: {error}")])?;
+    let topology = Topology::parse(&text).map_err(|errors| {
+        errors
+            .iter()
+            .map(|error| format!("{path}: {error}"))
+            .collect::<Vec<_>>()
+    })?;
+    CellConfig::from_args(args, topology)
+}
+
+async fn serve(args: CellArgs, config: CellConfig) -> Result<(), String> {
+    let ledger = PgLedger::connect(&args.ledger_dsn, args.ledger_pool)
+        .map_err(|error| format!("--ledger-dsn: {error}"))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| format!("--listen: cannot bind {}: {error}", args.listen))?;
+    redcell_cell::run(listener, config, ledger, shutdown_signal())
+        .await
+        .map_err(|error| error.to_string())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,43 @@
+//! Get: an envelope and its claims in sequence order, paginated. Read from the
+//! order DB (not the lane), so it shows only committed claims.
+
+use redcell_proto::v1 as pb;
+
+use crate::{context::CellContext, db::DbError, error::CellError, request, store};
+
+/// Claims per page when the caller asks for 0, and the most it may ask for.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 500;
+
+pub async fn get<P>(
+    cell: &CellContext<P>,
+    request: pb::GetRequest,
+) -> Result<pb::GetResponse, CellError> {
+    let id = super::owned_envelope(cell, &request.envelope_id)?;
+    let after = request::parse_page_token(&request.page_token)?;
+    let limit = match request.page_size {
+        0 => DEFAULT_PAGE,
+        size if size <= MAX_PAGE => size,
+        size => {
+            return Err(CellError::invalid(
+                "page_size",
+                format!("must be at most {MAX_PAGE}, got {size}"),
+            ));
+        }
+    };
+    let client = cell.pool.get().await.map_err(DbError::from)?;
+    let envelope = store::load_envelope(&**client, &id)
+        .await?
+        .ok_or_else(|| CellError::NotFound(format!("envelope {id} not found")))?;
+    drop(client);
+    let claims = store::claims_page(&cell.pool, &id, after, limit).await?;
+    let next_page_token = match claims.last() {
+        Some(last) if claims.len() == limit as usize => last.sequence.to_string(),
+        _ => String::new(),
+    };
+    Ok(pb::GetResponse {
+        envelope: Some(envelope.to_proto()),
+        claims: claims.iter().map(|claim| claim.to_proto()).collect(),
+        next_page_token,
+    })
+}

@@ -1,0 +1,31 @@
+//! One module per operation, each the same shape: parse (already done by
+//! [`crate::request`]), apply against the cell, return a domain value that the
+//! service converts back to the wire.
+
+pub mod get;
+pub mod grab;
+pub mod open;
+pub mod send;
+
+use redcell_topology::EnvelopeId;
+
+use crate::{context::CellContext, error::CellError, request};
+
+/// Parses an envelope ID and checks that this cell owns it.
+pub fn owned_envelope<P>(cell: &CellContext<P>, text: &str) -> Result<EnvelopeId, CellError> {
+    let id = request::parse_envelope_id(text)?;
+    let owner = cell
+        .topology
+        .route(&id)
+        .map_err(|error| CellError::invalid("envelope_id", error.to_string()))?;
+    if owner.name != cell.cell {
+        return Err(CellError::invalid(
+            "envelope_id",
+            format!(
+                "envelope {id} belongs to cell {}, not {}",
+                owner.name, cell.cell
+            ),
+        ));
+    }
+    Ok(id)
+}

@@ -1,0 +1,261 @@
+//! Wire requests -> validated commands (DESIGN.md §8). Wire types stop here: the
+//! operations only see values that passed these checks, and every violation is
+//! an `INVALID_ARGUMENT` naming its field, raised before anything is written.
+
+use redcell_proto::v1 as pb;
+use redcell_topology::EnvelopeId;
+
+use crate::{allocation::SplitRule, error::CellError};
+
+/// Input limits; defaults per DESIGN.md §8, configurable per cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_count: u32,
+    pub max_total_cents: i64,
+    pub max_greeting_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_count: 500,
+            max_total_cents: 2_000_000,
+            max_greeting_chars: 64,
+        }
+    }
+}
+
+/// A user id: 1-64 of `[A-Za-z0-9_-]` (also the ledger account name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn parse(field: &'static str, text: &str) -> Result<UserId, CellError> {
+        check_token(field, text)?;
+        Ok(UserId(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// 1-64 of `[A-Za-z0-9_-]`: user ids and idempotency keys.
+fn check_token(field: &'static str, text: &str) -> Result<(), CellError> {
+    if text.is_empty() || text.len() > 64 {
+        return Err(CellError::invalid(
+            field,
+            format!("must be 1-64 characters, got {}", text.chars().count()),
+        ));
+    }
+    if let Some(bad) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(CellError::invalid(
+            field,
+            format!("{bad:?} is not allowed; use only A-Z a-z 0-9 _ -"),
+        ));
+    }
+    Ok(())
+}
+
+/// The envelope kinds of DESIGN.md §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Lucky,
+    Equal,
+    Exclusive,
+}
+
+impl Kind {
+    /// Stored code (mirrors `redcell.v1.EnvelopeKind`).
+    pub fn code(self) -> i16 {
+        match self {
+            Kind::Lucky => 1,
+            Kind::Equal => 2,
+            Kind::Exclusive => 3,
+        }
+    }
+
+    pub fn from_code(code: i16) -> Option<Kind> {
+        match code {
+            1 => Some(Kind::Lucky),
+            2 => Some(Kind::Equal),
+            3 => Some(Kind::Exclusive),
+            _ => None,
+        }
+    }
+
+    pub fn split_rule(self) -> SplitRule {
+        match self {
+            Kind::Lucky => SplitRule::Lucky,
+            // An exclusive envelope has one share: any rule gives it all.
+            Kind::Equal | Kind::Exclusive => SplitRule::Equal,
+        }
+    }
+
+    pub fn to_proto(self) -> pb::EnvelopeKind {
+        match self {
+            Kind::Lucky => pb::EnvelopeKind::Lucky,
+            Kind::Equal => pb::EnvelopeKind::Equal,
+            Kind::Exclusive => pb::EnvelopeKind::Exclusive,
+        }
+    }
+}
+
+/// A validated Send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendCommand {
+    pub sender: UserId,
+    pub total_cents: i64,
+    pub count: u32,
+    pub kind: Kind,
+    pub greeting: String,
+    pub recipients: Vec<UserId>,
+    pub idempotency_key: String,
+}
+
+impl SendCommand {
+    pub fn parse(
+        sender: UserId,
+        request: pb::SendRequest,
+        limits: &Limits,
+    ) -> Result<SendCommand, CellError> {
+        let pb::SendRequest {
+            total_cents,
+            count,
+            kind,
+            greeting,
+            recipients,
+            idempotency_key,
+        } = request;
+        if total_cents < 1 {
+            return Err(CellError::invalid(
+                "total_cents",
+                format!("must be at least 1 cent, got {total_cents}"),
+            ));
+        }
+        if total_cents > limits.max_total_cents {
+            return Err(CellError::invalid(
+                "total_cents",
+                format!(
+                    "must be at most {} cents, got {total_cents}",
+                    limits.max_total_cents
+                ),
+            ));
+        }
+        if count < 1 || count > limits.max_count {
+            return Err(CellError::invalid(
+                "count",
+                format!("must be 1-{}, got {count}", limits.max_count),
+            ));
+        }
+        if total_cents < i64::from(count) {
+            return Err(CellError::invalid(
+                "total_cents",
+                format!("{total_cents} cents cannot make {count} shares of at least 1 cent"),
+            ));
+        }
+        let kind = match pb::EnvelopeKind::try_from(kind) {
+            Ok(pb::EnvelopeKind::Lucky) => Kind::Lucky,
+            Ok(pb::EnvelopeKind::Equal) => Kind::Equal,
+            Ok(pb::EnvelopeKind::Exclusive) => Kind::Exclusive,
+            Ok(pb::EnvelopeKind::Unspecified) | Err(_) => {
+                return Err(CellError::invalid(
+                    "kind",
+                    format!("must be LUCKY, EQUAL or EXCLUSIVE, got {kind}"),
+                ));
+            }
+        };
+        let greeting_chars = greeting.chars().count();
+        if greeting_chars > limits.max_greeting_chars {
+            return Err(CellError::invalid(
+                "greeting",
+                format!(
+                    "must be at most {} characters, got {greeting_chars}",
+                    limits.max_greeting_chars
+                ),
+            ));
+        }
+        let recipients = recipients
+            .iter()
+            .map(|recipient| UserId::parse("recipients", recipient))
+            .collect::<Result<Vec<_>, _>>()?;
+        match kind {
+            Kind::Equal if total_cents % i64::from(count) != 0 => {
+                return Err(CellError::invalid(
+                    "total_cents",
+                    format!(
+                        "EQUAL needs a total divisible by count: {total_cents} % {count} = {}",
+                        total_cents % i64::from(count)
+                    ),
+                ));
+            }
+            Kind::Exclusive if count != 1 => {
+                return Err(CellError::invalid(
+                    "count",
+                    format!("EXCLUSIVE has exactly 1 share, got {count}"),
+                ));
+            }
+            Kind::Exclusive if recipients.len() != 1 => {
+                return Err(CellError::invalid(
+                    "recipients",
+                    format!(
+                        "EXCLUSIVE needs exactly 1 recipient, got {}",
+                        recipients.len()
+                    ),
+                ));
+            }
+            Kind::Exclusive if recipients.first() == Some(&sender) => {
+                return Err(CellError::invalid(
+                    "recipients",
+                    "cannot send an EXCLUSIVE envelope to yourself",
+                ));
+            }
+            Kind::Lucky | Kind::Equal if !recipients.is_empty() => {
+                return Err(CellError::invalid(
+                    "recipients",
+                    "only EXCLUSIVE envelopes name recipients",
+                ));
+            }
+            _ => {}
+        }
+        check_token("idempotency_key", &idempotency_key)?;
+        Ok(SendCommand {
+            sender,
+            total_cents,
+            count,
+            kind,
+            greeting,
+            recipients,
+            idempotency_key,
+        })
+    }
+}
+
+/// Parses an envelope ID field (`INVALID_ARGUMENT` naming the field).
+pub fn parse_envelope_id(text: &str) -> Result<EnvelopeId, CellError> {
+    text.parse().map_err(|error: redcell_topology::IdError| {
+        CellError::invalid("envelope_id", error.to_string())
+    })
+}
+
+/// An opaque page token: the last position served (0 = first page).
+pub fn parse_page_token(text: &str) -> Result<u32, CellError> {
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse().map_err(|_| {
+        CellError::invalid(
+            "page_token",
+            format!("{text:?} is not a token this server issued"),
+        )
+    })
+}

@@ -1,0 +1,146 @@
+//! The comparison strategy (`--open-strategy rowlock`), kept for benchmarks only:
+//! one transaction per Open that locks the envelope row with `SELECT ... FOR
+//! UPDATE`. Correct (the same invariants, the same idempotency) but every Open
+//! of a hot envelope waits for the row lock and pays its own commit: the
+//! contention the lanes exist to avoid.
+
+use std::time::SystemTime;
+
+use deadpool_postgres::Pool;
+use redcell_topology::EnvelopeId;
+
+use crate::{
+    allocation,
+    db::DbError,
+    envelope::{Status, partition_day},
+    error::CellError,
+    share::{OpenResult, ShareStatus},
+    store,
+};
+
+const LOCK_ENVELOPE: &str = "SELECT id, sender, kind, status, total_cents, count, remaining_cents, remaining_count, \
+     greeting, recipients, seed, version, created_at, expires_at FROM envelopes WHERE day = $1 AND id = $2 FOR UPDATE";
+const SELECT_OWN_CLAIM: &str =
+    "SELECT amount_cents, seq FROM claims WHERE day = $1 AND envelope_id = $2 AND user_id = $3";
+const DB_EXPIRED: &str = "SELECT $1::timestamptz <= now()";
+const INSERT_CLAIM: &str =
+    "INSERT INTO claims (day, envelope_id, user_id, seq, amount_cents) VALUES ($1, $2, $3, $4, $5)";
+const UPDATE_ENVELOPE: &str = "UPDATE envelopes SET remaining_cents = $3, remaining_count = $4, status = $5, \
+     version = version + 1 WHERE day = $1 AND id = $2";
+const INSERT_TRANSFER: &str = "INSERT INTO transfers (key, kind, envelope_id, user_id, amount_cents) VALUES ($1, 1, $2, $3, $4)";
+
+pub async fn open(pool: &Pool, id: &EnvelopeId, user: &str) -> Result<OpenResult, CellError> {
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    let transaction = client.transaction().await.map_err(DbError::from)?;
+    let day = partition_day(id);
+    let text = id.to_string();
+    let row = transaction
+        .query_opt(LOCK_ENVELOPE, &[&day, &text])
+        .await
+        .map_err(DbError::from)?
+        .ok_or_else(|| CellError::NotFound(format!("envelope {id} not found")))?;
+    let envelope = store::envelope_from_row(&row)?;
+    if let Some(own) = transaction
+        .query_opt(SELECT_OWN_CLAIM, &[&day, &text, &user])
+        .await
+        .map_err(DbError::from)?
+    {
+        let sequence: i32 = own.get(1);
+        return Ok(OpenResult::taken(
+            own.get(0),
+            u32::try_from(sequence).unwrap_or(0),
+        ));
+    }
+    let expired: bool = transaction
+        .query_one(DB_EXPIRED, &[&envelope.expires_at])
+        .await
+        .map_err(DbError::from)?
+        .get(0);
+    let refusal = match envelope.status {
+        Status::PendingPayment | Status::Cancelled => {
+            return Err(CellError::FailedPrecondition(format!(
+                "envelope {id} is not open for shares"
+            )));
+        }
+        _ if !envelope.is_eligible(user) => Some(ShareStatus::NotEligible),
+        Status::Expired => Some(ShareStatus::Expired),
+        _ if expired => Some(ShareStatus::Expired),
+        Status::Exhausted => Some(ShareStatus::Exhausted),
+        Status::Active if envelope.remaining_count == 0 => Some(ShareStatus::Exhausted),
+        Status::Active => None,
+    };
+    if let Some(status) = refusal {
+        return Ok(OpenResult::refused(status));
+    }
+    let sequence = envelope.count - envelope.remaining_count + 1;
+    let amount = allocation::share(
+        envelope.kind.split_rule(),
+        &envelope.seed,
+        sequence,
+        envelope.remaining_cents,
+        envelope.remaining_count,
+    );
+    let remaining_count = envelope.remaining_count - 1;
+    let status = if remaining_count == 0 {
+        Status::Exhausted
+    } else {
+        Status::Active
+    };
+    let sequence_i32 = i32::try_from(sequence).unwrap_or(i32::MAX);
+    let remaining_i32 = i32::try_from(remaining_count).unwrap_or(i32::MAX);
+    transaction
+        .execute(INSERT_CLAIM, &[&day, &text, &user, &sequence_i32, &amount])
+        .await
+        .map_err(DbError::from)?;
+    transaction
+        .execute(
+            UPDATE_ENVELOPE,
+            &[
+                &day,
+                &text,
+                &(envelope.remaining_cents - amount),
+                &remaining_i32,
+                &status.code(),
+            ],
+        )
+        .await
+        .map_err(DbError::from)?;
+    transaction
+        .execute(
+            INSERT_TRANSFER,
+            &[&format!("claim:{id}:{sequence}"), &text, &user, &amount],
+        )
+        .await
+        .map_err(DbError::from)?;
+    transaction.commit().await.map_err(DbError::from)?;
+    Ok(OpenResult::taken(amount, sequence))
+}
+
+/// Grab without a lane: a plain read.
+pub async fn grab(pool: &Pool, id: &EnvelopeId, user: &str) -> Result<ShareStatus, CellError> {
+    let client = pool.get().await.map_err(DbError::from)?;
+    let envelope = store::load_envelope(&**client, id)
+        .await?
+        .ok_or_else(|| CellError::NotFound(format!("envelope {id} not found")))?;
+    let own = client
+        .query_opt(
+            SELECT_OWN_CLAIM,
+            &[&partition_day(id), &id.to_string(), &user],
+        )
+        .await
+        .map_err(DbError::from)?;
+    Ok(match envelope.status {
+        Status::PendingPayment | Status::Cancelled => {
+            return Err(CellError::FailedPrecondition(format!(
+                "envelope {id} is not open for shares"
+            )));
+        }
+        _ if own.is_some() => ShareStatus::AlreadyOpened,
+        _ if !envelope.is_eligible(user) => ShareStatus::NotEligible,
+        _ if envelope.status == Status::Expired || SystemTime::now() >= envelope.expires_at => {
+            ShareStatus::Expired
+        }
+        _ if envelope.remaining_count == 0 => ShareStatus::Exhausted,
+        _ => ShareStatus::Available,
+    })
+}

@@ -1,0 +1,142 @@
+//! Running one logic server: `run(listener, config, payments, shutdown)`, the
+//! same function for `main` and for tests (which bind port 0).
+//!
+//! Shutdown order: stop accepting and drain in-flight gRPC calls (each waits for
+//! its lane's batch to commit), then cancel the lanes and workers and wait for
+//! every tracked task, with a deadline.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use redcell_payments::Payments;
+use redcell_proto::v1::red_envelope_server::RedEnvelopeServer;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::server::TcpIncoming;
+
+use crate::{
+    config::CellConfig,
+    context::CellContext,
+    db, health,
+    ids::IdMinter,
+    lane::Lanes,
+    service::CellService,
+    workers::{self, expiry, recovery, settlement},
+};
+
+/// How long tracked tasks get to finish after the server stopped.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("order DB: {0}")]
+    Database(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves until `shutdown` completes, then drains.
+pub async fn run<P: Payments>(
+    listener: TcpListener,
+    config: CellConfig,
+    payments: P,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let pool = db::pool(&config.db_dsn, config.db_pool).map_err(RunError::Database)?;
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let lanes = Lanes::new(
+        pool.clone(),
+        config.lanes,
+        tracker.clone(),
+        cancel.child_token(),
+    );
+    let context = Arc::new(CellContext {
+        cell: config.cell.clone(),
+        topology: config.topology.clone(),
+        pool: pool.clone(),
+        payments,
+        lanes,
+        minter: IdMinter::new(pool.clone(), config.cell.clone()),
+        limits: config.limits,
+        envelope_ttl: config.envelope_ttl,
+        open_strategy: config.open_strategy,
+    });
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(health::SERVICE, tonic_health::ServingStatus::NotServing)
+        .await;
+    tracker.spawn(health::watch_database(
+        pool.clone(),
+        reporter,
+        config.workers.health_interval,
+        cancel.child_token(),
+    ));
+    spawn_workers(&tracker, &cancel, &context, &config);
+
+    tracing::info!(cell = %config.cell, address = ?listener.local_addr().ok(), "serving");
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(RedEnvelopeServer::new(CellService::new(context.clone())))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await;
+
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks still running after the drain deadline");
+    }
+    tracing::info!(cell = %config.cell, "stopped");
+    served.map_err(RunError::from)
+}
+
+fn spawn_workers<P: Payments>(
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+    context: &Arc<CellContext<P>>,
+    config: &CellConfig,
+) {
+    let interval = config.workers.interval;
+    let settle = context.clone();
+    tracker.spawn(workers::run_loop(
+        "settlement",
+        interval,
+        cancel.child_token(),
+        move || {
+            let context = settle.clone();
+            async move {
+                settlement::settle_batch(&context.pool, &context.payments)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+        },
+    ));
+    let expire = context.clone();
+    tracker.spawn(workers::run_loop(
+        "expiry",
+        interval,
+        cancel.child_token(),
+        move || {
+            let context = expire.clone();
+            async move {
+                expiry::expire_batch(&context.pool)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+        },
+    ));
+    let recover = context.clone();
+    let grace = config.workers.recovery_grace;
+    tracker.spawn(workers::run_loop(
+        "recovery",
+        interval,
+        cancel.child_token(),
+        move || {
+            let context = recover.clone();
+            async move { recovery::recover_batch(&context.pool, &context.payments, grace).await }
+        },
+    ));
+}

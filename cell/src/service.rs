@@ -1,0 +1,108 @@
+//! The gRPC face of a logic server: `redcell.v1.RedEnvelope` as routers call it.
+//! Handlers are three lines: take the caller from metadata, call the operation,
+//! convert back. The caller's identity is the `x-redcell-user` metadata entry,
+//! set by the router from the verified bearer token, never a request field.
+
+use std::sync::Arc;
+
+use redcell_payments::Payments;
+use redcell_proto::v1::{self as pb, red_envelope_server::RedEnvelope};
+use redcell_topology::Suffix;
+use tonic::{Request, Response, Status};
+
+use crate::{context::CellContext, error::CellError, ops, request::UserId};
+
+/// Metadata entry naming the authenticated caller.
+pub const USER_METADATA: &str = "x-redcell-user";
+/// Metadata entry with the suffix the router drew from the mint pool (Send).
+pub const SUFFIX_METADATA: &str = "x-redcell-suffix";
+
+#[derive(Debug)]
+pub struct CellService<P> {
+    context: Arc<CellContext<P>>,
+}
+
+impl<P> CellService<P> {
+    pub fn new(context: Arc<CellContext<P>>) -> CellService<P> {
+        CellService { context }
+    }
+}
+
+fn caller<T>(request: &Request<T>) -> Result<UserId, CellError> {
+    let value = request
+        .metadata()
+        .get(USER_METADATA)
+        .ok_or(CellError::Unauthenticated("no x-redcell-user"))?;
+    let text = value
+        .to_str()
+        .map_err(|_| CellError::invalid("user", "must be ASCII"))?;
+    UserId::parse("user", text)
+}
+
+fn suffix<T>(request: &Request<T>) -> Result<Option<Suffix>, CellError> {
+    let Some(value) = request.metadata().get(SUFFIX_METADATA) else {
+        return Ok(None);
+    };
+    let parsed = value
+        .to_str()
+        .ok()
+        .filter(|text| text.len() == 3)
+        .and_then(|text| text.parse::<u16>().ok())
+        .and_then(Suffix::new);
+    parsed
+        .map(Some)
+        .ok_or_else(|| CellError::invalid("x-redcell-suffix", "must be three digits 000-999"))
+}
+
+#[tonic::async_trait]
+impl<P: Payments> RedEnvelope for CellService<P> {
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        let (user, suffix) = (caller(&request)?, suffix(&request)?);
+        let envelope = ops::send::send(&self.context, user, suffix, request.into_inner()).await?;
+        Ok(Response::new(pb::SendResponse {
+            envelope: Some(envelope.to_proto()),
+        }))
+    }
+
+    async fn grab(
+        &self,
+        request: Request<pb::GrabRequest>,
+    ) -> Result<Response<pb::GrabResponse>, Status> {
+        let user = caller(&request)?;
+        let status = ops::grab::grab(&self.context, user, &request.get_ref().envelope_id).await?;
+        Ok(Response::new(pb::GrabResponse {
+            status: status.to_proto().into(),
+        }))
+    }
+
+    async fn open(
+        &self,
+        request: Request<pb::OpenRequest>,
+    ) -> Result<Response<pb::OpenResponse>, Status> {
+        let user = caller(&request)?;
+        let result = ops::open::open(&self.context, user, &request.get_ref().envelope_id).await?;
+        Ok(Response::new(result.to_proto()))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        caller(&request)?;
+        Ok(Response::new(
+            ops::get::get(&self.context, request.into_inner()).await?,
+        ))
+    }
+
+    async fn history(
+        &self,
+        _request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        Err(Status::unimplemented(
+            "History is served by the router, which fans out to every cell (not available yet)",
+        ))
+    }
+}

@@ -1,0 +1,336 @@
+//! The order store: every SQL statement of the request path, each a named
+//! constant, executed through the pool. Worker queries live with their workers.
+//!
+//! The batch commit ([`commit_opens`]) is the heart of the cell: one transaction
+//! inserts a batch of claims and their settlement transfers and moves the
+//! envelope's remaining cents and count, guarded by the version the lane read.
+//! A stale writer (another server, an expiry) changes nothing and learns why.
+
+use std::ops::Range;
+
+use deadpool_postgres::Pool;
+use redcell_topology::{EnvelopeId, MintDate};
+use tokio_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use crate::{
+    db::DbError,
+    envelope::{Claim, Envelope, Status, partition_day},
+    request::Kind,
+};
+
+const INSERT_SEND_REQUEST: &str = "INSERT INTO send_requests (sender, idempotency_key, envelope_id) VALUES ($1, $2, $3) \
+     ON CONFLICT (sender, idempotency_key) DO NOTHING";
+const FIND_SEND_REQUEST: &str =
+    "SELECT envelope_id FROM send_requests WHERE sender = $1 AND idempotency_key = $2";
+const INSERT_ENVELOPE: &str = "INSERT INTO envelopes (day, id, sender, kind, status, total_cents, count, remaining_cents, \
+     remaining_count, greeting, recipients, seed, version, created_at, expires_at) \
+     VALUES ($1, $2, $3, $4, 1, $5, $6, $5, $6, $7, $8, $9, 0, $10, $11)";
+const SELECT_ENVELOPE: &str = "SELECT id, sender, kind, status, total_cents, count, remaining_cents, remaining_count, \
+     greeting, recipients, seed, version, created_at, expires_at FROM envelopes WHERE day = $1 AND id = $2";
+const SELECT_CLAIMS: &str = "SELECT user_id, amount_cents, seq, opened_at FROM claims WHERE day = $1 AND envelope_id = $2 ORDER BY seq";
+const SELECT_CLAIMS_PAGE: &str = "SELECT user_id, amount_cents, seq, opened_at FROM claims \
+     WHERE day = $1 AND envelope_id = $2 AND seq > $3 ORDER BY seq LIMIT $4";
+const SET_STATUS_FROM_PENDING: &str = "UPDATE envelopes SET status = $3, version = version + 1 \
+     WHERE day = $1 AND id = $2 AND status = 1 RETURNING version";
+const DELETE_PENDING_ENVELOPE: &str =
+    "DELETE FROM envelopes WHERE day = $1 AND id = $2 AND status = 1";
+const DELETE_SEND_REQUEST: &str = "DELETE FROM send_requests WHERE envelope_id = $1";
+const ALLOCATE_SEQUENCES: &str = "INSERT INTO id_blocks (mint_date, next_seq) VALUES ($1, $2) \
+     ON CONFLICT (mint_date) DO UPDATE SET next_seq = id_blocks.next_seq + EXCLUDED.next_seq RETURNING next_seq";
+const UPDATE_FOR_OPENS: &str = "UPDATE envelopes SET remaining_cents = $3, remaining_count = $4, status = $5, \
+     version = version + 1 WHERE day = $1 AND id = $2 AND version = $6 AND status = 2 AND expires_at > now() \
+     RETURNING version";
+const WHY_NOT_UPDATED: &str =
+    "SELECT version, status, expires_at <= now() FROM envelopes WHERE day = $1 AND id = $2";
+const INSERT_CLAIMS: &str = "INSERT INTO claims (day, envelope_id, user_id, seq, amount_cents, opened_at) \
+     SELECT $1, $2, u, s, a, now() FROM unnest($3::text[], $4::int[], $5::bigint[]) AS t(u, s, a)";
+const INSERT_CLAIM_TRANSFERS: &str = "INSERT INTO transfers (key, kind, envelope_id, user_id, amount_cents) \
+     SELECT 'claim:' || $1 || ':' || s, 1, $1, u, a FROM unnest($2::text[], $3::int[], $4::bigint[]) AS t(u, s, a)";
+
+/// Outcome of inserting a new envelope.
+#[derive(Debug)]
+pub enum Inserted {
+    New,
+    /// The sender's idempotency key already names this envelope.
+    Existing(String),
+}
+
+/// Inserts a `PENDING_PAYMENT` envelope and its idempotency row, atomically.
+pub async fn insert_pending(
+    pool: &Pool,
+    envelope: &Envelope,
+    idempotency_key: &str,
+) -> Result<Inserted, DbError> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let id = envelope.id.to_string();
+    let claimed = transaction
+        .execute(
+            INSERT_SEND_REQUEST,
+            &[&envelope.sender, &idempotency_key, &id],
+        )
+        .await?;
+    if claimed == 0 {
+        let existing = transaction
+            .query_one(FIND_SEND_REQUEST, &[&envelope.sender, &idempotency_key])
+            .await?;
+        return Ok(Inserted::Existing(existing.get(0)));
+    }
+    let count = count_i32(envelope.count);
+    transaction
+        .execute(
+            INSERT_ENVELOPE,
+            &[
+                &envelope.day(),
+                &id,
+                &envelope.sender,
+                &envelope.kind.code(),
+                &envelope.total_cents,
+                &count,
+                &envelope.greeting,
+                &envelope.recipients,
+                &envelope.seed.as_slice(),
+                &envelope.created_at,
+                &envelope.expires_at,
+            ],
+        )
+        .await?;
+    transaction.commit().await?;
+    Ok(Inserted::New)
+}
+
+pub async fn find_send_request(
+    pool: &Pool,
+    sender: &str,
+    key: &str,
+) -> Result<Option<String>, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(FIND_SEND_REQUEST, &[&sender, &key])
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Moves a `PENDING_PAYMENT` envelope to `ACTIVE` or `CANCELLED`; returns the new
+/// version, or `None` if it was no longer pending.
+pub async fn resolve_pending(
+    client: &impl GenericClient,
+    id: &EnvelopeId,
+    to: Status,
+) -> Result<Option<i64>, DbError> {
+    let row = client
+        .query_opt(
+            SET_STATUS_FROM_PENDING,
+            &[&partition_day(id), &id.to_string(), &to.code()],
+        )
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Removes a pending envelope whose debit was refused (nothing stays written).
+pub async fn delete_pending(pool: &Pool, id: &EnvelopeId) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let text = id.to_string();
+    let deleted = transaction
+        .execute(DELETE_PENDING_ENVELOPE, &[&partition_day(id), &text])
+        .await?;
+    if deleted == 1 {
+        transaction.execute(DELETE_SEND_REQUEST, &[&text]).await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// The envelope, without its claims.
+pub async fn load_envelope(
+    client: &impl GenericClient,
+    id: &EnvelopeId,
+) -> Result<Option<Envelope>, DbError> {
+    let row = client
+        .query_opt(SELECT_ENVELOPE, &[&partition_day(id), &id.to_string()])
+        .await?;
+    row.map(|row| envelope_from_row(&row)).transpose()
+}
+
+/// The envelope and all its claims (a lane's starting state).
+pub async fn load_with_claims(
+    pool: &Pool,
+    id: &EnvelopeId,
+) -> Result<Option<(Envelope, Vec<Claim>)>, DbError> {
+    let client = pool.get().await?;
+    let Some(envelope) = load_envelope(&**client, id).await? else {
+        return Ok(None);
+    };
+    let rows = client
+        .query(SELECT_CLAIMS, &[&partition_day(id), &id.to_string()])
+        .await?;
+    let claims = rows.iter().map(claim_from_row).collect::<Result<_, _>>()?;
+    Ok(Some((envelope, claims)))
+}
+
+/// Claims with sequence greater than `after`, in sequence order.
+pub async fn claims_page(
+    pool: &Pool,
+    id: &EnvelopeId,
+    after: u32,
+    limit: u32,
+) -> Result<Vec<Claim>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            SELECT_CLAIMS_PAGE,
+            &[
+                &partition_day(id),
+                &id.to_string(),
+                &i32::try_from(after).unwrap_or(i32::MAX),
+                &i64::from(limit),
+            ],
+        )
+        .await?;
+    rows.iter().map(claim_from_row).collect()
+}
+
+/// Reserves `count` sequence numbers of `date` for this cell (unique across all
+/// servers of the cell: they share the DB).
+pub async fn allocate_sequences(
+    pool: &Pool,
+    date: MintDate,
+    count: u32,
+) -> Result<Range<u64>, DbError> {
+    let client = pool.get().await?;
+    let key =
+        i32::from(date.year()) * 10_000 + i32::from(date.month()) * 100 + i32::from(date.day());
+    let row = client
+        .query_one(ALLOCATE_SEQUENCES, &[&key, &i64::from(count)])
+        .await?;
+    let end: i64 = row.get(0);
+    let end = u64::try_from(end).map_err(|_| DbError::Other(format!("negative sequence {end}")))?;
+    Ok(end.saturating_sub(u64::from(count))..end)
+}
+
+/// One share to insert.
+#[derive(Debug, Clone)]
+pub struct NewClaim {
+    pub user: String,
+    pub sequence: u32,
+    pub amount_cents: i64,
+}
+
+/// What the version-checked batch commit found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Committed; the envelope's new version.
+    Committed(i64),
+    /// Someone else wrote first (another server): reload and retry.
+    Stale,
+    /// The database's clock says the envelope expired: nothing was written.
+    Expired,
+    /// The envelope is no longer ACTIVE (exhausted, expired by the worker...).
+    NotActive,
+}
+
+/// Commits a lane's batch: claims + transfers + the envelope's decrement, in one
+/// transaction, guarded by `version`. `remaining_*` are the values after the batch.
+pub async fn commit_opens(
+    pool: &Pool,
+    envelope: &Envelope,
+    claims: &[NewClaim],
+    remaining_cents: i64,
+    remaining_count: u32,
+) -> Result<CommitOutcome, DbError> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let day = envelope.day();
+    let id = envelope.id.to_string();
+    let status = if remaining_count == 0 {
+        Status::Exhausted
+    } else {
+        Status::Active
+    };
+    let updated = transaction
+        .query_opt(
+            UPDATE_FOR_OPENS,
+            &[
+                &day,
+                &id,
+                &remaining_cents,
+                &count_i32(remaining_count),
+                &status.code(),
+                &envelope.version,
+            ],
+        )
+        .await?;
+    let Some(updated) = updated else {
+        let why = transaction.query_opt(WHY_NOT_UPDATED, &[&day, &id]).await?;
+        transaction.rollback().await?;
+        return Ok(match why {
+            Some(row) if row.get::<_, i64>(0) != envelope.version => CommitOutcome::Stale,
+            Some(row) if row.get::<_, i16>(1) != Status::Active.code() => CommitOutcome::NotActive,
+            Some(row) if row.get::<_, bool>(2) => CommitOutcome::Expired,
+            _ => CommitOutcome::Stale,
+        });
+    };
+    let users: Vec<&str> = claims.iter().map(|claim| claim.user.as_str()).collect();
+    let sequences: Vec<i32> = claims
+        .iter()
+        .map(|claim| count_i32(claim.sequence))
+        .collect();
+    let amounts: Vec<i64> = claims.iter().map(|claim| claim.amount_cents).collect();
+    transaction
+        .execute(INSERT_CLAIMS, &[&day, &id, &users, &sequences, &amounts])
+        .await?;
+    transaction
+        .execute(INSERT_CLAIM_TRANSFERS, &[&id, &users, &sequences, &amounts])
+        .await?;
+    transaction.commit().await?;
+    Ok(CommitOutcome::Committed(updated.get(0)))
+}
+
+fn count_i32(count: u32) -> i32 {
+    i32::try_from(count).unwrap_or(i32::MAX)
+}
+
+fn corrupt(what: &str, value: impl std::fmt::Debug) -> DbError {
+    DbError::Other(format!("corrupt {what} in order DB: {value:?}"))
+}
+
+pub fn envelope_from_row(row: &Row) -> Result<Envelope, DbError> {
+    let id: String = row.try_get(0).map_err(DbError::from)?;
+    let kind: i16 = row.try_get(2).map_err(DbError::from)?;
+    let status: i16 = row.try_get(3).map_err(DbError::from)?;
+    let count: i32 = row.try_get(5).map_err(DbError::from)?;
+    let remaining_count: i32 = row.try_get(7).map_err(DbError::from)?;
+    let seed: Vec<u8> = row.try_get(10).map_err(DbError::from)?;
+    Ok(Envelope {
+        id: id.parse().map_err(|_| corrupt("envelope id", &id))?,
+        sender: row.try_get(1).map_err(DbError::from)?,
+        kind: Kind::from_code(kind).ok_or_else(|| corrupt("kind", kind))?,
+        status: Status::from_code(status).ok_or_else(|| corrupt("status", status))?,
+        total_cents: row.try_get(4).map_err(DbError::from)?,
+        count: u32::try_from(count).map_err(|_| corrupt("count", count))?,
+        remaining_cents: row.try_get(6).map_err(DbError::from)?,
+        remaining_count: u32::try_from(remaining_count)
+            .map_err(|_| corrupt("remaining_count", remaining_count))?,
+        greeting: row.try_get(8).map_err(DbError::from)?,
+        recipients: row.try_get(9).map_err(DbError::from)?,
+        seed: seed
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt("seed length", seed.len()))?,
+        version: row.try_get(11).map_err(DbError::from)?,
+        created_at: row.try_get(12).map_err(DbError::from)?,
+        expires_at: row.try_get(13).map_err(DbError::from)?,
+    })
+}
+
+fn claim_from_row(row: &Row) -> Result<Claim, DbError> {
+    let sequence: i32 = row.try_get(2).map_err(DbError::from)?;
+    Ok(Claim {
+        user: row.try_get(0).map_err(DbError::from)?,
+        amount_cents: row.try_get(1).map_err(DbError::from)?,
+        sequence: u32::try_from(sequence).map_err(|_| corrupt("claim seq", sequence))?,
+        opened_at: row.try_get(3).map_err(DbError::from)?,
+    })
+}

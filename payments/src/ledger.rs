@@ -1,0 +1,456 @@
+//! [`PgLedger`]: the built-in payment system, a PostgreSQL ledger in its own
+//! database (schema: `migrations/sql/ledger/0001_ledger.sql`,
+//! `redcell_migrations::LEDGER`).
+//!
+//! Two tables: `accounts` (one balance per account) and `entries` (one row
+//! per idempotency key: a debit, a credit or a void; append-only).
+//!
+//! # Invariants, and why they hold
+//!
+//! - **A balance never goes negative.** A debit moves money with
+//!   `UPDATE .. SET balance = balance - x WHERE balance >= x`; at READ
+//!   COMMITTED a concurrent debit of the same account waits for the row lock
+//!   and re-checks the condition on the committed balance, so two debits can
+//!   never both spend the same cents. The `CHECK (balance_cents >= 0)` on the
+//!   column is the backstop that would turn a bug into an error instead of
+//!   an overdraft.
+//! - **One entry per key, and money moves for a key at most once.** The key
+//!   is the primary key of `entries`. Each operation inserts its entry
+//!   (`ON CONFLICT DO NOTHING`) and moves the balance in the **same
+//!   transaction**, so a crash, a lost connection or a refused debit at any
+//!   point either keeps both or neither. A concurrent call with the same key
+//!   waits on the first one's uncommitted entry, then sees it and answers
+//!   from it (a replay) instead of moving money again.
+//! - **A voided key can never be debited.** [`Payments::resolve_debit`]
+//!   inserts a void entry under the key when it has none; from then on the
+//!   key's entry is the void, so a debit arriving late (a retry the caller
+//!   gave up on) conflicts with it and is answered [`DebitOutcome::Voided`].
+//!   Entries are never updated or deleted, so the answer is final.
+//! - **Conservation.** Because of the above, every account's balance equals
+//!   its credits minus its debits; [`PgLedger::discrepancies`] checks it and
+//!   [`PgLedger::total_balance`] is what a run may compare across faults.
+//!
+//! Nothing else takes a lock: a call is one short transaction (debit,
+//! credit) or two autocommit statements (`resolve_debit`), with no
+//! application-level retry loops inside; retrying `Unavailable` is the
+//! caller's job, with the same key.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, Row};
+
+use crate::error::PaymentsError;
+use crate::sql;
+use crate::{DebitOutcome, DebitResolution, Payments};
+
+/// How long a call waits for a free pooled connection before it is
+/// `Unavailable` (the pool is full of slow calls: the ledger is overloaded).
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long opening one connection may take (connect + authenticate).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long checking a pooled connection before reuse may take.
+const RECYCLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The kind of a ledger entry; stored as `smallint` (`code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// Money taken from the account.
+    Debit,
+    /// Money given to the account.
+    Credit,
+    /// The key was voided by `resolve_debit`; no account, no money.
+    Void,
+}
+
+impl EntryKind {
+    /// The value stored in `entries.kind`.
+    pub fn code(self) -> i16 {
+        match self {
+            EntryKind::Debit => 1,
+            EntryKind::Credit => 2,
+            EntryKind::Void => 3,
+        }
+    }
+
+    /// The kind stored as `code`, if it is one.
+    pub fn from_code(code: i16) -> Option<EntryKind> {
+        match code {
+            1 => Some(EntryKind::Debit),
+            2 => Some(EntryKind::Credit),
+            3 => Some(EntryKind::Void),
+            _ => None,
+        }
+    }
+}
+
+/// One row of `entries`: what happened under a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// The idempotency key the caller chose.
+    pub key: String,
+    /// The account the money moved on (`""` for a void).
+    pub account: String,
+    /// Debit, credit or void.
+    pub kind: EntryKind,
+    /// Positive for debits and credits, 0 for a void.
+    pub amount_cents: i64,
+}
+
+impl LedgerEntry {
+    fn from_row(row: &Row) -> Result<LedgerEntry, PaymentsError> {
+        let code: i16 = row.try_get(2)?;
+        let kind = EntryKind::from_code(code).ok_or_else(|| {
+            PaymentsError::Unavailable(format!("ledger entry has unknown kind {code}"))
+        })?;
+        Ok(LedgerEntry {
+            key: row.try_get(0)?,
+            account: row.try_get(1)?,
+            kind,
+            amount_cents: row.try_get(3)?,
+        })
+    }
+
+    /// Whether this entry is exactly the operation now requested again.
+    fn is_replay_of(&self, kind: EntryKind, account: &str, cents: i64) -> bool {
+        self.kind == kind && self.account == account && self.amount_cents == cents
+    }
+}
+
+/// Counts and sums of the entries whose keys share a prefix, read in one
+/// snapshot (for invariant checks such as "every done transfer has exactly
+/// one ledger entry with its key").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EntryTotals {
+    /// Number of debit entries.
+    pub debits: i64,
+    /// Sum of the debit entries' amounts.
+    pub debited_cents: i64,
+    /// Number of credit entries.
+    pub credits: i64,
+    /// Sum of the credit entries' amounts.
+    pub credited_cents: i64,
+    /// Number of void entries.
+    pub voids: i64,
+}
+
+/// An account whose balance is not its credits minus its debits: a broken
+/// ledger. Reported by [`PgLedger::discrepancies`], which should find none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountDiscrepancy {
+    /// The account (present in `accounts`, in `entries`, or both).
+    pub account: String,
+    /// Its balance (0 if it has no `accounts` row).
+    pub balance_cents: i64,
+    /// Its credits minus its debits, from `entries`.
+    pub entries_net_cents: i64,
+}
+
+/// The built-in [`Payments`]: a PostgreSQL ledger behind a connection pool.
+///
+/// Cheap to clone (the pool is shared); clones are the same ledger.
+#[derive(Debug, Clone)]
+pub struct PgLedger {
+    pool: Pool,
+}
+
+impl PgLedger {
+    /// A ledger over an existing pool (whose database has the ledger schema).
+    pub fn new(pool: Pool) -> PgLedger {
+        PgLedger { pool }
+    }
+
+    /// A ledger over a new pool of up to `max_connections` (at least 1)
+    /// connections to `dsn` (`postgres://user@host:port/db` or
+    /// `host=.. dbname=..`). Lazy: nothing is connected until the first call,
+    /// so a ledger that is down at startup is `Unavailable` per call, not a
+    /// startup failure. Waiting for a connection and opening one are bounded
+    /// (5 s each); a statement timeout, if wanted, goes in the DSN
+    /// (`options=-c statement_timeout=2s`).
+    ///
+    /// An unparsable DSN is reported as `Unavailable` with the parse error.
+    pub fn connect(dsn: &str, max_connections: usize) -> Result<PgLedger, PaymentsError> {
+        let mut config: tokio_postgres::Config = dsn
+            .parse()
+            .map_err(|err| PaymentsError::Unavailable(format!("invalid ledger DSN: {err}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(RECYCLE_TIMEOUT))
+            .build()
+            .map_err(|err| {
+                PaymentsError::Unavailable(format!("building the ledger pool: {err}"))
+            })?;
+        Ok(PgLedger { pool })
+    }
+
+    /// The pool, e.g. for health checks and pool metrics.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Funds `account` (an operator or test action): a credit under `key`,
+    /// with the same idempotency.
+    pub async fn deposit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
+        self.credit(key, account, cents).await
+    }
+
+    /// The balance of `account`; 0 for an account the ledger has never seen.
+    pub async fn balance(&self, account: &str) -> Result<i64, PaymentsError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(sql::SELECT_BALANCE).await?;
+        match client.query_opt(&statement, &[&account]).await? {
+            Some(row) => Ok(row.try_get(0)?),
+            None => Ok(0),
+        }
+    }
+
+    /// The sum of all balances.
+    pub async fn total_balance(&self) -> Result<i64, PaymentsError> {
+        let client = self.pool.get().await?;
+        let row = client.query_one(sql::TOTAL_BALANCE, &[]).await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// The entry under `key`, if any.
+    pub async fn entry(&self, key: &str) -> Result<Option<LedgerEntry>, PaymentsError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(sql::SELECT_ENTRY).await?;
+        client
+            .query_opt(&statement, &[&key])
+            .await?
+            .as_ref()
+            .map(LedgerEntry::from_row)
+            .transpose()
+    }
+
+    /// The entries under `keys` that exist, ordered by key (a reconciler
+    /// compares them with its own list: one entry per key is guaranteed, so
+    /// a missing key is a missing entry).
+    pub async fn entries(&self, keys: &[&str]) -> Result<Vec<LedgerEntry>, PaymentsError> {
+        let client = self.pool.get().await?;
+        let rows = client.query(sql::SELECT_ENTRIES, &[&keys]).await?;
+        rows.iter().map(LedgerEntry::from_row).collect()
+    }
+
+    /// How many entries have a key starting with `prefix` (`""`: all).
+    pub async fn entries_count_by_prefix(&self, prefix: &str) -> Result<i64, PaymentsError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(sql::COUNT_ENTRIES_LIKE, &[&like_prefix(prefix)])
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Counts and sums per kind of the entries whose key starts with
+    /// `prefix` (`""`: all), in one snapshot.
+    pub async fn totals_by_prefix(&self, prefix: &str) -> Result<EntryTotals, PaymentsError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(sql::TOTALS_LIKE, &[&like_prefix(prefix)])
+            .await?;
+        Ok(EntryTotals {
+            debits: row.try_get(0)?,
+            debited_cents: row.try_get(1)?,
+            credits: row.try_get(2)?,
+            credited_cents: row.try_get(3)?,
+            voids: row.try_get(4)?,
+        })
+    }
+
+    /// Every account whose balance is not its credits minus its debits, in
+    /// one snapshot. Empty on a healthy ledger, whatever crashed meanwhile.
+    pub async fn discrepancies(&self) -> Result<Vec<AccountDiscrepancy>, PaymentsError> {
+        let client = self.pool.get().await?;
+        let rows = client.query(sql::DISCREPANCIES, &[]).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AccountDiscrepancy {
+                    account: row.try_get(0)?,
+                    balance_cents: row.try_get(1)?,
+                    entries_net_cents: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Payments for PgLedger {
+    async fn debit(
+        &self,
+        key: &str,
+        account: &str,
+        cents: i64,
+    ) -> Result<DebitOutcome, PaymentsError> {
+        positive(cents)?;
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        let insert = transaction.prepare_cached(sql::INSERT_ENTRY).await?;
+        let kind = EntryKind::Debit;
+        let inserted = transaction
+            .query_opt(&insert, &[&key, &account, &kind.code(), &cents])
+            .await?;
+        if inserted.is_none() {
+            let existing = existing_entry(&transaction, key).await?;
+            transaction.commit().await?;
+            let outcome = match existing.kind {
+                EntryKind::Void => DebitOutcome::Voided,
+                _ if existing.is_replay_of(kind, account, cents) => DebitOutcome::Debited,
+                _ => return Err(conflict(key, &existing, kind, account, cents)),
+            };
+            tracing::debug!(key, account, cents, ?outcome, "debit replayed");
+            return Ok(outcome);
+        }
+        let take = transaction.prepare_cached(sql::DEBIT_ACCOUNT).await?;
+        if transaction.execute(&take, &[&account, &cents]).await? == 0 {
+            // Does not fit (or no such account): undo the entry, keep the key free.
+            let read = transaction.prepare_cached(sql::SELECT_BALANCE).await?;
+            let balance_cents = match transaction.query_opt(&read, &[&account]).await? {
+                Some(row) => row.try_get(0)?,
+                None => 0,
+            };
+            transaction.rollback().await?;
+            tracing::debug!(
+                key,
+                account,
+                cents,
+                balance_cents,
+                "debit refused: insufficient funds"
+            );
+            return Ok(DebitOutcome::InsufficientFunds { balance_cents });
+        }
+        transaction.commit().await?;
+        tracing::debug!(key, account, cents, "debited");
+        Ok(DebitOutcome::Debited)
+    }
+
+    async fn credit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
+        positive(cents)?;
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        let insert = transaction.prepare_cached(sql::INSERT_ENTRY).await?;
+        let kind = EntryKind::Credit;
+        let inserted = transaction
+            .query_opt(&insert, &[&key, &account, &kind.code(), &cents])
+            .await?;
+        if inserted.is_none() {
+            let existing = existing_entry(&transaction, key).await?;
+            transaction.commit().await?;
+            if !existing.is_replay_of(kind, account, cents) {
+                return Err(conflict(key, &existing, kind, account, cents));
+            }
+            tracing::debug!(key, account, cents, "credit replayed");
+            return Ok(());
+        }
+        let give = transaction.prepare_cached(sql::CREDIT_ACCOUNT).await?;
+        transaction.execute(&give, &[&account, &cents]).await?;
+        transaction.commit().await?;
+        tracing::debug!(key, account, cents, "credited");
+        Ok(())
+    }
+
+    async fn resolve_debit(&self, key: &str) -> Result<DebitResolution, PaymentsError> {
+        let client = self.pool.get().await?;
+        // Two autocommit statements: the void (if the key is free) commits
+        // first, so whatever the key's entry is afterwards is final.
+        let void = client.prepare_cached(sql::VOID_KEY).await?;
+        let voided_now = client.execute(&void, &[&key]).await? == 1;
+        let read = client.prepare_cached(sql::SELECT_ENTRY).await?;
+        let entry = match client.query_opt(&read, &[&key]).await? {
+            Some(row) => LedgerEntry::from_row(&row)?,
+            None => return Err(vanished(key)),
+        };
+        let resolution = match entry.kind {
+            EntryKind::Debit => DebitResolution::Debited,
+            EntryKind::Void => DebitResolution::Voided,
+            EntryKind::Credit => {
+                tracing::error!(key, "resolve_debit on a credit's key");
+                return Err(PaymentsError::KeyConflict {
+                    key: key.to_owned(),
+                });
+            }
+        };
+        tracing::debug!(key, ?resolution, voided_now, "debit resolved");
+        Ok(resolution)
+    }
+}
+
+/// Amounts are positive cents; checked before any I/O.
+fn positive(cents: i64) -> Result<(), PaymentsError> {
+    if cents > 0 {
+        Ok(())
+    } else {
+        Err(PaymentsError::InvalidAmount(cents))
+    }
+}
+
+/// The entry that made our insert a no-op. It was committed before the
+/// insert returned (the insert waits for an uncommitted one) and entries are
+/// never deleted, so it is visible to this statement's snapshot.
+async fn existing_entry(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    key: &str,
+) -> Result<LedgerEntry, PaymentsError> {
+    let read = transaction.prepare_cached(sql::SELECT_ENTRY).await?;
+    match transaction.query_opt(&read, &[&key]).await? {
+        Some(row) => LedgerEntry::from_row(&row),
+        None => Err(vanished(key)),
+    }
+}
+
+/// An entry that conflicted on insert but cannot be read: impossible unless
+/// someone deletes entries by hand. Reported, never panicked on.
+fn vanished(key: &str) -> PaymentsError {
+    tracing::error!(key, "ledger entry conflicted on insert but cannot be read");
+    PaymentsError::Unavailable(format!(
+        "ledger entry {key:?} conflicted but cannot be read"
+    ))
+}
+
+fn conflict(
+    key: &str,
+    existing: &LedgerEntry,
+    kind: EntryKind,
+    account: &str,
+    cents: i64,
+) -> PaymentsError {
+    tracing::error!(
+        key,
+        existing_kind = ?existing.kind,
+        existing_account = %existing.account,
+        existing_cents = existing.amount_cents,
+        requested_kind = ?kind,
+        requested_account = account,
+        requested_cents = cents,
+        "idempotency key reused for a different operation"
+    );
+    PaymentsError::KeyConflict {
+        key: key.to_owned(),
+    }
+}
+
+/// `prefix%` with LIKE's wildcards in `prefix` escaped (backslash is LIKE's
+/// default escape character).
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}

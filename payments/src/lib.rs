@@ -1,0 +1,131 @@
+//! The money boundary of a cell (DESIGN.md §5 "Money flow").
+//!
+//! A cell is a merchant of a payment system: Send debits the sender, the
+//! settlement worker credits receivers and refunds senders. [`Payments`] is
+//! everything the cell needs from that system, and [`PgLedger`] is the
+//! built-in implementation: a PostgreSQL ledger in a database of its own.
+//!
+//! # The contract
+//!
+//! - **Money is `i64` cents**, always positive in a request; `cents <= 0` is
+//!   [`PaymentsError::InvalidAmount`] before anything is sent anywhere.
+//! - **Idempotent by key.** Every operation carries a key chosen by the
+//!   caller (`send:<envelope id>`, `claim:<envelope id>:<seq>`,
+//!   `refund:<envelope id>`); the first call with a key decides, every later
+//!   call with the same key and the same request gets the same answer and
+//!   moves no money. The same key with a different request is
+//!   [`PaymentsError::KeyConflict`], a bug in the caller.
+//! - **Every call may fail with [`PaymentsError::Unavailable`]**: at scale the
+//!   payment system is sharded by user on its own and may be slow or down.
+//!   Callers retry with the same key; an `Unavailable` debit whose outcome
+//!   they cannot wait for is settled with [`Payments::resolve_debit`], which
+//!   voids the key if the debit has not happened, so a late retry cannot
+//!   take the money after the caller gave up on it.
+//!
+//! # The ledger's invariants (see [`ledger`] for why they hold)
+//!
+//! 1. A balance never goes negative.
+//! 2. One entry per key: a key moves money at most once.
+//! 3. A voided key can never be debited.
+//! 4. Conservation: every balance equals its credits minus its debits.
+
+mod error;
+pub mod ledger;
+mod sql;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use error::PaymentsError;
+pub use ledger::{AccountDiscrepancy, EntryKind, EntryTotals, LedgerEntry, PgLedger};
+
+/// What a cell needs from the payment system it is a merchant of.
+///
+/// Idempotency keys are chosen by the caller: e.g. `send:<envelope id>` for a
+/// debit, `claim:<envelope id>:<seq>` or `refund:<envelope id>` for credits.
+/// A key names one operation forever: debits and credits share one key space.
+///
+/// Implementations are generic-friendly (`async fn` in trait, futures are
+/// `Send`), not object-safe; hold an `Arc<P>` or a cheap `Clone` like
+/// [`PgLedger`] to share one.
+pub trait Payments: Send + Sync + 'static {
+    /// Debits `cents` from `account` once per key. The balance never goes
+    /// negative: a debit that does not fit is refused with
+    /// [`DebitOutcome::InsufficientFunds`] and leaves the key unused.
+    fn debit(
+        &self,
+        key: &str,
+        account: &str,
+        cents: i64,
+    ) -> impl Future<Output = Result<DebitOutcome, PaymentsError>> + Send;
+
+    /// Credits `cents` to `account` once per key (creates the account if
+    /// needed). Replaying the same key returns `Ok` without a second credit.
+    fn credit(
+        &self,
+        key: &str,
+        account: &str,
+        cents: i64,
+    ) -> impl Future<Output = Result<(), PaymentsError>> + Send;
+
+    /// For a debit whose outcome is unknown (the caller crashed or timed
+    /// out): did it happen? If no entry exists under `key`, the key is voided
+    /// first, so a late-arriving debit with it is refused
+    /// ([`DebitOutcome::Voided`]); then the answer is final. Idempotent.
+    fn resolve_debit(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<DebitResolution, PaymentsError>> + Send;
+}
+
+/// The answer to [`Payments::debit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebitOutcome {
+    /// The money was taken, by this call or an earlier one with the same key.
+    Debited,
+    /// The account cannot afford the debit; nothing was written and the key
+    /// stays unused (a later debit with it may succeed).
+    InsufficientFunds {
+        /// The balance when the debit was refused (0 for an unknown account).
+        balance_cents: i64,
+    },
+    /// The key was voided by [`Payments::resolve_debit`]: refused, for good.
+    Voided,
+}
+
+/// The answer to [`Payments::resolve_debit`]; final for the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebitResolution {
+    /// The debit happened.
+    Debited,
+    /// The debit did not happen and never will: the key is void.
+    Voided,
+}
+
+/// Shares one implementation between tasks without cloning it.
+impl<P: Payments> Payments for Arc<P> {
+    fn debit(
+        &self,
+        key: &str,
+        account: &str,
+        cents: i64,
+    ) -> impl Future<Output = Result<DebitOutcome, PaymentsError>> + Send {
+        P::debit(self, key, account, cents)
+    }
+
+    fn credit(
+        &self,
+        key: &str,
+        account: &str,
+        cents: i64,
+    ) -> impl Future<Output = Result<(), PaymentsError>> + Send {
+        P::credit(self, key, account, cents)
+    }
+
+    fn resolve_debit(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<DebitResolution, PaymentsError>> + Send {
+        P::resolve_debit(self, key)
+    }
+}

@@ -1,0 +1,60 @@
+//! The ledger's queries, one named constant each, against the schema in
+//! `migrations/sql/ledger/0001_ledger.sql`. Entry kinds are bound as
+//! parameters ([`crate::EntryKind::code`]), never spelled out, except the
+//! void's 3 where the query only ever writes a void.
+
+/// Claims `$1` for one operation; returns a row only if this call inserted it.
+pub(crate) const INSERT_ENTRY: &str = "INSERT INTO entries (key, account, kind, amount_cents) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING key";
+
+/// Voids `$1` unless it already has an entry.
+pub(crate) const VOID_KEY: &str = "INSERT INTO entries (key, account, kind, amount_cents) \
+     VALUES ($1, '', 3, 0) ON CONFLICT (key) DO NOTHING";
+
+pub(crate) const SELECT_ENTRY: &str =
+    "SELECT key, account, kind, amount_cents FROM entries WHERE key = $1";
+
+pub(crate) const SELECT_ENTRIES: &str =
+    "SELECT key, account, kind, amount_cents FROM entries WHERE key = ANY($1) ORDER BY key";
+
+/// Takes `$2` from `$1` only if it fits: 0 rows means insufficient funds (or
+/// no account). Under READ COMMITTED a concurrent debit holding the row lock
+/// makes this wait and then re-check the condition on the new balance.
+pub(crate) const DEBIT_ACCOUNT: &str = "UPDATE accounts SET balance_cents = balance_cents - $2 \
+     WHERE account = $1 AND balance_cents >= $2";
+
+pub(crate) const CREDIT_ACCOUNT: &str = "INSERT INTO accounts (account, balance_cents) \
+     VALUES ($1, $2) ON CONFLICT (account) \
+     DO UPDATE SET balance_cents = accounts.balance_cents + EXCLUDED.balance_cents";
+
+pub(crate) const SELECT_BALANCE: &str = "SELECT balance_cents FROM accounts WHERE account = $1";
+
+pub(crate) const TOTAL_BALANCE: &str =
+    "SELECT COALESCE(SUM(balance_cents), 0)::bigint FROM accounts";
+
+/// `$1` is a LIKE pattern (an escaped prefix followed by `%`).
+pub(crate) const COUNT_ENTRIES_LIKE: &str = "SELECT count(*) FROM entries WHERE key LIKE $1";
+
+/// Counts and sums per kind, in one snapshot; `$1` as above.
+pub(crate) const TOTALS_LIKE: &str = "SELECT \
+       count(*) FILTER (WHERE kind = 1), \
+       COALESCE(SUM(amount_cents) FILTER (WHERE kind = 1), 0)::bigint, \
+       count(*) FILTER (WHERE kind = 2), \
+       COALESCE(SUM(amount_cents) FILTER (WHERE kind = 2), 0)::bigint, \
+       count(*) FILTER (WHERE kind = 3) \
+     FROM entries WHERE key LIKE $1";
+
+/// Accounts whose balance differs from their credits minus their debits, in
+/// one snapshot (a single statement).
+pub(crate) const DISCREPANCIES: &str = "SELECT \
+       COALESCE(a.account, e.account), \
+       COALESCE(a.balance_cents, 0), \
+       COALESCE(e.net_cents, 0)::bigint \
+     FROM accounts a \
+     FULL JOIN ( \
+       SELECT account, \
+              SUM(CASE kind WHEN 2 THEN amount_cents ELSE -amount_cents END) AS net_cents \
+       FROM entries WHERE kind IN (1, 2) GROUP BY account \
+     ) e ON e.account = a.account \
+     WHERE COALESCE(a.balance_cents, 0) <> COALESCE(e.net_cents, 0) \
+     ORDER BY 1";

@@ -1,0 +1,528 @@
+//! The ledger against a real PostgreSQL: each test gets its own database
+//! cloned from a template migrated with the real ledger migrations, moves
+//! money through the `Payments` trait like a cell would, and checks the
+//! money invariants on the ledger itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use redcell_harness::TestDb;
+use redcell_payments::{
+    DebitOutcome, DebitResolution, EntryKind, EntryTotals, LedgerEntry, Payments, PaymentsError,
+    PgLedger,
+};
+use tokio::sync::Barrier;
+
+// ---------------------------------------------------------------- helpers
+
+const TEMPLATE: &str = "ledger";
+
+/// A ledger over a fresh database of its own. Field order matters: the pool
+/// goes before the database is dropped.
+struct Stack {
+    ledger: PgLedger,
+    db: TestDb,
+}
+
+async fn stack() -> Stack {
+    let server = redcell_harness::shared().await.unwrap();
+    let schema = redcell_migrations::script(redcell_migrations::LEDGER);
+    server.ensure_template(TEMPLATE, &[&schema]).await.unwrap();
+    let db = server.clone_database(TEMPLATE).await.unwrap();
+    let ledger = PgLedger::connect(&db.dsn, 8).unwrap();
+    Stack { ledger, db }
+}
+
+/// The ledger's own consistency: no account differs from its entries.
+async fn assert_consistent(ledger: &PgLedger) {
+    assert_eq!(ledger.discrepancies().await.unwrap(), vec![]);
+}
+
+fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, PaymentsError>) -> bool {
+    matches!(result, Err(PaymentsError::Unavailable(_)))
+}
+
+/// splitmix64: deterministic pseudo-random numbers without extra crates.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish in `low..=high`.
+    fn between(&mut self, low: i64, high: i64) -> i64 {
+        let span = u64::try_from(high - low + 1).unwrap();
+        low + i64::try_from(self.next() % span).unwrap()
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migrations_runner_applies_the_ledger_schema() {
+    let server = redcell_harness::shared().await.unwrap();
+    server.create_database("ledger_by_runner").await.unwrap();
+    let mut client = server.connect("ledger_by_runner").await.unwrap();
+    let applied = redcell_migrations::apply(&mut client, redcell_migrations::LEDGER)
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![1]);
+    let again = redcell_migrations::apply(&mut client, redcell_migrations::LEDGER)
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    // The schema's own guards, independent of the code: no negative
+    // balance, no money-moving entry without money, no void with money.
+    for bad in [
+        "INSERT INTO accounts VALUES ('a', -1)",
+        "INSERT INTO entries (key, account, kind, amount_cents) VALUES ('k', 'a', 1, 0)",
+        "INSERT INTO entries (key, account, kind, amount_cents) VALUES ('k', '', 3, 5)",
+        "INSERT INTO entries (key, account, kind, amount_cents) VALUES ('k', 'a', 4, 5)",
+    ] {
+        assert!(
+            client.batch_execute(bad).await.is_err(),
+            "{bad} was accepted"
+        );
+    }
+    drop(client);
+    let admin = server.connect("postgres").await.unwrap();
+    admin
+        .batch_execute("DROP DATABASE ledger_by_runner WITH (FORCE)")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debit_takes_exactly_its_amount_once_per_key() {
+    let Stack { ledger, db: _db } = stack().await;
+    ledger
+        .deposit("deposit:alice:1", "alice", 10_000)
+        .await
+        .unwrap();
+    assert_eq!(ledger.balance("alice").await.unwrap(), 10_000);
+
+    let outcome = ledger.debit("send:e1", "alice", 2_500).await.unwrap();
+    assert_eq!(outcome, DebitOutcome::Debited);
+    assert_eq!(ledger.balance("alice").await.unwrap(), 7_500);
+
+    // The caller's retry after a lost answer: same answer, no second debit.
+    for _ in 0..3 {
+        let replay = ledger.debit("send:e1", "alice", 2_500).await.unwrap();
+        assert_eq!(replay, DebitOutcome::Debited);
+    }
+    assert_eq!(ledger.balance("alice").await.unwrap(), 7_500);
+
+    // The same key for anything else is a caller bug, and moves nothing.
+    for (account, cents) in [("alice", 2_000), ("bob", 2_500)] {
+        let conflict = ledger.debit("send:e1", account, cents).await;
+        assert!(
+            matches!(&conflict, Err(PaymentsError::KeyConflict { key }) if key == "send:e1"),
+            "{conflict:?}"
+        );
+        assert!(!conflict.unwrap_err().is_retryable());
+    }
+    let as_credit = ledger.credit("send:e1", "alice", 2_500).await;
+    assert!(matches!(as_credit, Err(PaymentsError::KeyConflict { .. })));
+    // A deposit replayed is a credit replayed: no second deposit.
+    ledger
+        .deposit("deposit:alice:1", "alice", 10_000)
+        .await
+        .unwrap();
+
+    assert_eq!(ledger.balance("alice").await.unwrap(), 7_500);
+    assert_eq!(ledger.balance("bob").await.unwrap(), 0);
+    assert_eq!(
+        ledger.entry("send:e1").await.unwrap(),
+        Some(LedgerEntry {
+            key: "send:e1".to_owned(),
+            account: "alice".to_owned(),
+            kind: EntryKind::Debit,
+            amount_cents: 2_500,
+        })
+    );
+    assert_eq!(ledger.entries_count_by_prefix("").await.unwrap(), 2);
+    assert_eq!(ledger.total_balance().await.unwrap(), 7_500);
+    assert_consistent(&ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insufficient_funds_writes_nothing_and_leaves_the_key_free() {
+    let Stack { ledger, db: _db } = stack().await;
+    ledger
+        .deposit("deposit:carol", "carol", 1_000)
+        .await
+        .unwrap();
+
+    let refused = ledger.debit("send:e2", "carol", 1_001).await.unwrap();
+    assert_eq!(
+        refused,
+        DebitOutcome::InsufficientFunds {
+            balance_cents: 1_000
+        }
+    );
+    assert_eq!(ledger.entry("send:e2").await.unwrap(), None);
+    assert_eq!(ledger.balance("carol").await.unwrap(), 1_000);
+
+    // An account the ledger has never seen has nothing, and stays unseen.
+    let stranger = ledger.debit("send:e3", "nobody", 1).await.unwrap();
+    assert_eq!(
+        stranger,
+        DebitOutcome::InsufficientFunds { balance_cents: 0 }
+    );
+    assert_eq!(ledger.entry("send:e3").await.unwrap(), None);
+    assert_eq!(ledger.entries_count_by_prefix("send:").await.unwrap(), 0);
+    assert_eq!(ledger.total_balance().await.unwrap(), 1_000);
+
+    // The refused key was not burned: once funded, the same debit goes through.
+    ledger.deposit("deposit:carol:2", "carol", 1).await.unwrap();
+    let now = ledger.debit("send:e2", "carol", 1_001).await.unwrap();
+    assert_eq!(now, DebitOutcome::Debited);
+    assert_eq!(ledger.balance("carol").await.unwrap(), 0);
+    assert_consistent(&ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_debits_never_overdraw() {
+    const DEBITS: usize = 50;
+    const DEPOSIT: i64 = 1_000;
+    const AMOUNT: i64 = 70;
+    let Stack { ledger, db: _db } = stack().await;
+    ledger
+        .deposit("deposit:dave", "dave", DEPOSIT)
+        .await
+        .unwrap();
+
+    let start = Arc::new(Barrier::new(DEBITS));
+    let tasks: Vec<_> = (0..DEBITS)
+        .map(|i| {
+            let ledger = ledger.clone();
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                start.wait().await;
+                ledger.debit(&format!("send:d{i:02}"), "dave", AMOUNT).await
+            })
+        })
+        .collect();
+    let mut debited = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            DebitOutcome::Debited => debited += 1,
+            DebitOutcome::InsufficientFunds { balance_cents } => {
+                assert!(
+                    (0..AMOUNT).contains(&balance_cents),
+                    "refused at {balance_cents}"
+                );
+            }
+            DebitOutcome::Voided => panic!("nothing was voided"),
+        }
+    }
+
+    let expected = DEPOSIT / AMOUNT; // 14
+    assert_eq!(debited, expected);
+    let balance = ledger.balance("dave").await.unwrap();
+    assert_eq!(balance, DEPOSIT - expected * AMOUNT); // 20
+    let sends = ledger.totals_by_prefix("send:").await.unwrap();
+    assert_eq!(
+        sends,
+        EntryTotals {
+            debits: expected,
+            debited_cents: DEPOSIT - balance,
+            ..EntryTotals::default()
+        }
+    );
+    assert_consistent(&ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replays_of_a_credit_credit_once() {
+    const REPLAYS: usize = 20;
+    let Stack { ledger, db: _db } = stack().await;
+    let ledger = Arc::new(ledger);
+
+    let start = Arc::new(Barrier::new(REPLAYS));
+    let tasks: Vec<_> = (0..REPLAYS)
+        .map(|_| {
+            let ledger = Arc::clone(&ledger);
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                start.wait().await;
+                // Through the trait, as the settlement worker holds it.
+                Payments::credit(&ledger, "claim:e4:1", "erin", 300).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+
+    assert_eq!(ledger.balance("erin").await.unwrap(), 300);
+    assert_eq!(
+        ledger.entries_count_by_prefix("claim:e4:1").await.unwrap(),
+        1
+    );
+    assert_eq!(ledger.total_balance().await.unwrap(), 300);
+    assert_consistent(&ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_debit_voids_an_unknown_key_for_good() {
+    let Stack { ledger, db: _db } = stack().await;
+    ledger
+        .deposit("deposit:frank", "frank", 5_000)
+        .await
+        .unwrap();
+
+    // The caller gave up on "send:e5" before its debit arrived.
+    let resolution = ledger.resolve_debit("send:e5").await.unwrap();
+    assert_eq!(resolution, DebitResolution::Voided);
+    let void = ledger.entry("send:e5").await.unwrap().unwrap();
+    assert_eq!((void.kind, void.amount_cents), (EntryKind::Void, 0));
+
+    // The late debit is refused and takes nothing; asking again is stable.
+    let late = ledger.debit("send:e5", "frank", 1_000).await.unwrap();
+    assert_eq!(late, DebitOutcome::Voided);
+    assert_eq!(ledger.balance("frank").await.unwrap(), 5_000);
+    assert_eq!(
+        ledger.resolve_debit("send:e5").await.unwrap(),
+        DebitResolution::Voided
+    );
+    // A credit cannot reuse the voided key either.
+    let credit = ledger.credit("send:e5", "frank", 1_000).await;
+    assert!(matches!(credit, Err(PaymentsError::KeyConflict { .. })));
+
+    // A debit that did happen is reported as such, and stays in place.
+    let debited = ledger.debit("send:e6", "frank", 1_000).await.unwrap();
+    assert_eq!(debited, DebitOutcome::Debited);
+    for _ in 0..2 {
+        assert_eq!(
+            ledger.resolve_debit("send:e6").await.unwrap(),
+            DebitResolution::Debited
+        );
+    }
+    assert_eq!(
+        ledger.entry("send:e6").await.unwrap().unwrap().kind,
+        EntryKind::Debit
+    );
+    assert_eq!(ledger.balance("frank").await.unwrap(), 4_000);
+
+    // A credit's key is not a debit's: a caller bug.
+    let wrong = ledger.resolve_debit("deposit:frank").await;
+    assert!(matches!(wrong, Err(PaymentsError::KeyConflict { .. })));
+
+    let totals = ledger.totals_by_prefix("send:").await.unwrap();
+    assert_eq!(
+        (totals.debits, totals.debited_cents, totals.voids),
+        (1, 1_000, 1)
+    );
+    assert_consistent(&ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_mix_of_operations_conserves_money() {
+    const ACCOUNTS: [&str; 5] = ["u1", "u2", "u3", "u4", "u5"];
+    const OPERATIONS: usize = 400;
+    let Stack { ledger, db: _db } = stack().await;
+    let mut random = SplitMix(0x7265_6463_656c_6c);
+
+    // The model: what every balance must be, and every key's request.
+    let mut balances: BTreeMap<&str, i64> = ACCOUNTS.iter().map(|a| (*a, 0)).collect();
+    let mut requests: Vec<(String, EntryKind, &str, i64)> = Vec::new();
+    let (mut deposited, mut debited, mut credited) = (0_i64, 0_i64, 0_i64);
+
+    for n in 0..OPERATIONS {
+        let account = ACCOUNTS[usize::try_from(random.between(0, 4)).unwrap()];
+        let cents = random.between(1, 3_000);
+        match random.between(0, 9) {
+            0..=2 => {
+                let key = format!("deposit:{n}");
+                ledger.deposit(&key, account, cents).await.unwrap();
+                deposited += cents;
+                *balances.get_mut(account).unwrap() += cents;
+                requests.push((key, EntryKind::Credit, account, cents));
+            }
+            3..=6 => {
+                let key = format!("send:{n}");
+                match ledger.debit(&key, account, cents).await.unwrap() {
+                    DebitOutcome::Debited => {
+                        debited += cents;
+                        let balance = balances.get_mut(account).unwrap();
+                        *balance -= cents;
+                        assert!(*balance >= 0, "the model overdrew {account}");
+                        requests.push((key, EntryKind::Debit, account, cents));
+                    }
+                    DebitOutcome::InsufficientFunds { balance_cents } => {
+                        assert!(balance_cents < cents);
+                        assert_eq!(balance_cents, balances[account]);
+                    }
+                    DebitOutcome::Voided => panic!("nothing was voided"),
+                }
+            }
+            7..=8 => {
+                let key = format!("claim:{n}:1");
+                ledger.credit(&key, account, cents).await.unwrap();
+                credited += cents;
+                *balances.get_mut(account).unwrap() += cents;
+                requests.push((key, EntryKind::Credit, account, cents));
+            }
+            _ if !requests.is_empty() => {
+                // A retry of an earlier request: must move nothing.
+                let pick = usize::try_from(random.between(0, requests.len() as i64 - 1)).unwrap();
+                let (key, kind, account, cents) = &requests[pick];
+                match kind {
+                    EntryKind::Debit => {
+                        let replay = ledger.debit(key, account, *cents).await.unwrap();
+                        assert_eq!(replay, DebitOutcome::Debited);
+                    }
+                    _ => ledger.credit(key, account, *cents).await.unwrap(),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let total = ledger.total_balance().await.unwrap();
+    assert_eq!(total, deposited - debited + credited);
+    assert!(
+        debited > 0 && credited > 0,
+        "the mix should exercise every path"
+    );
+    for (account, balance) in &balances {
+        assert_eq!(
+            ledger.balance(account).await.unwrap(),
+            *balance,
+            "{account}"
+        );
+    }
+    let all = ledger.totals_by_prefix("").await.unwrap();
+    assert_eq!(all.debited_cents, debited);
+    assert_eq!(all.credited_cents, deposited + credited);
+    assert_eq!(
+        all.debits + all.credits,
+        i64::try_from(requests.len()).unwrap()
+    );
+    assert_consistent(&ledger).await;
+
+    // The reconciler's view: every recorded key has exactly its entry.
+    let keys: Vec<&str> = requests.iter().map(|(key, ..)| key.as_str()).collect();
+    let entries = ledger.entries(&keys).await.unwrap();
+    assert_eq!(entries.len(), keys.len());
+    for (key, kind, account, cents) in &requests {
+        let entry = entries.iter().find(|entry| &entry.key == key).unwrap();
+        assert_eq!(
+            (entry.kind, entry.account.as_str(), entry.amount_cents),
+            (*kind, *account, *cents)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_amounts_are_refused_before_anything_is_written() {
+    let Stack { ledger, db: _db } = stack().await;
+    ledger.deposit("deposit:gina", "gina", 100).await.unwrap();
+
+    for cents in [0, -5, i64::MIN] {
+        let debit = ledger.debit(&format!("send:{cents}"), "gina", cents).await;
+        assert!(
+            matches!(debit, Err(PaymentsError::InvalidAmount(c)) if c == cents),
+            "{debit:?}"
+        );
+        let credit = ledger
+            .credit(&format!("claim:{cents}"), "gina", cents)
+            .await;
+        assert!(
+            matches!(credit, Err(PaymentsError::InvalidAmount(c)) if c == cents),
+            "{credit:?}"
+        );
+        let deposit = ledger
+            .deposit(&format!("deposit:{cents}"), "hal", cents)
+            .await;
+        assert!(
+            matches!(deposit, Err(PaymentsError::InvalidAmount(_))),
+            "{deposit:?}"
+        );
+    }
+
+    assert_eq!(ledger.entries_count_by_prefix("").await.unwrap(), 1);
+    assert_eq!(ledger.balance("gina").await.unwrap(), 100);
+    assert_eq!(ledger.total_balance().await.unwrap(), 100);
+    assert_consistent(&ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_ledger_is_unavailable_not_a_panic() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    // Lazy: building the ledger does not connect.
+    let ledger =
+        PgLedger::connect(&format!("postgres://postgres@127.0.0.1:{port}/ledger"), 2).unwrap();
+
+    let debit = ledger.debit("send:x", "alice", 100).await;
+    assert!(is_unavailable(&debit), "{debit:?}");
+    assert!(debit.unwrap_err().is_retryable());
+    let credit = ledger.credit("claim:x:1", "alice", 100).await;
+    assert!(is_unavailable(&credit), "{credit:?}");
+    let resolution = ledger.resolve_debit("send:x").await;
+    assert!(is_unavailable(&resolution), "{resolution:?}");
+    assert!(is_unavailable(&ledger.balance("alice").await));
+    assert!(is_unavailable(&ledger.total_balance().await));
+    assert!(is_unavailable(&ledger.entry("send:x").await));
+
+    // Bad input is still bad input, told before any connection is tried.
+    let invalid = ledger.debit("send:y", "alice", 0).await;
+    assert!(
+        matches!(invalid, Err(PaymentsError::InvalidAmount(0))),
+        "{invalid:?}"
+    );
+
+    let garbage = PgLedger::connect("postgres://[not a dsn", 2);
+    assert!(
+        matches!(garbage, Err(PaymentsError::Unavailable(_))),
+        "{garbage:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_is_retried_with_the_same_key_and_debits_once() {
+    let Stack { ledger, db } = stack().await;
+    ledger.deposit("deposit:ivy", "ivy", 1_000).await.unwrap();
+    ledger.debit("send:e7", "ivy", 100).await.unwrap();
+
+    // The database side hangs up on every pooled connection.
+    let admin = db.connect().await.unwrap();
+    let terminated: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated >= 1);
+
+    // The caller's loop: retry Unavailable with the same key.
+    let mut unavailable = 0;
+    let outcome = loop {
+        match ledger.debit("send:e8", "ivy", 250).await {
+            Err(PaymentsError::Unavailable(_)) if unavailable < 20 => unavailable += 1,
+            other => break other.unwrap(),
+        }
+    };
+    eprintln!("unavailable before success: {unavailable}");
+    assert_eq!(outcome, DebitOutcome::Debited);
+    assert_eq!(
+        ledger.debit("send:e8", "ivy", 250).await.unwrap(),
+        DebitOutcome::Debited
+    );
+    assert_eq!(ledger.balance("ivy").await.unwrap(), 650);
+    assert_eq!(ledger.totals_by_prefix("send:").await.unwrap().debits, 2);
+    assert_consistent(&ledger).await;
+}

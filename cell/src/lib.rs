@@ -17,6 +17,7 @@ pub mod health;
 pub mod ids;
 pub mod lane;
 pub mod ops;
+pub mod reconcile;
 pub mod request;
 pub mod rowlock;
 pub mod server;

@@ -37,7 +37,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
 use crate::error::PaymentsError;
@@ -296,95 +296,133 @@ impl Payments for PgLedger {
     ) -> Result<DebitOutcome, PaymentsError> {
         positive(cents)?;
         let mut client = self.pool.get().await?;
-        let transaction = client.transaction().await?;
-        let insert = transaction.prepare_cached(sql::INSERT_ENTRY).await?;
-        let kind = EntryKind::Debit;
-        let inserted = transaction
-            .query_opt(&insert, &[&key, &account, &kind.code(), &cents])
-            .await?;
-        if inserted.is_none() {
-            let existing = existing_entry(&transaction, key).await?;
-            transaction.commit().await?;
-            let outcome = match existing.kind {
-                EntryKind::Void => DebitOutcome::Voided,
-                _ if existing.is_replay_of(kind, account, cents) => DebitOutcome::Debited,
-                _ => return Err(conflict(key, &existing, kind, account, cents)),
-            };
-            tracing::debug!(key, account, cents, ?outcome, "debit replayed");
-            return Ok(outcome);
-        }
-        let take = transaction.prepare_cached(sql::DEBIT_ACCOUNT).await?;
-        if transaction.execute(&take, &[&account, &cents]).await? == 0 {
-            // Does not fit (or no such account): undo the entry, keep the key free.
-            let read = transaction.prepare_cached(sql::SELECT_BALANCE).await?;
-            let balance_cents = match transaction.query_opt(&read, &[&account]).await? {
-                Some(row) => row.try_get(0)?,
-                None => 0,
-            };
-            transaction.rollback().await?;
-            tracing::debug!(
-                key,
-                account,
-                cents,
-                balance_cents,
-                "debit refused: insufficient funds"
-            );
-            return Ok(DebitOutcome::InsufficientFunds { balance_cents });
-        }
-        transaction.commit().await?;
-        tracing::debug!(key, account, cents, "debited");
-        Ok(DebitOutcome::Debited)
+        let outcome = debit_on(&mut client, key, account, cents).await;
+        discard_if_failed(client, &outcome);
+        outcome
     }
 
     async fn credit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
         positive(cents)?;
         let mut client = self.pool.get().await?;
-        let transaction = client.transaction().await?;
-        let insert = transaction.prepare_cached(sql::INSERT_ENTRY).await?;
-        let kind = EntryKind::Credit;
-        let inserted = transaction
-            .query_opt(&insert, &[&key, &account, &kind.code(), &cents])
-            .await?;
-        if inserted.is_none() {
-            let existing = existing_entry(&transaction, key).await?;
-            transaction.commit().await?;
-            if !existing.is_replay_of(kind, account, cents) {
-                return Err(conflict(key, &existing, kind, account, cents));
-            }
-            tracing::debug!(key, account, cents, "credit replayed");
-            return Ok(());
-        }
-        let give = transaction.prepare_cached(sql::CREDIT_ACCOUNT).await?;
-        transaction.execute(&give, &[&account, &cents]).await?;
-        transaction.commit().await?;
-        tracing::debug!(key, account, cents, "credited");
-        Ok(())
+        let outcome = credit_on(&mut client, key, account, cents).await;
+        discard_if_failed(client, &outcome);
+        outcome
     }
 
     async fn resolve_debit(&self, key: &str) -> Result<DebitResolution, PaymentsError> {
         let client = self.pool.get().await?;
-        // Two autocommit statements: the void (if the key is free) commits
-        // first, so whatever the key's entry is afterwards is final.
-        let void = client.prepare_cached(sql::VOID_KEY).await?;
-        let voided_now = client.execute(&void, &[&key]).await? == 1;
-        let read = client.prepare_cached(sql::SELECT_ENTRY).await?;
-        let entry = match client.query_opt(&read, &[&key]).await? {
-            Some(row) => LedgerEntry::from_row(&row)?,
-            None => return Err(vanished(key)),
-        };
-        let resolution = match entry.kind {
-            EntryKind::Debit => DebitResolution::Debited,
-            EntryKind::Void => DebitResolution::Voided,
-            EntryKind::Credit => {
-                tracing::error!(key, "resolve_debit on a credit's key");
-                return Err(PaymentsError::KeyConflict {
-                    key: key.to_owned(),
-                });
-            }
-        };
-        tracing::debug!(key, ?resolution, voided_now, "debit resolved");
-        Ok(resolution)
+        let outcome = resolve_debit_on(&client, key).await;
+        discard_if_failed(client, &outcome);
+        outcome
     }
+}
+
+/// A connection on which a call failed is closed instead of going back to
+/// the pool: the server may have hung up (the pool's cheap `is_closed`
+/// check can miss a hang-up it has not processed yet), so the next call
+/// would fail on it too. Failures are rare; a fresh connection is cheap.
+fn discard_if_failed<T>(client: Object, outcome: &Result<T, PaymentsError>) {
+    if let Err(PaymentsError::Unavailable(_)) = outcome {
+        drop(Object::take(client));
+    }
+}
+
+async fn debit_on(
+    client: &mut Object,
+    key: &str,
+    account: &str,
+    cents: i64,
+) -> Result<DebitOutcome, PaymentsError> {
+    let transaction = client.transaction().await?;
+    let insert = transaction.prepare_cached(sql::INSERT_ENTRY).await?;
+    let kind = EntryKind::Debit;
+    let inserted = transaction
+        .query_opt(&insert, &[&key, &account, &kind.code(), &cents])
+        .await?;
+    if inserted.is_none() {
+        let existing = existing_entry(&transaction, key).await?;
+        transaction.commit().await?;
+        let outcome = match existing.kind {
+            EntryKind::Void => DebitOutcome::Voided,
+            _ if existing.is_replay_of(kind, account, cents) => DebitOutcome::Debited,
+            _ => return Err(conflict(key, &existing, kind, account, cents)),
+        };
+        tracing::debug!(key, account, cents, ?outcome, "debit replayed");
+        return Ok(outcome);
+    }
+    let take = transaction.prepare_cached(sql::DEBIT_ACCOUNT).await?;
+    if transaction.execute(&take, &[&account, &cents]).await? == 0 {
+        // Does not fit (or no such account): undo the entry, keep the key free.
+        let read = transaction.prepare_cached(sql::SELECT_BALANCE).await?;
+        let balance_cents = match transaction.query_opt(&read, &[&account]).await? {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        transaction.rollback().await?;
+        tracing::debug!(
+            key,
+            account,
+            cents,
+            balance_cents,
+            "debit refused: insufficient funds"
+        );
+        return Ok(DebitOutcome::InsufficientFunds { balance_cents });
+    }
+    transaction.commit().await?;
+    tracing::debug!(key, account, cents, "debited");
+    Ok(DebitOutcome::Debited)
+}
+
+async fn credit_on(
+    client: &mut Object,
+    key: &str,
+    account: &str,
+    cents: i64,
+) -> Result<(), PaymentsError> {
+    let transaction = client.transaction().await?;
+    let insert = transaction.prepare_cached(sql::INSERT_ENTRY).await?;
+    let kind = EntryKind::Credit;
+    let inserted = transaction
+        .query_opt(&insert, &[&key, &account, &kind.code(), &cents])
+        .await?;
+    if inserted.is_none() {
+        let existing = existing_entry(&transaction, key).await?;
+        transaction.commit().await?;
+        if !existing.is_replay_of(kind, account, cents) {
+            return Err(conflict(key, &existing, kind, account, cents));
+        }
+        tracing::debug!(key, account, cents, "credit replayed");
+        return Ok(());
+    }
+    let give = transaction.prepare_cached(sql::CREDIT_ACCOUNT).await?;
+    transaction.execute(&give, &[&account, &cents]).await?;
+    transaction.commit().await?;
+    tracing::debug!(key, account, cents, "credited");
+    Ok(())
+}
+
+async fn resolve_debit_on(client: &Object, key: &str) -> Result<DebitResolution, PaymentsError> {
+    // Two autocommit statements: the void (if the key is free) commits
+    // first, so whatever the key's entry is afterwards is final.
+    let void = client.prepare_cached(sql::VOID_KEY).await?;
+    let voided_now = client.execute(&void, &[&key]).await? == 1;
+    let read = client.prepare_cached(sql::SELECT_ENTRY).await?;
+    let entry = match client.query_opt(&read, &[&key]).await? {
+        Some(row) => LedgerEntry::from_row(&row)?,
+        None => return Err(vanished(key)),
+    };
+    let resolution = match entry.kind {
+        EntryKind::Debit => DebitResolution::Debited,
+        EntryKind::Void => DebitResolution::Voided,
+        EntryKind::Credit => {
+            tracing::error!(key, "resolve_debit on a credit's key");
+            return Err(PaymentsError::KeyConflict {
+                key: key.to_owned(),
+            });
+        }
+    };
+    tracing::debug!(key, ?resolution, voided_now, "debit resolved");
+    Ok(resolution)
 }
 
 /// Amounts are positive cents; checked before any I/O.

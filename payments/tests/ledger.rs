@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redcell_harness::TestDb;
 use redcell_payments::{
@@ -147,6 +148,10 @@ async fn a_debit_takes_exactly_its_amount_once_per_key() {
         })
     );
     assert_eq!(ledger.entries_count_by_prefix("").await.unwrap(), 2);
+    assert_eq!(ledger.entries_count_by_prefix("send:").await.unwrap(), 1);
+    // Prefixes are literal: `_` and `%` are not wildcards.
+    assert_eq!(ledger.entries_count_by_prefix("send_").await.unwrap(), 0);
+    assert_eq!(ledger.entries_count_by_prefix("%").await.unwrap(), 0);
     assert_eq!(ledger.total_balance().await.unwrap(), 7_500);
     assert_consistent(&ledger).await;
 }
@@ -328,7 +333,7 @@ async fn a_random_mix_of_operations_conserves_money() {
     const ACCOUNTS: [&str; 5] = ["u1", "u2", "u3", "u4", "u5"];
     const OPERATIONS: usize = 400;
     let Stack { ledger, db: _db } = stack().await;
-    let mut random = SplitMix(0x7265_6463_656c_6c);
+    let mut random = SplitMix(0x0072_6564_6365_6c6c);
 
     // The model: what every balance must be, and every key's request.
     let mut balances: BTreeMap<&str, i64> = ACCOUNTS.iter().map(|a| (*a, 0)).collect();
@@ -489,40 +494,105 @@ async fn an_unreachable_ledger_is_unavailable_not_a_panic() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_connection_is_retried_with_the_same_key_and_debits_once() {
-    let Stack { ledger, db } = stack().await;
-    ledger.deposit("deposit:ivy", "ivy", 1_000).await.unwrap();
-    ledger.debit("send:e7", "ivy", 100).await.unwrap();
+/// Runs a debit that blocks on `account`'s row lock (held by another
+/// session) after it has written its entry, and kills its database session
+/// right there: the caller sees a failure in the middle of the transaction.
+async fn debit_killed_mid_transaction(
+    stack: &Stack,
+    key: &'static str,
+    account: &'static str,
+    cents: i64,
+) -> Result<DebitOutcome, PaymentsError> {
+    let locker = stack.db.connect().await.unwrap();
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM accounts WHERE account = '{account}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let debit = tokio::spawn({
+        let ledger = stack.ledger.clone();
+        async move { ledger.debit(key, account, cents).await }
+    });
 
-    // The database side hangs up on every pooled connection.
-    let admin = db.connect().await.unwrap();
-    let terminated: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
-            &[],
-        )
+    let admin = stack.db.connect().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let blocked: i32 = loop {
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE 'UPDATE accounts%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the debit never blocked on the row lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let killed: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&blocked])
         .await
         .unwrap()
         .get(0);
-    assert!(terminated >= 1);
+    assert!(killed);
+    let outcome = debit.await.unwrap();
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    outcome
+}
 
-    // The caller's loop: retry Unavailable with the same key.
-    let mut unavailable = 0;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debit_killed_mid_transaction_leaves_nothing_and_is_retried_or_resolved() {
+    let stack = stack().await;
+    let ledger = &stack.ledger;
+    ledger.deposit("deposit:ivy", "ivy", 1_000).await.unwrap();
+
+    // Killed after its entry was written, before the balance moved: the
+    // caller sees Unavailable and the ledger shows no trace of it.
+    let killed = debit_killed_mid_transaction(&stack, "send:e8", "ivy", 250).await;
+    assert!(is_unavailable(&killed), "{killed:?}");
+    assert_eq!(ledger.entry("send:e8").await.unwrap(), None);
+    assert_eq!(ledger.balance("ivy").await.unwrap(), 1_000);
+
+    // The caller's loop: retry Unavailable with the same key; the pool
+    // replaces the dead connection. Exactly one debit results.
+    let mut retries = 0;
     let outcome = loop {
         match ledger.debit("send:e8", "ivy", 250).await {
-            Err(PaymentsError::Unavailable(_)) if unavailable < 20 => unavailable += 1,
+            Err(PaymentsError::Unavailable(_)) if retries < 20 => retries += 1,
             other => break other.unwrap(),
         }
     };
-    eprintln!("unavailable before success: {unavailable}");
     assert_eq!(outcome, DebitOutcome::Debited);
     assert_eq!(
         ledger.debit("send:e8", "ivy", 250).await.unwrap(),
         DebitOutcome::Debited
     );
-    assert_eq!(ledger.balance("ivy").await.unwrap(), 650);
-    assert_eq!(ledger.totals_by_prefix("send:").await.unwrap().debits, 2);
-    assert_consistent(&ledger).await;
+    assert_eq!(ledger.balance("ivy").await.unwrap(), 750);
+
+    // Or the caller gives up and resolves: the key is voided, and the late
+    // retry it could not stop is refused.
+    let killed = debit_killed_mid_transaction(&stack, "send:e9", "ivy", 300).await;
+    assert!(is_unavailable(&killed), "{killed:?}");
+    assert_eq!(
+        ledger.resolve_debit("send:e9").await.unwrap(),
+        DebitResolution::Voided
+    );
+    assert_eq!(
+        ledger.debit("send:e9", "ivy", 300).await.unwrap(),
+        DebitOutcome::Voided
+    );
+    assert_eq!(ledger.balance("ivy").await.unwrap(), 750);
+
+    let sends = ledger.totals_by_prefix("send:").await.unwrap();
+    assert_eq!(
+        (sends.debits, sends.debited_cents, sends.voids),
+        (1, 250, 1)
+    );
+    assert_consistent(ledger).await;
 }

@@ -1,0 +1,10 @@
+//! The cell against real PostgreSQL (harness) and real gRPC sockets: every test
+//! that moves money ends by checking the invariants of DESIGN.md §5 through
+//! `redcell_cell::reconcile` plus ledger conservation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "cell/stack.rs"]
+mod stack;
+
+#[path = "cell/opens.rs"]
+mod opens;

@@ -49,6 +49,24 @@ pub enum Command {
         #[arg(long)]
         region: Option<String>,
     },
+    /// Apply the embedded schema migrations (safe to re-run).
+    Migrate {
+        /// Migrate this cell's order DB (its `db` in the topology, or --dsn).
+        #[arg(long, conflicts_with_all = ["all_cells", "ledger"])]
+        cell: Option<String>,
+        /// Migrate the order DB of every cell in the topology.
+        #[arg(long, conflicts_with = "ledger")]
+        all_cells: bool,
+        /// Migrate the ledger (its DSN from --dsn or --ledger-dsn).
+        #[arg(long)]
+        ledger: bool,
+        /// Database to migrate instead of the one the topology names.
+        #[arg(long)]
+        dsn: Option<String>,
+        /// The ledger's DSN, used by --ledger when --dsn is not given.
+        #[arg(long, env = "REDCELL_LEDGER_DSN")]
+        ledger_dsn: Option<String>,
+    },
 }
 
 /// Why a command failed; each maps to an exit code.
@@ -98,6 +116,17 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
         }
         Command::Route { envelope_id } => {
             commands::route::run(&load::topology(&cli.topology)?, &envelope_id, out)
+        }
+        Command::Migrate {
+            cell,
+            all_cells,
+            ledger,
+            dsn,
+            ledger_dsn,
+        } => {
+            let dsn = if ledger { dsn.or(ledger_dsn) } else { dsn };
+            let targets = commands::migrate::targets(&cli.topology, cell, all_cells, ledger, dsn)?;
+            commands::migrate::run(&targets, out)
         }
         Command::MintPool { region } => {
             commands::mint_pool::run(&load::topology(&cli.topology)?, region.as_deref(), out)

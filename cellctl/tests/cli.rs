@@ -188,3 +188,78 @@ fn bad_usage_exits_2() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("ENVELOPE_ID"), "{}", out.stderr);
 }
+
+/// `cellctl migrate` against real PostgreSQL: applies, then is a no-op.
+#[test]
+fn migrate_applies_once_and_is_idempotent() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(redcell_harness::shared()).unwrap();
+    runtime
+        .block_on(server.create_database("cellctl_migrate_n1"))
+        .unwrap();
+    runtime
+        .block_on(server.create_database("cellctl_migrate_ledger"))
+        .unwrap();
+    let order_dsn = server.dsn("cellctl_migrate_n1");
+    let ledger_dsn = server.dsn("cellctl_migrate_ledger");
+    let bundled = bundled();
+
+    let first = cellctl(
+        &["migrate", "--cell", "n1", "--dsn", &order_dsn],
+        Some(&bundled),
+    );
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.stdout, "cell n1: applied 1 -> version 1\n");
+    let again = cellctl(
+        &["migrate", "--cell", "n1", "--dsn", &order_dsn],
+        Some(&bundled),
+    );
+    assert_eq!(again.stdout, "cell n1: up to date (version 1)\n");
+
+    let ledger = cellctl(&["migrate", "--ledger", "--dsn", &ledger_dsn], None);
+    assert_eq!(ledger.code, 0, "{}", ledger.stderr);
+    assert_eq!(ledger.stdout, "ledger: applied 1 -> version 1\n");
+
+    let tables = runtime.block_on(async {
+        let client = server.connect("cellctl_migrate_n1").await.unwrap();
+        let rows = client
+            .query(
+                "SELECT count(*) FROM pg_tables WHERE tablename IN ('envelopes_01', 'claims_31', 'transfers', 'send_requests')",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows[0].get::<_, i64>(0)
+    });
+    assert_eq!(tables, 4);
+}
+
+#[test]
+fn migrate_refuses_unknown_cells_and_unreachable_databases() {
+    let bundled = bundled();
+    let unknown = cellctl(&["migrate", "--cell", "n9"], Some(&bundled));
+    assert_eq!(unknown.code, 1);
+    assert_eq!(
+        unknown.stderr.trim_end(),
+        r#"cellctl: --cell: unknown cell "n9" (cells: n1, n2, n3, s1, s2)"#
+    );
+    let nothing = cellctl(&["migrate"], Some(&bundled));
+    assert_eq!(nothing.code, 1);
+    assert_eq!(
+        nothing.stderr.trim_end(),
+        "cellctl: say what to migrate: --cell NAME, --all-cells or --ledger"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dsn = format!("postgres://redcell@127.0.0.1:{port}/nowhere");
+    let down = cellctl(&["migrate", "--cell", "n1", "--dsn", &dsn], Some(&bundled));
+    assert_eq!(down.code, 1);
+    assert!(
+        down.stderr.starts_with("cellctl: cell n1: cannot connect:"),
+        "{}",
+        down.stderr
+    );
+}

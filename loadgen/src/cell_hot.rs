@@ -1,0 +1,267 @@
+//! The hot-envelope workload against one cell, per open strategy.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use redcell_cell::{CellConfig, OpenStrategy, reconcile};
+use redcell_payments::PgLedger;
+use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
+use redcell_topology::Topology;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tonic::{Request, metadata::AsciiMetadataValue, transport::Channel};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Envelopes opened at the same time.
+    #[arg(long, default_value_t = 4)]
+    envelopes: u32,
+    /// Shares per envelope.
+    #[arg(long, default_value_t = 500)]
+    shares: u32,
+    /// Users opening every envelope (more than shares: the late ones get EXHAUSTED).
+    #[arg(long, default_value_t = 1000)]
+    users: u32,
+    /// Opens in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Order DB connections of the cell.
+    #[arg(long, default_value_t = 16)]
+    db_pool: usize,
+    /// Which strategies to run (both by default, lane first).
+    #[arg(long, value_enum)]
+    strategy: Option<OpenStrategy>,
+}
+
+struct Outcome {
+    strategy: OpenStrategy,
+    opens: u64,
+    shares_taken: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    errors: u64,
+}
+
+pub async fn run(args: Args) -> Result<(), String> {
+    let strategies = match args.strategy {
+        Some(strategy) => vec![strategy],
+        None => vec![OpenStrategy::Lane, OpenStrategy::Rowlock],
+    };
+    let server = redcell_harness::shared()
+        .await
+        .map_err(|error| error.to_string())?;
+    let orders_script = redcell_migrations::script(redcell_migrations::ORDER_DB);
+    let ledger_script = redcell_migrations::script(redcell_migrations::LEDGER);
+    server
+        .ensure_template("bench_orders", &[&orders_script])
+        .await
+        .map_err(|e| e.to_string())?;
+    server
+        .ensure_template("bench_ledger", &[&ledger_script])
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "cell-hot: {} envelopes x {} shares, {} users each, concurrency {}, db pool {}",
+        args.envelopes, args.shares, args.users, args.concurrency, args.db_pool
+    );
+    let mut outcomes = Vec::new();
+    for strategy in strategies {
+        let orders = server
+            .clone_database("bench_orders")
+            .await
+            .map_err(|e| e.to_string())?;
+        let ledger_db = server
+            .clone_database("bench_ledger")
+            .await
+            .map_err(|e| e.to_string())?;
+        outcomes.push(run_strategy(&args, strategy, &orders.dsn, &ledger_db.dsn).await?);
+    }
+    println!();
+    println!(
+        "| strategy | opens | shares taken | errors | elapsed s | opens/s | shares/s | p50 ms | p99 ms | p999 ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for outcome in &outcomes {
+        let seconds = outcome.elapsed.as_secs_f64();
+        let ms = |quantile| outcome.latency.value_at_quantile(quantile) as f64 / 1000.0;
+        println!(
+            "| {:?} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            outcome.strategy,
+            outcome.opens,
+            outcome.shares_taken,
+            outcome.errors,
+            seconds,
+            outcome.opens as f64 / seconds,
+            outcome.shares_taken as f64 / seconds,
+            ms(0.5),
+            ms(0.99),
+            ms(0.999)
+        );
+    }
+    Ok(())
+}
+
+async fn run_strategy(
+    args: &Args,
+    strategy: OpenStrategy,
+    orders_dsn: &str,
+    ledger_dsn: &str,
+) -> Result<Outcome, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let topology = Topology::parse(&format!(
+        "version: 1\nregions: [north]\ncells:\n  - name: n1\n    region: north\n    status: active\n    servers: [\"{address}\"]\n    db: \"{orders_dsn}\"\nepochs:\n  - id: 0\n    ranges:\n      north: {{ n1: \"000-999\" }}\nminting:\n  epoch: 0\n"
+    ))
+    .map_err(|errors| errors.to_string())?;
+    let mut config = CellConfig::new("n1", Arc::new(topology))?;
+    config.open_strategy = strategy;
+    config.db_pool = args.db_pool;
+    let ledger = PgLedger::connect(ledger_dsn, 8).map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(redcell_cell::run(listener, config, ledger.clone(), async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_lazy();
+
+    let total_per_envelope = i64::from(args.shares) * 200;
+    let deposit = total_per_envelope * i64::from(args.envelopes);
+    ledger
+        .deposit("bench:deposit", "sender", deposit)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut envelopes = Vec::new();
+    for index in 0..args.envelopes {
+        let request = pb::SendRequest {
+            total_cents: total_per_envelope,
+            count: args.shares,
+            kind: pb::EnvelopeKind::Lucky.into(),
+            greeting: "bench".into(),
+            recipients: Vec::new(),
+            idempotency_key: format!("bench-{index}"),
+        };
+        let response = client(&channel, "sender")?
+            .send(request)
+            .await
+            .map_err(|status| format!("send: {status}"))?;
+        envelopes.push(
+            response
+                .into_inner()
+                .envelope
+                .map(|e| e.id)
+                .unwrap_or_default(),
+        );
+    }
+
+    let limit = Arc::new(Semaphore::new(args.concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for user in 0..args.users {
+        for envelope in &envelopes {
+            let permit = limit
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut client = client(&channel, &format!("user{user}"))?;
+            let request = pb::OpenRequest {
+                envelope_id: envelope.clone(),
+            };
+            tasks.push(tokio::spawn(async move {
+                let begun = Instant::now();
+                let result = client.open(request).await;
+                drop(permit);
+                (
+                    begun.elapsed(),
+                    result.map(|response| response.into_inner().status()),
+                )
+            }));
+        }
+    }
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let (mut opens, mut shares_taken, mut errors) = (0, 0, 0);
+    for task in tasks {
+        let (took, result) = task.await.map_err(|e| e.to_string())?;
+        opens += 1;
+        latency.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        match result {
+            Ok(pb::ShareStatus::Available) => shares_taken += 1,
+            Ok(_) => {}
+            Err(_) => errors += 1,
+        }
+    }
+    let elapsed = started.elapsed();
+
+    // A benchmark that loses money is a failed benchmark.
+    let (orders, connection) = tokio_postgres_connect(orders_dsn).await?;
+    let report = reconcile::check_cell(&orders, &ledger)
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(orders);
+    connection.abort();
+    if !report.discrepancies.is_empty() {
+        return Err(format!(
+            "{strategy:?}: money discrepancies: {:?}",
+            report.discrepancies
+        ));
+    }
+    let expected = u64::from(args.shares) * u64::from(args.envelopes);
+    if shares_taken != expected {
+        return Err(format!(
+            "{strategy:?}: {shares_taken} shares taken, expected {expected}"
+        ));
+    }
+    let _ = stop.send(());
+    server
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(Outcome {
+        strategy,
+        opens,
+        shares_taken,
+        elapsed,
+        latency,
+        errors,
+    })
+}
+
+type CellClient = RedEnvelopeClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+fn client(channel: &Channel, user: &str) -> Result<CellClient, String> {
+    let value: AsciiMetadataValue = user.parse().map_err(|_| format!("bad user {user}"))?;
+    let add_user: Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send> =
+        Box::new(move |mut request: Request<()>| {
+            request
+                .metadata_mut()
+                .insert("x-redcell-user", value.clone());
+            Ok(request)
+        });
+    Ok(RedEnvelopeClient::with_interceptor(
+        channel.clone(),
+        add_user,
+    ))
+}
+
+async fn tokio_postgres_connect(
+    dsn: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), String> {
+    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let handle = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, handle))
+}

@@ -17,6 +17,25 @@ pub const USER_METADATA: &str = "x-redcell-user";
 /// Metadata entry with the suffix the router drew from the mint pool (Send).
 pub const SUFFIX_METADATA: &str = "x-redcell-suffix";
 
+/// A client-side interceptor that names the caller the way routers do
+/// (`x-redcell-user`), for routers, load generators and tests.
+#[derive(Debug, Clone)]
+pub struct AsUser(tonic::metadata::AsciiMetadataValue);
+
+impl AsUser {
+    /// `None` when `user` is not valid metadata (not visible ASCII).
+    pub fn new(user: &str) -> Option<AsUser> {
+        user.parse().ok().map(AsUser)
+    }
+}
+
+impl tonic::service::Interceptor for AsUser {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert(USER_METADATA, self.0.clone());
+        Ok(request)
+    }
+}
+
 #[derive(Debug)]
 pub struct CellService<P> {
     context: Arc<CellContext<P>>,

@@ -232,25 +232,13 @@ async fn run_strategy(
     })
 }
 
-type CellClient = RedEnvelopeClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>,
-    >,
->;
+type CellClient = RedEnvelopeClient<InterceptedService<Channel, AsUser>>;
 
 fn client(channel: &Channel, user: &str) -> Result<CellClient, String> {
-    let value: AsciiMetadataValue = user.parse().map_err(|_| format!("bad user {user}"))?;
-    let add_user: Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send> =
-        Box::new(move |mut request: Request<()>| {
-            request
-                .metadata_mut()
-                .insert("x-redcell-user", value.clone());
-            Ok(request)
-        });
+    let identity = AsUser::new(user).ok_or_else(|| format!("bad user {user}"))?;
     Ok(RedEnvelopeClient::with_interceptor(
         channel.clone(),
-        add_user,
+        identity,
     ))
 }
 

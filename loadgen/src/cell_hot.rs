@@ -6,12 +6,13 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
+use redcell_cell::service::AsUser;
 use redcell_cell::{CellConfig, OpenStrategy, reconcile};
 use redcell_payments::PgLedger;
 use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use redcell_topology::Topology;
 use tokio::{net::TcpListener, sync::Semaphore};
-use tonic::{Request, metadata::AsciiMetadataValue, transport::Channel};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {

@@ -79,6 +79,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         outcomes.push(run_strategy(&args, strategy, &orders.dsn, &ledger_db.dsn).await?);
     }
+    let limit = single_row_update_limit(server, args.db_pool).await?;
     println!();
     println!(
         "| strategy | opens | shares taken | errors | elapsed s | opens/s | shares/s | p50 ms | p99 ms | p999 ms |"
@@ -101,7 +102,68 @@ pub async fn run(args: Args) -> Result<(), String> {
             ms(0.999)
         );
     }
+    println!(
+        "| pgbench: one hot row, `UPDATE .. SET v = v + 1`, {} clients | {:.0} tps |",
+        args.db_pool, limit
+    );
     Ok(())
+}
+
+/// PostgreSQL's own single-row update rate on this machine and server settings:
+/// the ceiling of any strategy that commits once per Open of one envelope.
+async fn single_row_update_limit(
+    server: &redcell_harness::PgServer,
+    clients: usize,
+) -> Result<f64, String> {
+    let database = "bench_limit";
+    server
+        .create_database(database)
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = server.connect(database).await.map_err(|e| e.to_string())?;
+    client
+        .batch_execute("CREATE TABLE hot (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO hot VALUES (1, 0);")
+        .await
+        .map_err(|e| e.to_string())?;
+    let script = std::env::temp_dir().join(format!("redcell-pgbench-{}.sql", std::process::id()));
+    std::fs::write(&script, "UPDATE hot SET v = v + 1 WHERE id = 1;\n")
+        .map_err(|e| e.to_string())?;
+    let binaries = redcell_harness::PgBinaries::locate(&redcell_harness::BinarySearch::from_env())
+        .map_err(|e| e.to_string())?;
+    let output = tokio::process::Command::new(binaries.bindir().join("pgbench"))
+        .args([
+            "-n",
+            "-j",
+            "2",
+            "-T",
+            "5",
+            "-h",
+            server.host(),
+            "-U",
+            "postgres",
+        ])
+        .arg("-c")
+        .arg(clients.to_string())
+        .arg("-p")
+        .arg(server.port().to_string())
+        .arg("-f")
+        .arg(&script)
+        .arg(database)
+        .output()
+        .await
+        .map_err(|e| format!("pgbench: {e}"))?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "pgbench printed no tps: {text} {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
 }
 
 async fn run_strategy(

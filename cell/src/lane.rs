@@ -383,11 +383,15 @@ impl Lane {
                         drop(reply.send(Ok(*first)));
                         continue;
                     }
-                    match state.refusal(&user, remaining_count, now) {
+                    // Judged on the committed state: whether this Open still
+                    // fits after the batch ahead of it is decided when the
+                    // batch commits (a failed commit must not have told anyone
+                    // EXHAUSTED while shares remain).
+                    match state.refusal(&user, state.envelope.remaining_count, now) {
                         Ok(Some(refusal)) => drop(reply.send(Ok(OpenResult::refused(refusal)))),
                         Err(error) => drop(reply.send(Err(error))),
                         Ok(None) => {
-                            remaining_count -= 1;
+                            remaining_count = remaining_count.saturating_sub(1);
                             taking.push(Taking {
                                 user,
                                 replies: vec![reply],
@@ -417,9 +421,22 @@ impl Lane {
             let mut remaining_cents = state.envelope.remaining_cents;
             let mut remaining_count = state.envelope.remaining_count;
             let mut still_taking = Vec::with_capacity(taking.len());
+            // Opens that fit the committed state but not after the batch ahead
+            // of them: EXHAUSTED once (and only if) that batch commits.
+            let mut overflow = Vec::new();
+            let committed_remaining = state.envelope.remaining_count;
             for taker in taking {
                 match state.refusal(&taker.user, remaining_count, now) {
                     Ok(None) => {}
+                    Ok(Some(ShareStatus::Exhausted))
+                        if matches!(
+                            state.refusal(&taker.user, committed_remaining, now),
+                            Ok(None)
+                        ) =>
+                    {
+                        overflow.push(taker);
+                        continue;
+                    }
                     answer => {
                         let answer = answer.map(|refusal| match refusal {
                             Some(ShareStatus::AlreadyOpened) => state
@@ -456,6 +473,8 @@ impl Lane {
             }
             taking = still_taking;
             if taking.is_empty() {
+                // Nothing fits: the committed state already says exhausted.
+                reply_refused(overflow, ShareStatus::Exhausted);
                 return;
             }
             let outcome = store::commit_opens(
@@ -480,13 +499,16 @@ impl Lane {
                         state.claims.insert(claim.user, result);
                         reply_all(taker.replies, || Ok(result));
                     }
+                    reply_refused(overflow, ShareStatus::Exhausted);
                     return;
                 }
                 Ok(CommitOutcome::Expired) => {
                     state.expired_in_db = true;
                     // Replanning now answers EXPIRED (or the user's share).
+                    taking.extend(overflow);
                 }
                 Ok(CommitOutcome::Stale | CommitOutcome::NotActive) => {
+                    taking.extend(overflow);
                     match store::load_with_claims(&self.pool, &self.id).await {
                         Ok(Some((envelope, loaded))) => {
                             self.state = Some(LaneState::new(envelope, loaded))
@@ -510,6 +532,7 @@ impl Lane {
                     // Unknown whether the DB saw it: forget the state, reload
                     // on the next request, and let the callers retry (Open is
                     // idempotent, so a retry returns the share if it committed).
+                    taking.extend(overflow);
                     self.state = None;
                     let message = CellError::from(error).to_string();
                     fail_all(taking, || CellError::Unavailable(message.clone()));
@@ -537,6 +560,12 @@ fn reply_all(
 ) {
     for reply in replies {
         drop(reply.send(answer()));
+    }
+}
+
+fn reply_refused(takers: Vec<Taking>, status: ShareStatus) {
+    for taker in takers {
+        reply_all(taker.replies, || Ok(OpenResult::refused(status)));
     }
 }
 

@@ -62,6 +62,10 @@ pub struct CellArgs {
     /// Seconds a Send may stay PENDING_PAYMENT before recovery resolves it.
     #[arg(long, default_value_t = 10)]
     pub recovery_grace_secs: u64,
+    /// Credential routers present in `x-redcell-internal`; calls without it are
+    /// refused. Unset only for local development.
+    #[arg(long, env = "REDCELL_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
     /// Log as JSON lines.
     #[arg(long, env = "REDCELL_LOG_JSON")]
     pub log_json: bool,
@@ -97,6 +101,8 @@ pub struct CellConfig {
     pub lanes: LaneConfig,
     pub open_strategy: OpenStrategy,
     pub workers: WorkerConfig,
+    /// The credential routers must present; `None` serves anyone (development).
+    pub internal_token: Option<String>,
 }
 
 impl CellConfig {
@@ -116,6 +122,7 @@ impl CellConfig {
             lanes: LaneConfig::default(),
             open_strategy: OpenStrategy::Lane,
             workers: WorkerConfig::default(),
+            internal_token: None,
         })
     }
 
@@ -157,6 +164,14 @@ impl CellConfig {
         {
             errors.push("--db-dsn: malformed PostgreSQL DSN".to_owned());
         }
+        if args
+            .internal_token
+            .as_deref()
+            .is_some_and(|token| token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            errors
+                .push("--internal-token: must be at least 16 visible ASCII characters".to_owned());
+        }
         if args.ledger_dsn.parse::<tokio_postgres::Config>().is_err() {
             errors.push("--ledger-dsn: malformed PostgreSQL DSN".to_owned());
         }
@@ -179,6 +194,7 @@ impl CellConfig {
             idle: Duration::from_secs(args.lane_idle_secs),
         };
         config.open_strategy = args.open_strategy;
+        config.internal_token = args.internal_token.clone();
         config.workers = WorkerConfig {
             interval: Duration::from_millis(args.worker_interval_ms),
             recovery_grace: Duration::from_secs(args.recovery_grace_secs),

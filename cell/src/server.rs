@@ -8,7 +8,9 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use redcell_payments::Payments;
-use redcell_proto::v1::red_envelope_server::RedEnvelopeServer;
+use redcell_proto::v1::{
+    cell_internal_server::CellInternalServer, red_envelope_server::RedEnvelopeServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::TcpIncoming;
@@ -19,7 +21,7 @@ use crate::{
     db, health,
     ids::IdMinter,
     lane::Lanes,
-    service::CellService,
+    service::{CellService, RequireInternal},
     workers::{self, expiry, recovery, settlement},
 };
 
@@ -75,9 +77,20 @@ pub async fn run<P: Payments>(
     spawn_workers(&tracker, &cancel, &context, &config);
 
     tracing::info!(cell = %config.cell, address = ?listener.local_addr().ok(), "serving");
+    let internal = RequireInternal::new(config.internal_token.as_deref());
+    if config.internal_token.is_none() {
+        tracing::warn!("no internal token: this cell serves any caller (development only)");
+    }
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(RedEnvelopeServer::new(CellService::new(context.clone())))
+        .add_service(RedEnvelopeServer::with_interceptor(
+            CellService::new(context.clone()),
+            internal.clone(),
+        ))
+        .add_service(CellInternalServer::with_interceptor(
+            CellService::new(context.clone()),
+            internal,
+        ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await;
 

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use redcell_payments::Payments;
-use redcell_proto::v1::{self as pb, red_envelope_server::RedEnvelope};
+use redcell_proto::v1::{
+    self as pb, cell_internal_server::CellInternal, red_envelope_server::RedEnvelope,
+};
 use redcell_topology::Suffix;
 use tonic::{Request, Response, Status};
 
@@ -16,22 +18,82 @@ use crate::{context::CellContext, error::CellError, ops, request::UserId};
 pub const USER_METADATA: &str = "x-redcell-user";
 /// Metadata entry with the suffix the router drew from the mint pool (Send).
 pub const SUFFIX_METADATA: &str = "x-redcell-suffix";
+/// Metadata entry carrying the internal credential: cells serve routers only.
+pub const INTERNAL_METADATA: &str = "x-redcell-internal";
+
+/// Server-side check of the internal credential, in constant time. With no
+/// token configured every call passes (local development only; `cell` requires
+/// one).
+#[derive(Debug, Clone)]
+pub struct RequireInternal(Option<std::sync::Arc<str>>);
+
+impl RequireInternal {
+    pub fn new(token: Option<&str>) -> RequireInternal {
+        RequireInternal(token.map(std::sync::Arc::from))
+    }
+}
+
+impl tonic::service::Interceptor for RequireInternal {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.0 else {
+            return Ok(request);
+        };
+        let presented = request
+            .metadata()
+            .get(INTERNAL_METADATA)
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        if constant_time_eq(presented, expected.as_bytes()) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "cells serve routers only: missing or wrong internal credential",
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// A client-side interceptor that names the caller the way routers do
-/// (`x-redcell-user`), for routers, load generators and tests.
+/// (`x-redcell-user`, plus the internal credential when one is set), for
+/// routers, load generators and tests.
 #[derive(Debug, Clone)]
-pub struct AsUser(tonic::metadata::AsciiMetadataValue);
+pub struct AsUser {
+    user: tonic::metadata::AsciiMetadataValue,
+    internal: Option<tonic::metadata::AsciiMetadataValue>,
+}
 
 impl AsUser {
     /// `None` when `user` is not valid metadata (not visible ASCII).
     pub fn new(user: &str) -> Option<AsUser> {
-        user.parse().ok().map(AsUser)
+        Some(AsUser {
+            user: user.parse().ok()?,
+            internal: None,
+        })
+    }
+
+    /// Also present the internal credential; `None` if it is not visible ASCII.
+    pub fn with_internal(self, token: &str) -> Option<AsUser> {
+        Some(AsUser {
+            internal: Some(token.parse().ok()?),
+            ..self
+        })
     }
 }
 
 impl tonic::service::Interceptor for AsUser {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert(USER_METADATA, self.0.clone());
+        request
+            .metadata_mut()
+            .insert(USER_METADATA, self.user.clone());
+        if let Some(token) = &self.internal {
+            request
+                .metadata_mut()
+                .insert(INTERNAL_METADATA, token.clone());
+        }
         Ok(request)
     }
 }
@@ -71,6 +133,18 @@ fn suffix<T>(request: &Request<T>) -> Result<Option<Suffix>, CellError> {
     parsed
         .map(Some)
         .ok_or_else(|| CellError::invalid("x-redcell-suffix", "must be three digits 000-999"))
+}
+
+#[tonic::async_trait]
+impl<P: Payments> CellInternal for CellService<P> {
+    async fn cell_history(
+        &self,
+        request: Request<pb::CellHistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        Ok(Response::new(
+            ops::history::cell_history(&self.context, request.into_inner()).await?,
+        ))
+    }
 }
 
 #[tonic::async_trait]

@@ -4,6 +4,7 @@
 
 pub mod get;
 pub mod grab;
+pub mod history;
 pub mod open;
 pub mod send;
 

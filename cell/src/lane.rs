@@ -230,12 +230,6 @@ impl LaneState {
         }
     }
 
-    fn is_expired(&self, now: SystemTime) -> bool {
-        self.expired_in_db
-            || self.envelope.status == Status::Expired
-            || now >= self.envelope.expires_at
-    }
-
     /// Why nothing can be taken from this envelope by `user`, if so.
     /// `remaining_count` accounts for the batch in flight.
     fn refusal(
@@ -263,9 +257,14 @@ impl LaneState {
             Some(ShareStatus::AlreadyOpened)
         } else if !self.envelope.is_eligible(user) {
             Some(ShareStatus::NotEligible)
-        } else if self.is_expired(now) {
+        } else if self.expired_in_db || self.envelope.status == Status::Expired {
             Some(ShareStatus::Expired)
-        } else if remaining_count == 0 || self.envelope.status == Status::Exhausted {
+        } else if self.envelope.status == Status::Exhausted || self.envelope.remaining_count == 0 {
+            // Emptied before it expired: it stays EXHAUSTED, as Get shows.
+            Some(ShareStatus::Exhausted)
+        } else if now >= self.envelope.expires_at {
+            Some(ShareStatus::Expired)
+        } else if remaining_count == 0 {
             Some(ShareStatus::Exhausted)
         } else {
             None
@@ -337,6 +336,16 @@ impl Lane {
     }
 
     async fn serve(&mut self, batch: Vec<Request>) {
+        // An unpaid envelope changes state outside this lane (its Send or the
+        // recovery worker activates or cancels it): look again rather than
+        // answer from a stale PENDING_PAYMENT.
+        if self
+            .state
+            .as_ref()
+            .is_some_and(|state| state.envelope.status == Status::PendingPayment)
+        {
+            self.state = None;
+        }
         if self.state.is_none() {
             match store::load_with_claims(&self.pool, &self.id).await {
                 Ok(Some((envelope, claims))) => self.state = Some(LaneState::new(envelope, claims)),

@@ -1,6 +1,6 @@
 //! `cell`: one logic server. Parses flags, loads and validates the topology and
-//! the configuration (exit 2 naming the bad flag or key, before binding), then
-//! runs until SIGINT/SIGTERM.
+//! the configuration (exit 78, EX_CONFIG, naming the bad flag or key, before
+//! binding; clap's own usage errors exit 2), then runs until SIGINT/SIGTERM.
 
 use std::process::ExitCode;
 

@@ -12,13 +12,21 @@
 //!    done transfer has exactly one ledger credit with its key, account and
 //!    amount; every paid envelope has its ledger debit, no cancelled one has;
 //! 3. the money this cell holds ([`Report::held_cents`]): remaining cents of
-//!    active envelopes + pending transfers + paid-but-unresolved Sends. With the
-//!    ledger's balances it is conserved across any run, crash or fault; the
-//!    caller who knows what was deposited checks that sum.
+//!    active envelopes + pending transfers the ledger has not credited yet +
+//!    paid-but-unresolved Sends. With the ledger's balances
+//!    ([`Report::ledger_balance_cents`]) it is conserved across any run, crash
+//!    or fault; the caller who knows what was deposited checks that sum.
+//!
+//! Consistency while the system runs: the order DB is read in one
+//! `REPEATABLE READ` snapshot, then the ledger in one snapshot taken after it
+//! ([`PgLedger::audit`]). A transfer credited between the two is pending in the
+//! first and credited in the second: it is counted as settled ("in flight"),
+//! never twice. A transfer is marked done only after its credit, so the later
+//! ledger snapshot always holds the credits of the done transfers.
 
 use std::collections::HashMap;
 
-use redcell_payments::{EntryKind, PgLedger};
+use redcell_payments::{EntryKind, LedgerEntry, PgLedger};
 use tokio_postgres::Client;
 
 use crate::envelope::Status;
@@ -49,10 +57,15 @@ pub struct Report {
     /// Sends still `PENDING_PAYMENT` (the recovery worker resolves them).
     pub pending_payments: i64,
     pub pending_transfers: i64,
+    /// Pending transfers the ledger has already credited (marking them done is
+    /// all that is left).
+    pub in_flight_transfers: i64,
     /// Money inside the cell: not in any ledger balance, not lost.
     pub held_cents: i64,
     /// Sum of the transfers already credited by the ledger.
     pub settled_cents: i64,
+    /// Sum of all ledger balances, from the same ledger snapshot.
+    pub ledger_balance_cents: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +91,16 @@ const CLAIMS_WITHOUT_ONE_TRANSFER: &str = "SELECT c.envelope_id, c.seq, count(t.
      GROUP BY 1, 2 HAVING count(t.id) <> 1";
 const TRANSFERS_WITHOUT_CLAIM: &str = "SELECT t.envelope_id, t.key FROM transfers t WHERE t.kind = 1 AND NOT EXISTS \
      (SELECT 1 FROM claims c WHERE 'claim:' || c.envelope_id || ':' || c.seq = t.key)";
-const DONE_TRANSFERS: &str =
-    "SELECT envelope_id, key, user_id, amount_cents FROM transfers WHERE status = 2";
-const PENDING_TRANSFERS: &str =
-    "SELECT count(*), COALESCE(sum(amount_cents), 0)::bigint FROM transfers WHERE status = 1";
+const TRANSFERS: &str = "SELECT envelope_id, key, user_id, amount_cents, status = 2 FROM transfers";
 
 /// Checks one cell's order DB against the ledger.
-pub async fn check_cell(orders: &Client, ledger: &PgLedger) -> Result<Report, ReconcileError> {
+pub async fn check_cell(orders: &mut Client, ledger: &PgLedger) -> Result<Report, ReconcileError> {
+    let orders = orders
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
     let mut report = Report::default();
     let mut discrepancies = Vec::new();
     let mut note = |envelope: Option<&str>, message: String| {
@@ -189,86 +205,84 @@ pub async fn check_cell(orders: &Client, ledger: &PgLedger) -> Result<Report, Re
         let (id, key): (String, String) = (row.get(0), row.get(1));
         note(Some(&id), format!("transfer {key} has no claim"));
     }
-    let pending = orders.query_one(PENDING_TRANSFERS, &[]).await?;
-    report.pending_transfers = pending.get(0);
-    report.held_cents += pending.get::<_, i64>(1);
+    let transfers = orders.query(TRANSFERS, &[]).await?;
+    orders.commit().await?;
 
-    // Done transfers <-> ledger credits.
-    let done = orders.query(DONE_TRANSFERS, &[]).await?;
-    for chunk in done.chunks(1000) {
-        let keys: Vec<&str> = chunk.iter().map(|row| row.get(1)).collect();
-        let entries: HashMap<String, _> = ledger
-            .entries(&keys)
-            .await?
-            .into_iter()
-            .map(|entry| (entry.key.clone(), entry))
-            .collect();
-        for row in chunk {
-            let (id, key, user, amount): (String, String, String, i64) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            report.settled_cents += amount;
-            match entries.get(&key) {
-                Some(entry)
-                    if entry.kind == EntryKind::Credit
-                        && entry.account == user
-                        && entry.amount_cents == amount => {}
-                Some(entry) => note(
-                    Some(&id),
-                    format!("transfer {key} is done but the ledger has {entry:?}"),
-                ),
-                None => note(
-                    Some(&id),
-                    format!("transfer {key} is done but the ledger has no entry"),
-                ),
+    // The ledger, in one snapshot taken after the order DB's.
+    let send_keys: Vec<String> = debits_expected
+        .keys()
+        .map(|id| format!("send:{id}"))
+        .collect();
+    let mut keys: Vec<&str> = transfers.iter().map(|row| row.get(1)).collect();
+    keys.extend(send_keys.iter().map(String::as_str));
+    let audit = ledger.audit(&keys).await?;
+    report.ledger_balance_cents = audit.total_balance_cents;
+    let entries: HashMap<&str, &LedgerEntry> = audit
+        .entries
+        .iter()
+        .map(|entry| (entry.key.as_str(), entry))
+        .collect();
+
+    // Transfers <-> ledger credits.
+    for row in &transfers {
+        let (id, key, user, amount, done): (String, &str, &str, i64, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        match entries.get(key) {
+            Some(entry)
+                if entry.kind == EntryKind::Credit
+                    && entry.account == user
+                    && entry.amount_cents == amount =>
+            {
+                report.settled_cents += amount;
+                if !done {
+                    report.pending_transfers += 1;
+                    report.in_flight_transfers += 1;
+                }
+            }
+            Some(entry) => note(
+                Some(&id),
+                format!("transfer {key} does not match the ledger's {entry:?}"),
+            ),
+            None if done => note(
+                Some(&id),
+                format!("transfer {key} is done but the ledger has no entry"),
+            ),
+            None => {
+                report.pending_transfers += 1;
+                report.held_cents += amount;
             }
         }
     }
 
     // Envelopes <-> ledger debits.
-    let ids: Vec<String> = debits_expected.keys().cloned().collect();
-    for chunk in ids.chunks(1000) {
-        let keys: Vec<String> = chunk.iter().map(|id| format!("send:{id}")).collect();
-        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let entries: HashMap<String, _> = ledger
-            .entries(&key_refs)
-            .await?
-            .into_iter()
-            .map(|entry| (entry.key.clone(), entry))
-            .collect();
-        for id in chunk {
-            let Some((sender, total, status)) = debits_expected.get(id) else {
-                continue;
-            };
-            let entry = entries.get(&format!("send:{id}"));
-            let debited = entry.is_some_and(|entry| entry.kind == EntryKind::Debit);
-            if let Some(entry) = entry.filter(|entry| entry.kind == EntryKind::Debit)
-                && (entry.account != *sender || entry.amount_cents != *total)
-            {
-                note(
-                    Some(id),
-                    format!(
-                        "ledger debit {entry:?} does not match sender {sender} / total {total}"
-                    ),
-                );
+    for (id, (sender, total, status)) in &debits_expected {
+        let entry = entries.get(format!("send:{id}").as_str()).copied();
+        let debited = entry.is_some_and(|entry| entry.kind == EntryKind::Debit);
+        if let Some(entry) = entry.filter(|entry| entry.kind == EntryKind::Debit)
+            && (entry.account != *sender || entry.amount_cents != *total)
+        {
+            note(
+                Some(id),
+                format!("ledger debit {entry:?} does not match sender {sender} / total {total}"),
+            );
+        }
+        match status {
+            Status::PendingPayment if debited => report.held_cents += total,
+            Status::PendingPayment => {}
+            Status::Cancelled if debited => {
+                note(Some(id), "cancelled but the sender was debited".into())
             }
-            match status {
-                Status::PendingPayment if debited => report.held_cents += total,
-                Status::PendingPayment => {}
-                Status::Cancelled if debited => {
-                    note(Some(id), "cancelled but the sender was debited".into())
-                }
-                Status::Cancelled => {}
-                _ if !debited => note(
-                    Some(id),
-                    format!("{status:?} but the ledger has no debit of the sender"),
-                ),
-                _ => {}
-            }
+            Status::Cancelled => {}
+            _ if !debited => note(
+                Some(id),
+                format!("{status:?} but the ledger has no debit of the sender"),
+            ),
+            _ => {}
         }
     }
 
     // The ledger's own books.
-    for account in ledger.discrepancies().await? {
+    for account in &audit.discrepancies {
         note(
             None,
             format!("ledger account {account:?} does not match its entries"),

@@ -48,12 +48,7 @@ impl std::fmt::Display for UserId {
 
 /// 1-64 of `[A-Za-z0-9_-]`: user ids and idempotency keys.
 fn check_token(field: &'static str, text: &str) -> Result<(), CellError> {
-    if text.is_empty() || text.len() > 64 {
-        return Err(CellError::invalid(
-            field,
-            format!("must be 1-64 characters, got {}", text.chars().count()),
-        ));
-    }
+    // Characters first: once they are all ASCII, bytes and characters agree.
     if let Some(bad) = text
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
@@ -61,6 +56,12 @@ fn check_token(field: &'static str, text: &str) -> Result<(), CellError> {
         return Err(CellError::invalid(
             field,
             format!("{bad:?} is not allowed; use only A-Z a-z 0-9 _ -"),
+        ));
+    }
+    if text.is_empty() || text.len() > 64 {
+        return Err(CellError::invalid(
+            field,
+            format!("must be 1-64 characters, got {}", text.len()),
         ));
     }
     Ok(())

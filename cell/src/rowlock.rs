@@ -64,9 +64,9 @@ pub async fn open(pool: &Pool, id: &EnvelopeId, user: &str) -> Result<OpenResult
         }
         _ if !envelope.is_eligible(user) => Some(ShareStatus::NotEligible),
         Status::Expired => Some(ShareStatus::Expired),
-        _ if expired => Some(ShareStatus::Expired),
         Status::Exhausted => Some(ShareStatus::Exhausted),
         Status::Active if envelope.remaining_count == 0 => Some(ShareStatus::Exhausted),
+        Status::Active if expired => Some(ShareStatus::Expired),
         Status::Active => None,
     };
     if let Some(status) = refusal {
@@ -137,10 +137,11 @@ pub async fn grab(pool: &Pool, id: &EnvelopeId, user: &str) -> Result<ShareStatu
         }
         _ if own.is_some() => ShareStatus::AlreadyOpened,
         _ if !envelope.is_eligible(user) => ShareStatus::NotEligible,
-        _ if envelope.status == Status::Expired || SystemTime::now() >= envelope.expires_at => {
-            ShareStatus::Expired
+        Status::Expired => ShareStatus::Expired,
+        _ if envelope.status == Status::Exhausted || envelope.remaining_count == 0 => {
+            ShareStatus::Exhausted
         }
-        _ if envelope.remaining_count == 0 => ShareStatus::Exhausted,
+        _ if SystemTime::now() >= envelope.expires_at => ShareStatus::Expired,
         _ => ShareStatus::Available,
     })
 }

@@ -127,7 +127,7 @@ fn suffix<T>(request: &Request<T>) -> Result<Option<Suffix>, CellError> {
     let parsed = value
         .to_str()
         .ok()
-        .filter(|text| text.len() == 3)
+        .filter(|text| text.len() == 3 && text.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|text| text.parse::<u16>().ok())
         .and_then(Suffix::new);
     parsed

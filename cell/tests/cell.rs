@@ -6,5 +6,16 @@
 #[path = "cell/stack.rs"]
 mod stack;
 
+#[path = "cell/lanes.rs"]
+mod lanes;
 #[path = "cell/opens.rs"]
 mod opens;
+
+#[path = "cell/money.rs"]
+mod money;
+
+#[path = "cell/process.rs"]
+mod process;
+
+#[path = "cell/bad_input.rs"]
+mod bad_input;

@@ -262,8 +262,8 @@ async fn run_strategy(
     let elapsed = started.elapsed();
 
     // A benchmark that loses money is a failed benchmark.
-    let (orders, connection) = tokio_postgres_connect(orders_dsn).await?;
-    let report = reconcile::check_cell(&orders, &ledger)
+    let (mut orders, connection) = tokio_postgres_connect(orders_dsn).await?;
+    let report = reconcile::check_cell(&mut orders, &ledger)
         .await
         .map_err(|e| e.to_string())?;
     drop(orders);

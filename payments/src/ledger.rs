@@ -287,6 +287,59 @@ impl PgLedger {
     }
 }
 
+/// The ledger as one consistent snapshot, for auditors (reconciliation):
+/// entries, total balance and the accounts' own discrepancies, all read in one
+/// `REPEATABLE READ` transaction, so a credit landing mid-audit is either in all
+/// of them or in none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LedgerAudit {
+    /// The entries under the keys asked for that exist.
+    pub entries: Vec<LedgerEntry>,
+    pub total_balance_cents: i64,
+    pub discrepancies: Vec<AccountDiscrepancy>,
+}
+
+impl PgLedger {
+    /// Reads [`LedgerAudit`] for `keys` in one snapshot.
+    pub async fn audit(&self, keys: &[&str]) -> Result<LedgerAudit, PaymentsError> {
+        let mut client = self.pool.get().await?;
+        let transaction = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let entries = transaction
+            .query(sql::SELECT_ENTRIES, &[&keys])
+            .await?
+            .iter()
+            .map(LedgerEntry::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let total_balance_cents = transaction
+            .query_one(sql::TOTAL_BALANCE, &[])
+            .await?
+            .try_get(0)?;
+        let discrepancies = transaction
+            .query(sql::DISCREPANCIES, &[])
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(AccountDiscrepancy {
+                    account: row.try_get(0)?,
+                    balance_cents: row.try_get(1)?,
+                    entries_net_cents: row.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>, PaymentsError>>()?;
+        transaction.commit().await?;
+        Ok(LedgerAudit {
+            entries,
+            total_balance_cents,
+            discrepancies,
+        })
+    }
+}
+
 impl Payments for PgLedger {
     async fn debit(
         &self,

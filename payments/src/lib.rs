@@ -37,7 +37,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use error::PaymentsError;
-pub use ledger::{AccountDiscrepancy, EntryKind, EntryTotals, LedgerEntry, PgLedger};
+pub use ledger::{AccountDiscrepancy, EntryKind, EntryTotals, LedgerAudit, LedgerEntry, PgLedger};
 
 /// What a cell needs from the payment system it is a merchant of.
 ///

@@ -81,7 +81,11 @@ async fn replay<P: Payments>(
     let same = envelope.total_cents == command.total_cents
         && envelope.count == command.count
         && envelope.kind == command.kind
-        && envelope.greeting == command.greeting;
+        && envelope.greeting == command.greeting
+        && envelope
+            .recipients
+            .iter()
+            .eq(command.recipients.iter().map(UserId::as_str));
     if !same {
         return Err(CellError::invalid(
             "idempotency_key",

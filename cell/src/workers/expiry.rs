@@ -5,22 +5,23 @@
 //! Opens race with expiry only through the DB: the statement locks the due rows
 //! and re-checks `status = ACTIVE` on the latest row version, and a lane's commit
 //! is guarded by its version and `expires_at > now()`. Whichever commits first
-//! wins; the other sees the change and changes nothing. The refund reads the
-//! remaining cents of the row it locked, so it is exact.
+//! wins; the other sees the change and changes nothing. The refund takes the
+//! remaining cents from the `FOR UPDATE` row itself — under READ COMMITTED that is
+//! the newest committed version, re-checked after the lock — never from a plain
+//! join, which would read the statement's older snapshot and could refund cents
+//! a lane committed a moment before (found in review: money created).
 
 use deadpool_postgres::Pool;
 
 use crate::db::DbError;
 
 const EXPIRE_DUE: &str = "WITH due AS ( \
-       SELECT day, id FROM envelopes WHERE status = 2 AND expires_at <= now() \
+       SELECT day, id, sender, remaining_cents FROM envelopes WHERE status = 2 AND expires_at <= now() \
        ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
-     before AS ( \
-       SELECT e.day, e.id, e.sender, e.remaining_cents FROM envelopes e JOIN due USING (day, id)), \
      expired AS ( \
        UPDATE envelopes e SET status = 4, remaining_cents = 0, remaining_count = 0, version = e.version + 1 \
-       FROM before WHERE e.day = before.day AND e.id = before.id \
-       RETURNING before.id, before.sender, before.remaining_cents), \
+       FROM due WHERE e.day = due.day AND e.id = due.id \
+       RETURNING due.id, due.sender, due.remaining_cents), \
      refunds AS ( \
        INSERT INTO transfers (key, kind, envelope_id, user_id, amount_cents) \
        SELECT 'refund:' || id, 2, id, sender, remaining_cents FROM expired WHERE remaining_cents > 0) \

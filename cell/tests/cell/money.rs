@@ -1,0 +1,1303 @@
+//! The money flow of a cell (DESIGN.md §4, §5, §8): expiry and its exact
+//! refund, opens racing expiry, settlement with conservation checkpoints,
+//! recovery of `PENDING_PAYMENT` through fault-injecting payment systems,
+//! insufficient balance, Send idempotency, envelope kinds, and Get.
+//!
+//! Every test that moves money ends with `drain_settlement` + `check_money`
+//! (zero reconcile discrepancies and ledger conservation). Waits for workers
+//! are bounded polls, never wall-clock thresholds.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use redcell_payments::{
+    DebitOutcome, DebitResolution, EntryKind, Payments, PaymentsError, PgLedger,
+};
+use redcell_proto::v1 as pb;
+use tokio::{sync::watch, time::Instant};
+use tonic::Code;
+
+use crate::stack::{Client, Stack, StackBuilder};
+
+// Stored envelope status codes (migrations/sql/orders/0001_orders.sql).
+const PENDING_PAYMENT: i16 = 1;
+const ACTIVE: i16 = 2;
+const EXHAUSTED: i16 = 3;
+const EXPIRED: i16 = 4;
+const CANCELLED: i16 = 5;
+
+/// Polls happen every 50 ms, at most 600 times: 30 s for any worker.
+const POLL: Duration = Duration::from_millis(50);
+const POLLS: usize = 600;
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+fn request(kind: pb::EnvelopeKind, total: i64, count: u32, key: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        total_cents: total,
+        count,
+        kind: kind.into(),
+        greeting: "money".into(),
+        recipients: Vec::new(),
+        idempotency_key: key.into(),
+    }
+}
+
+async fn send(
+    stack: &Stack,
+    sender: &str,
+    request: pb::SendRequest,
+) -> Result<pb::Envelope, tonic::Status> {
+    stack.client(0, sender).send(request).await.map(|response| {
+        response
+            .into_inner()
+            .envelope
+            .expect("Send returns the envelope")
+    })
+}
+
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::ResourceExhausted | Code::Unavailable)
+}
+
+/// One Open as a client does it: the retryable codes are retried (bounded).
+async fn open(client: &mut Client, envelope: &str) -> pb::OpenResponse {
+    for _ in 0..1000 {
+        let request = pb::OpenRequest {
+            envelope_id: envelope.to_owned(),
+        };
+        match client.open(request).await {
+            Ok(response) => return response.into_inner(),
+            Err(status) if retryable(&status) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(status) => panic!("Open of {envelope} failed: {status:?}"),
+        }
+    }
+    panic!("Open of {envelope} stayed retryable for 1000 attempts");
+}
+
+/// One Grab, retrying the retryable codes (bounded).
+async fn grab(client: &mut Client, envelope: &str) -> pb::ShareStatus {
+    for _ in 0..1000 {
+        let request = pb::GrabRequest {
+            envelope_id: envelope.to_owned(),
+        };
+        match client.grab(request).await {
+            Ok(response) => return response.into_inner().status(),
+            Err(status) if retryable(&status) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(status) => panic!("Grab of {envelope} failed: {status:?}"),
+        }
+    }
+    panic!("Grab of {envelope} stayed retryable for 1000 attempts");
+}
+
+async fn get(
+    stack: &Stack,
+    envelope: &str,
+    page_token: &str,
+    page_size: u32,
+) -> Result<pb::GetResponse, tonic::Status> {
+    stack
+        .client(0, "viewer")
+        .get(pb::GetRequest {
+            envelope_id: envelope.to_owned(),
+            page_token: page_token.to_owned(),
+            page_size,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// One `bigint` (or `count(*)`) from the order DB.
+async fn orders_i64(
+    stack: &Stack,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    let client = stack.orders.connect().await.unwrap();
+    client.query_one(sql, params).await.unwrap().get(0)
+}
+
+async fn table_count(stack: &Stack, table: &str) -> i64 {
+    orders_i64(stack, &format!("SELECT count(*) FROM {table}"), &[]).await
+}
+
+/// The stored status code of an envelope.
+async fn stored_status(stack: &Stack, envelope: &str) -> i16 {
+    let client = stack.orders.connect().await.unwrap();
+    client
+        .query_one("SELECT status FROM envelopes WHERE id = $1", &[&envelope])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits (bounded) until the stored status of `envelope` satisfies `done`.
+async fn wait_status(stack: &Stack, envelope: &str, done: impl Fn(i16) -> bool) -> i16 {
+    let mut status = 0;
+    for _ in 0..POLLS {
+        status = stored_status(stack, envelope).await;
+        if done(status) {
+            return status;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("envelope {envelope} still has status {status} after 30 s");
+}
+
+/// The refund transfers of an envelope: (key, user, amount).
+async fn refunds(stack: &Stack, envelope: &str) -> Vec<(String, String, i64)> {
+    let client = stack.orders.connect().await.unwrap();
+    client
+        .query(
+            "SELECT key, user_id, amount_cents FROM transfers WHERE envelope_id = $1 AND kind = 2",
+            &[&envelope],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+}
+
+/// The envelope a sender's idempotency key names, if any.
+async fn envelope_of_key(stack: &Stack, sender: &str, key: &str) -> Option<String> {
+    let client = stack.orders.connect().await.unwrap();
+    client
+        .query_opt(
+            "SELECT envelope_id FROM send_requests WHERE sender = $1 AND idempotency_key = $2",
+            &[&sender, &key],
+        )
+        .await
+        .unwrap()
+        .map(|row| row.get(0))
+}
+
+async fn balance(stack: &Stack, account: &str) -> i64 {
+    stack.ledger.balance(account).await.unwrap()
+}
+
+fn expires_at(envelope: &pb::Envelope) -> SystemTime {
+    SystemTime::try_from(envelope.expires_at.expect("expires_at")).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Payment systems with faults, wrapping the stack's real ledger.
+
+/// The test's hold on a fault-injecting payment system (shared by the clones
+/// every logic server gets).
+#[derive(Debug, Clone, Default)]
+struct Faults {
+    /// Debits still to fail; `usize::MAX`: all of them.
+    debit_failures: Arc<AtomicUsize>,
+    /// While false, `resolve_debit` is `Unavailable`: the recovery worker can
+    /// resolve nothing until the test lets it.
+    resolve_open: Arc<AtomicBool>,
+    /// `debit` calls seen.
+    debit_calls: Arc<AtomicUsize>,
+}
+
+impl Faults {
+    fn failing_debits(failures: usize) -> Faults {
+        let faults = Faults::default();
+        faults.debit_failures.store(failures, Ordering::SeqCst);
+        faults
+    }
+
+    fn let_recovery_resolve(&self) {
+        self.resolve_open.store(true, Ordering::SeqCst);
+    }
+
+    fn take_failure(&self) -> bool {
+        self.debit_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+                0 => None,
+                usize::MAX => Some(usize::MAX),
+                left => Some(left - 1),
+            })
+            .is_ok()
+    }
+
+    async fn resolve<P: Payments>(
+        &self,
+        inner: &P,
+        key: &str,
+    ) -> Result<DebitResolution, PaymentsError> {
+        if !self.resolve_open.load(Ordering::SeqCst) {
+            return Err(PaymentsError::Unavailable(format!(
+                "test: resolve_debit({key}) held back"
+            )));
+        }
+        inner.resolve_debit(key).await
+    }
+}
+
+/// Performs the real debit, then loses the answer: the cell sees
+/// `Unavailable` although the sender paid.
+#[derive(Debug, Clone)]
+struct DebitThenFail<P> {
+    inner: P,
+    faults: Faults,
+}
+
+impl<P: Payments> Payments for DebitThenFail<P> {
+    async fn debit(
+        &self,
+        key: &str,
+        account: &str,
+        cents: i64,
+    ) -> Result<DebitOutcome, PaymentsError> {
+        self.faults.debit_calls.fetch_add(1, Ordering::SeqCst);
+        let outcome = self.inner.debit(key, account, cents).await?;
+        if self.faults.take_failure() {
+            return Err(PaymentsError::Unavailable(format!(
+                "test: the answer to debit {key} ({outcome:?}) was lost"
+            )));
+        }
+        Ok(outcome)
+    }
+
+    async fn credit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
+        self.inner.credit(key, account, cents).await
+    }
+
+    async fn resolve_debit(&self, key: &str) -> Result<DebitResolution, PaymentsError> {
+        self.faults.resolve(&self.inner, key).await
+    }
+}
+
+/// Fails before the debit reaches the ledger: nobody paid.
+#[derive(Debug, Clone)]
+struct FailBeforeDebit<P> {
+    inner: P,
+    faults: Faults,
+}
+
+impl<P: Payments> Payments for FailBeforeDebit<P> {
+    async fn debit(
+        &self,
+        key: &str,
+        account: &str,
+        cents: i64,
+    ) -> Result<DebitOutcome, PaymentsError> {
+        self.faults.debit_calls.fetch_add(1, Ordering::SeqCst);
+        if self.faults.take_failure() {
+            return Err(PaymentsError::Unavailable(format!(
+                "test: debit {key} never reached the ledger"
+            )));
+        }
+        self.inner.debit(key, account, cents).await
+    }
+
+    async fn credit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
+        self.inner.credit(key, account, cents).await
+    }
+
+    async fn resolve_debit(&self, key: &str) -> Result<DebitResolution, PaymentsError> {
+        self.faults.resolve(&self.inner, key).await
+    }
+}
+
+/// Credits wait until the gate opens (before touching the ledger), so
+/// transfers stay pending for as long as the test wants.
+#[derive(Debug, Clone)]
+struct GatedCredits<P> {
+    inner: P,
+    open: watch::Receiver<bool>,
+}
+
+impl<P: Payments> Payments for GatedCredits<P> {
+    async fn debit(
+        &self,
+        key: &str,
+        account: &str,
+        cents: i64,
+    ) -> Result<DebitOutcome, PaymentsError> {
+        self.inner.debit(key, account, cents).await
+    }
+
+    async fn credit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
+        let mut open = self.open.clone();
+        let opened = open.wait_for(|open| *open).await.map(|_| ());
+        if opened.is_err() {
+            return Err(PaymentsError::Unavailable("test: the gate is gone".into()));
+        }
+        self.inner.credit(key, account, cents).await
+    }
+
+    async fn resolve_debit(&self, key: &str) -> Result<DebitResolution, PaymentsError> {
+        self.inner.resolve_debit(key).await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Expiry.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_refunds_exactly_the_remainder_to_the_sender() {
+    let mut stack = StackBuilder {
+        servers: 2,
+        ttl: Duration::from_secs(2),
+        ..StackBuilder::default()
+    }
+    .start()
+    .await;
+    let envelope = stack
+        .send("sender", pb::EnvelopeKind::Lucky, 10_000, 10)
+        .await;
+    let id = envelope.id.clone();
+    let sender_before = balance(&stack, "sender").await;
+
+    let mut opened = HashMap::new();
+    for user in ["u0", "u1", "u2", "u3"] {
+        let reply = open(&mut stack.client(0, user), &id).await;
+        assert_eq!(reply.status(), pb::ShareStatus::Available, "{user}");
+        assert!(reply.amount_cents >= 1);
+        opened.insert(user.to_owned(), reply);
+    }
+    let claimed: i64 = opened.values().map(|reply| reply.amount_cents).sum();
+
+    // The expiry worker turns it EXPIRED (seen through Get, from the DB).
+    let mut expired = None;
+    for _ in 0..POLLS {
+        let envelope = get(&stack, &id, "", 0).await.unwrap().envelope.unwrap();
+        if envelope.status() == pb::EnvelopeStatus::Expired {
+            expired = Some(envelope);
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let expired = expired.expect("the envelope expires within 30 s");
+    assert_eq!(expired.remaining_cents, 0);
+    assert_eq!(expired.remaining_count, 0);
+    assert_eq!(expired.total_cents, 10_000);
+
+    // Exactly one refund, of exactly the remainder, to the sender.
+    let refund = refunds(&stack, &id).await;
+    assert_eq!(
+        refund,
+        vec![(
+            format!("refund:{id}"),
+            "sender".to_owned(),
+            10_000 - claimed
+        )],
+        "one refund of total - sum(claims)"
+    );
+
+    // Later Opens and Grabs answer EXPIRED on both servers (server 1 loads
+    // the envelope from the DB); the four openers keep their shares.
+    for server in 0..2 {
+        for user in ["late", "sender"] {
+            let mut client = stack.client(server, user);
+            let reply = open(&mut client, &id).await;
+            assert_eq!(
+                reply.status(),
+                pb::ShareStatus::Expired,
+                "Open {user}@{server}"
+            );
+            assert_eq!(reply.amount_cents, 0);
+            assert_eq!(
+                grab(&mut client, &id).await,
+                pb::ShareStatus::Expired,
+                "Grab {user}@{server}"
+            );
+        }
+        for (user, first) in &opened {
+            let mut client = stack.client(server, user);
+            assert_eq!(
+                open(&mut client, &id).await,
+                *first,
+                "{user} replays its share"
+            );
+            assert_eq!(grab(&mut client, &id).await, pb::ShareStatus::AlreadyOpened);
+        }
+    }
+    assert_eq!(stack.claims(&id).await.len(), 4, "no share after expiry");
+
+    stack.drain_settlement().await;
+    assert_eq!(
+        balance(&stack, "sender").await,
+        sender_before + 10_000 - claimed,
+        "the sender gets the remainder back"
+    );
+    for (user, reply) in &opened {
+        assert_eq!(balance(&stack, user).await, reply.amount_cents, "{user}");
+    }
+    let report = stack.check_money().await;
+    assert_eq!(report.held_cents, 0);
+    assert_eq!(report.pending_transfers, 0);
+}
+
+// ---------------------------------------------------------------------------
+// 2. Opens racing expiry.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_racing_expiry_never_lose_an_acknowledged_share_nor_pay_twice() {
+    const USERS: u64 = 40;
+    let mut stack = StackBuilder {
+        servers: 2,
+        ttl: Duration::from_millis(1500),
+        ..StackBuilder::default()
+    }
+    .start()
+    .await;
+    for round in 0..4u64 {
+        let sender = format!("racer{round}");
+        stack.fund(&sender, 10_000).await;
+        let envelope = send(
+            &stack,
+            &sender,
+            request(pb::EnvelopeKind::Lucky, 10_000, 10, "race"),
+        )
+        .await
+        .unwrap();
+        let id = envelope.id.clone();
+        let until_expiry = expires_at(&envelope)
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let expiry = Instant::now() + until_expiry;
+
+        // User i first opens at expiry + (4 i - 60 - 30 round) ms: a call
+        // takes tens of ms here, so across the rounds from a few to more than
+        // 10 users reach the lane before the expiry. Then every user keeps
+        // re-opening every 20 ms until expiry + 400 ms.
+        let mut tasks = Vec::new();
+        for index in 0..USERS {
+            let user = format!("r{round}u{index}");
+            let mut client = stack.client(usize::from(index % 2 == 1), &user);
+            let id = id.clone();
+            let first =
+                expiry - Duration::from_millis(60 + 30 * round) + Duration::from_millis(4 * index);
+            let last = expiry + Duration::from_millis(400);
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep_until(first).await;
+                let mut answers = Vec::new();
+                loop {
+                    answers.push(open(&mut client, &id).await);
+                    if Instant::now() >= last {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (user, answers)
+            }));
+        }
+        let mut answers = HashMap::new();
+        for task in tasks {
+            let (user, replies) = task.await.unwrap();
+            answers.insert(user, replies);
+        }
+
+        // Wait for the worker's verdict: EXPIRED (with a refund) or EXHAUSTED.
+        let status = wait_status(&stack, &id, |status| status != ACTIVE).await;
+        let stored: HashMap<String, i64> = stack.claims(&id).await.into_iter().collect();
+        let claimed: i64 = stored.values().sum();
+
+        let mut acknowledged = HashMap::new();
+        for (user, replies) in &answers {
+            let first = replies[0];
+            if first.status() == pb::ShareStatus::Available {
+                assert!(
+                    replies.iter().all(|reply| *reply == first),
+                    "{user}: an acknowledged share must replay unchanged: {replies:?}"
+                );
+                assert_eq!(
+                    stored.get(user),
+                    Some(&first.amount_cents),
+                    "{user} was told {first:?}: the claim must be stored (round {round})"
+                );
+                acknowledged.insert(user.clone(), first.amount_cents);
+            } else {
+                assert!(
+                    replies
+                        .iter()
+                        .all(|reply| reply.status() != pb::ShareStatus::Available),
+                    "{user}: refused, then given a share: {replies:?}"
+                );
+                for reply in replies {
+                    match reply.status() {
+                        pb::ShareStatus::Expired => {}
+                        pb::ShareStatus::Exhausted => assert_eq!(stored.len(), 10),
+                        other => panic!("{user}: unexpected answer {other:?}"),
+                    }
+                }
+                assert!(
+                    !stored.contains_key(user),
+                    "{user} was refused but holds a claim (round {round})"
+                );
+            }
+        }
+        assert_eq!(
+            stored.len(),
+            acknowledged.len(),
+            "every stored claim was acknowledged (round {round})"
+        );
+
+        let refund = refunds(&stack, &id).await;
+        let refunded: i64 = refund.iter().map(|(_, _, amount)| amount).sum();
+        match status {
+            EXPIRED => {
+                assert!(stored.len() < 10);
+                assert_eq!(refund.len(), 1, "one refund (round {round})");
+                assert_eq!(refund[0].1, sender);
+            }
+            EXHAUSTED => assert!(refund.is_empty(), "no refund of an exhausted envelope"),
+            other => panic!("unexpected status {other}"),
+        }
+        assert_eq!(
+            claimed + refunded,
+            10_000,
+            "claims {claimed} + refund {refunded} == total (round {round}, {} claims)",
+            stored.len()
+        );
+        let first_answers = |status: pb::ShareStatus| {
+            answers
+                .values()
+                .filter(|replies| replies[0].status() == status)
+                .count()
+        };
+        println!(
+            "round {round}: status {status}, {} shares taken, {} users refused EXPIRED, \
+             {} EXHAUSTED, refund {refunded}",
+            stored.len(),
+            first_answers(pb::ShareStatus::Expired),
+            first_answers(pb::ShareStatus::Exhausted),
+        );
+    }
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!(report.held_cents, 0);
+}
+
+// ---------------------------------------------------------------------------
+// 3. Settlement and conservation checkpoints.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conservation_holds_at_every_checkpoint_and_settlement_pays_every_claim() {
+    let (gate, gate_rx) = watch::channel(false);
+    let mut stack = StackBuilder::default()
+        .start_with(|ledger: PgLedger| GatedCredits {
+            inner: ledger,
+            open: gate_rx,
+        })
+        .await;
+    let plan: [(&str, pb::EnvelopeKind, i64, u32); 4] = [
+        ("s0", pb::EnvelopeKind::Lucky, 10_000, 8),
+        ("s0", pb::EnvelopeKind::Lucky, 7_777, 5),
+        ("s1", pb::EnvelopeKind::Lucky, 12_345, 10),
+        ("s2", pb::EnvelopeKind::Equal, 5_000, 4),
+    ];
+    for sender in ["s0", "s1", "s2"] {
+        stack.fund(sender, 30_000).await;
+    }
+    let mut envelopes = Vec::new();
+    for (index, (sender, kind, total, count)) in plan.iter().enumerate() {
+        let key = format!("env{index}");
+        let envelope = send(&stack, sender, request(*kind, *total, *count, &key))
+            .await
+            .unwrap();
+        envelopes.push(envelope.id);
+    }
+    let sent: i64 = plan.iter().map(|(_, _, total, _)| total).sum();
+    let report = stack.check_money().await;
+    assert_eq!(report.held_cents, sent);
+
+    // (user, envelope) -> the first answer; replays must match it.
+    let mut results: HashMap<(String, String), pb::OpenResponse> = HashMap::new();
+    let taken = |results: &HashMap<(String, String), pb::OpenResponse>| {
+        results
+            .values()
+            .filter(|reply| reply.status() == pb::ShareStatus::Available)
+            .count() as i64
+    };
+
+    // Rounds with settlement held: everything opened is still in the cell.
+    for round in 0..4usize {
+        let users = (round * 3..round * 3 + 4)
+            .map(|index| format!("r{}", index % 10))
+            .collect();
+        round_of_opens(&stack, &envelopes, users, &mut results).await;
+        let report = stack.check_money().await;
+        assert_eq!(report.claims, taken(&results), "round {round}");
+        assert_eq!(
+            report.pending_transfers,
+            taken(&results),
+            "nothing settles while credits are held (round {round})"
+        );
+        assert_eq!(report.held_cents, sent, "round {round}");
+        assert_eq!(report.settled_cents, 0);
+    }
+
+    // Let settlement run: pending transfers drain to zero.
+    gate.send_replace(true);
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!(report.pending_transfers, 0);
+    // One more round of opens with settlement running, then drain again.
+    let users = (10..15).map(|index| format!("r{index}")).collect();
+    round_of_opens(&stack, &envelopes, users, &mut results).await;
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!(report.pending_transfers, 0);
+    assert_eq!(report.claims, taken(&results));
+
+    // Every receiver holds the sum of its shares; senders paid their totals.
+    let mut expected: HashMap<String, i64> = HashMap::new();
+    for ((user, _), reply) in &results {
+        *expected.entry(user.clone()).or_default() += reply.amount_cents;
+    }
+    let client = stack.orders.connect().await.unwrap();
+    let stored: HashMap<String, i64> = client
+        .query(
+            "SELECT user_id, sum(amount_cents)::bigint FROM claims GROUP BY user_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    for (user, cents) in &expected {
+        assert_eq!(
+            stored.get(user).copied().unwrap_or(0),
+            *cents,
+            "{user} stored"
+        );
+        assert_eq!(balance(&stack, user).await, *cents, "{user} balance");
+    }
+    let remaining = orders_i64(
+        &stack,
+        "SELECT COALESCE(sum(remaining_cents), 0)::bigint FROM envelopes WHERE status = 2",
+        &[],
+    )
+    .await;
+    assert_eq!(report.held_cents, remaining);
+    let received: i64 = expected.values().sum();
+    assert_eq!(
+        received + remaining,
+        sent,
+        "opened + still in envelopes == sent"
+    );
+    for (sender, paid) in [("s0", 17_777), ("s1", 12_345), ("s2", 5_000)] {
+        assert_eq!(balance(&stack, sender).await, 30_000 - paid, "{sender}");
+    }
+}
+
+/// Every user opens every envelope, all at once; a user's later answers for
+/// an envelope must equal its first.
+async fn round_of_opens(
+    stack: &Stack,
+    envelopes: &[String],
+    users: Vec<String>,
+    results: &mut HashMap<(String, String), pb::OpenResponse>,
+) {
+    let mut tasks = Vec::new();
+    for user in users {
+        for id in envelopes {
+            let mut client = stack.client(0, &user);
+            let (user, id) = (user.clone(), id.clone());
+            tasks.push(tokio::spawn(async move {
+                let reply = open(&mut client, &id).await;
+                ((user, id), reply)
+            }));
+        }
+    }
+    for task in tasks {
+        let (at, reply) = task.await.unwrap();
+        match results.get(&at) {
+            Some(first) => assert_eq!(*first, reply, "{at:?} replays its first answer"),
+            None => {
+                results.insert(at, reply);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4. Recovery of PENDING_PAYMENT.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_activates_a_send_whose_debit_happened() {
+    let faults = Faults::failing_debits(usize::MAX);
+    let hold = faults.clone();
+    let mut stack = StackBuilder {
+        recovery_grace: Duration::from_secs(1),
+        ..StackBuilder::default()
+    }
+    .start_with(move |ledger| DebitThenFail {
+        inner: ledger,
+        faults: hold,
+    })
+    .await;
+    stack.fund("payer", 15_000).await;
+    let send_request = request(pb::EnvelopeKind::Lucky, 10_000, 5, "pay-once");
+
+    let status = send(&stack, "payer", send_request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let id = envelope_of_key(&stack, "payer", "pay-once")
+        .await
+        .expect("the pending envelope is recorded");
+    assert_eq!(stored_status(&stack, &id).await, PENDING_PAYMENT);
+    let debit = stack.ledger.entry(&format!("send:{id}")).await.unwrap();
+    assert_eq!(
+        debit.map(|entry| (entry.kind, entry.account, entry.amount_cents)),
+        Some((EntryKind::Debit, "payer".to_owned(), 10_000))
+    );
+    assert_eq!(balance(&stack, "payer").await, 5_000);
+    // Paid but unresolved: the cell holds the money.
+    let report = stack.check_money().await;
+    assert_eq!((report.pending_payments, report.held_cents), (1, 10_000));
+
+    // A retry while the answer is still lost: UNAVAILABLE again, no second debit.
+    let status = send(&stack, "payer", send_request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(faults.debit_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        1
+    );
+    assert_eq!(balance(&stack, "payer").await, 5_000);
+
+    // The recovery worker asks the ledger: debited -> ACTIVE.
+    faults.let_recovery_resolve();
+    wait_status(&stack, &id, |status| status != PENDING_PAYMENT).await;
+    assert_eq!(stored_status(&stack, &id).await, ACTIVE);
+
+    // A retry now returns the same envelope, and still one debit.
+    let envelope = send(&stack, "payer", send_request).await.unwrap();
+    assert_eq!(envelope.id, id);
+    assert_eq!(envelope.status(), pb::EnvelopeStatus::Active);
+    assert_eq!(
+        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        1
+    );
+    assert_eq!(table_count(&stack, "envelopes").await, 1);
+
+    // Openable, with exact money.
+    let mut sum = 0;
+    for user in ["a", "b", "c", "d", "e"] {
+        let reply = open(&mut stack.client(0, user), &id).await;
+        assert_eq!(reply.status(), pb::ShareStatus::Available, "{user}");
+        sum += reply.amount_cents;
+    }
+    assert_eq!(sum, 10_000);
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!((report.pending_payments, report.held_cents), (0, 0));
+    assert_eq!(balance(&stack, "payer").await, 5_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_retry_finishes_a_send_whose_debit_answer_was_lost() {
+    let faults = Faults::failing_debits(1);
+    let hold = faults.clone();
+    let mut stack = StackBuilder::default()
+        .start_with(move |ledger| DebitThenFail {
+            inner: ledger,
+            faults: hold,
+        })
+        .await;
+    stack.fund("payer", 4_000).await;
+    let send_request = request(pb::EnvelopeKind::Equal, 4_000, 4, "retry-me");
+    let status = send(&stack, "payer", send_request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let id = envelope_of_key(&stack, "payer", "retry-me").await.unwrap();
+
+    // Recovery is held back: the retry itself must finish the Send.
+    let envelope = send(&stack, "payer", send_request).await.unwrap();
+    assert_eq!(envelope.id, id);
+    assert_eq!(envelope.status(), pb::EnvelopeStatus::Active);
+    assert_eq!(
+        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        1
+    );
+    assert_eq!(balance(&stack, "payer").await, 0);
+    for user in ["a", "b", "c", "d"] {
+        let reply = open(&mut stack.client(0, user), &id).await;
+        assert_eq!(reply.amount_cents, 1_000, "{user}");
+    }
+    stack.drain_settlement().await;
+    stack.check_money().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_cancels_a_send_whose_debit_never_happened() {
+    let faults = Faults::failing_debits(usize::MAX);
+    let hold = faults.clone();
+    let mut stack = StackBuilder {
+        recovery_grace: Duration::from_secs(1),
+        ..StackBuilder::default()
+    }
+    .start_with(move |ledger| FailBeforeDebit {
+        inner: ledger,
+        faults: hold,
+    })
+    .await;
+    stack.fund("payer", 10_000).await;
+    let send_request = request(pb::EnvelopeKind::Lucky, 10_000, 5, "never-paid");
+
+    let status = send(&stack, "payer", send_request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let id = envelope_of_key(&stack, "payer", "never-paid")
+        .await
+        .unwrap();
+    let key = format!("send:{id}");
+    assert_eq!(stored_status(&stack, &id).await, PENDING_PAYMENT);
+    assert_eq!(stack.ledger.entry(&key).await.unwrap(), None);
+    let report = stack.check_money().await;
+    assert_eq!((report.pending_payments, report.held_cents), (1, 0));
+
+    faults.let_recovery_resolve();
+    wait_status(&stack, &id, |status| status != PENDING_PAYMENT).await;
+    assert_eq!(stored_status(&stack, &id).await, CANCELLED);
+    let entry = stack.ledger.entry(&key).await.unwrap().unwrap();
+    assert_eq!(entry.kind, EntryKind::Void, "{entry:?}");
+    assert_eq!(entry.amount_cents, 0);
+    assert_eq!(
+        balance(&stack, "payer").await,
+        10_000,
+        "the sender keeps its money"
+    );
+
+    // A late debit under the key can no longer take the money.
+    assert_eq!(
+        stack.ledger.debit(&key, "payer", 10_000).await.unwrap(),
+        DebitOutcome::Voided
+    );
+    // A retry of the Send learns it was cancelled; nothing opens.
+    let status = send(&stack, "payer", send_request).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("cancelled"), "{status:?}");
+    let status = stack
+        .client(0, "opener")
+        .open(pb::OpenRequest {
+            envelope_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(
+        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        1
+    );
+    assert_eq!(balance(&stack, "payer").await, 10_000);
+    assert_eq!(table_count(&stack, "claims").await, 0);
+    assert_eq!(table_count(&stack, "transfers").await, 0);
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!((report.pending_payments, report.held_cents), (0, 0));
+}
+
+/// An Open that arrives while the envelope is still `PENDING_PAYMENT` is
+/// refused; once recovery made it `ACTIVE`, Opens must succeed (the lane must
+/// not keep serving the unpaid state it loaded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_refused_while_payment_is_pending_does_not_stick() {
+    let faults = Faults::failing_debits(usize::MAX);
+    let hold = faults.clone();
+    let mut stack = StackBuilder::default()
+        .start_with(move |ledger| DebitThenFail {
+            inner: ledger,
+            faults: hold,
+        })
+        .await;
+    stack.fund("payer", 3_000).await;
+    let status = send(
+        &stack,
+        "payer",
+        request(pb::EnvelopeKind::Lucky, 3_000, 3, "early-bird"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let id = envelope_of_key(&stack, "payer", "early-bird")
+        .await
+        .unwrap();
+
+    let mut early = stack.client(0, "early");
+    let status = early
+        .open(pb::OpenRequest {
+            envelope_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "not paid yet: {status:?}"
+    );
+
+    faults.let_recovery_resolve();
+    wait_status(&stack, &id, |status| status != PENDING_PAYMENT).await;
+    assert_eq!(stored_status(&stack, &id).await, ACTIVE);
+
+    // Same server (so the same lane), a new user, after the DB says ACTIVE.
+    let answer = stack
+        .client(0, "late")
+        .open(pb::OpenRequest {
+            envelope_id: id.clone(),
+        })
+        .await;
+    assert!(
+        matches!(&answer, Ok(reply) if reply.get_ref().status() == pb::ShareStatus::Available),
+        "the envelope is ACTIVE in the order DB, yet Open answers {answer:?}"
+    );
+    open(&mut early, &id).await;
+    open(&mut stack.client(0, "third"), &id).await;
+    stack.drain_settlement().await;
+    stack.check_money().await;
+}
+
+// ---------------------------------------------------------------------------
+// 5. Insufficient balance.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_beyond_the_balance_fails_and_writes_nothing() {
+    let mut stack = StackBuilder::default().start().await;
+    stack.fund("poor", 500).await;
+    let entries_before = stack.ledger.entries_count_by_prefix("").await.unwrap();
+
+    for (sender, available) in [("poor", 500), ("nobody", 0)] {
+        let status = send(
+            &stack,
+            sender,
+            request(pb::EnvelopeKind::Lucky, 1_000, 2, "too-much"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().contains("balance")
+                && status.message().contains(&format!("{available} available")),
+            "the message names the balance: {status:?}"
+        );
+    }
+    for table in ["envelopes", "send_requests", "transfers", "claims"] {
+        assert_eq!(table_count(&stack, table).await, 0, "{table}");
+    }
+    assert_eq!(balance(&stack, "poor").await, 500);
+    assert_eq!(balance(&stack, "nobody").await, 0);
+    assert_eq!(stack.ledger.total_balance().await.unwrap(), 500);
+    assert_eq!(
+        stack.ledger.entries_count_by_prefix("").await.unwrap(),
+        entries_before,
+        "no ledger entry"
+    );
+
+    // The key stayed unused: once funded, the same key sends.
+    stack.fund("poor", 500).await;
+    let envelope = send(
+        &stack,
+        "poor",
+        request(pb::EnvelopeKind::Lucky, 1_000, 2, "too-much"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(envelope.status(), pb::EnvelopeStatus::Active);
+    assert_eq!(balance(&stack, "poor").await, 0);
+    stack.drain_settlement().await;
+    stack.check_money().await;
+}
+
+// ---------------------------------------------------------------------------
+// 6. Send idempotency.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_is_idempotent_by_key() {
+    let mut stack = StackBuilder::default().start().await;
+    stack.fund("sender", 8_000).await;
+
+    // The same key twice: one envelope, one debit.
+    let once = request(pb::EnvelopeKind::Lucky, 5_000, 5, "same");
+    let first = send(&stack, "sender", once.clone()).await.unwrap();
+    let second = send(&stack, "sender", once.clone()).await.unwrap();
+    assert_eq!(first.id, second.id);
+    assert_eq!(
+        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        1
+    );
+    assert_eq!(balance(&stack, "sender").await, 3_000);
+
+    // Five concurrent Sends with one key; the balance covers only one.
+    let burst = request(pb::EnvelopeKind::Lucky, 3_000, 3, "burst");
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let mut client = stack.client(0, "sender");
+        let burst = burst.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                match client.send(burst.clone()).await {
+                    Ok(response) => return response.into_inner().envelope.unwrap(),
+                    Err(status) if retryable(&status) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(status) => panic!("concurrent Send failed: {status:?}"),
+                }
+            }
+            panic!("concurrent Send stayed retryable");
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        let envelope = task.await.unwrap();
+        assert_eq!(envelope.status(), pb::EnvelopeStatus::Active);
+        ids.insert(envelope.id);
+    }
+    assert_eq!(ids.len(), 1, "one envelope for one key: {ids:?}");
+    assert_eq!(
+        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        2
+    );
+    assert_eq!(balance(&stack, "sender").await, 0);
+    assert_eq!(table_count(&stack, "envelopes").await, 2);
+    assert_eq!(table_count(&stack, "send_requests").await, 2);
+
+    // The same key with different contents: INVALID_ARGUMENT naming the key.
+    let mut variants = Vec::new();
+    let mut changed = once.clone();
+    changed.total_cents = 6_000;
+    variants.push(changed);
+    let mut changed = once.clone();
+    changed.count = 4;
+    variants.push(changed);
+    let mut changed = once.clone();
+    changed.kind = pb::EnvelopeKind::Equal.into();
+    variants.push(changed);
+    let mut changed = once.clone();
+    changed.greeting = "other words".into();
+    variants.push(changed);
+    for variant in variants {
+        let status = send(&stack, "sender", variant.clone()).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{variant:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains("idempotency_key"),
+            "names the field: {status:?}"
+        );
+    }
+    // The key is per sender: another sender may use it.
+    stack.fund("other", 5_000).await;
+    let theirs = send(&stack, "other", once).await.unwrap();
+    assert_ne!(theirs.id, first.id);
+    assert_eq!(table_count(&stack, "envelopes").await, 3);
+    assert_eq!(
+        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        3
+    );
+    stack.drain_settlement().await;
+    stack.check_money().await;
+}
+
+/// For EXCLUSIVE the recipient is part of the contents: reusing the key for
+/// another recipient must not return (and so silently re-address) the first
+/// envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_for_another_recipient_is_refused() {
+    let mut stack = StackBuilder::default().start().await;
+    stack.fund("sender", 1_000).await;
+    let mut to_bob = request(pb::EnvelopeKind::Exclusive, 1_000, 1, "gift");
+    to_bob.recipients = vec!["bob".into()];
+    let envelope = send(&stack, "sender", to_bob.clone()).await.unwrap();
+    assert_eq!(envelope.recipients, vec!["bob".to_owned()]);
+
+    let mut to_carol = to_bob;
+    to_carol.recipients = vec!["carol".into()];
+    let answer = send(&stack, "sender", to_carol).await;
+    assert!(
+        matches!(&answer, Err(status) if status.code() == Code::InvalidArgument
+            && status.message().contains("idempotency_key")),
+        "the same key for another recipient answered {answer:?}"
+    );
+    stack.drain_settlement().await;
+    stack.check_money().await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. Kinds.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_and_exclusive_envelopes_split_as_promised() {
+    let mut stack = StackBuilder {
+        servers: 2,
+        ..StackBuilder::default()
+    }
+    .start()
+    .await;
+
+    // EQUAL 1000 / 10: every share 100.
+    let equal = stack
+        .send("sender", pb::EnvelopeKind::Equal, 1_000, 10)
+        .await;
+    let mut sequences = HashSet::new();
+    for index in 0..10usize {
+        let user = format!("e{index}");
+        let reply = open(&mut stack.client(index % 2, &user), &equal.id).await;
+        assert_eq!(reply.status(), pb::ShareStatus::Available, "{user}");
+        assert_eq!(reply.amount_cents, 100, "{user}");
+        sequences.insert(reply.sequence);
+    }
+    assert_eq!(sequences, (1..=10).collect());
+    let reply = open(&mut stack.client(0, "e10"), &equal.id).await;
+    assert_eq!(reply.status(), pb::ShareStatus::Exhausted);
+    assert!(
+        stack
+            .claims(&equal.id)
+            .await
+            .iter()
+            .all(|(_, amount)| *amount == 100)
+    );
+
+    // EXCLUSIVE to bob: bob gets it all, nobody else is eligible.
+    stack.fund("giver", 2_500).await;
+    let mut to_bob = request(pb::EnvelopeKind::Exclusive, 2_500, 1, "for-bob");
+    to_bob.recipients = vec!["bob".into()];
+    let exclusive = send(&stack, "giver", to_bob).await.unwrap();
+    let id = exclusive.id.clone();
+    for server in 0..2 {
+        for user in ["carol", "giver"] {
+            let mut client = stack.client(server, user);
+            assert_eq!(
+                grab(&mut client, &id).await,
+                pb::ShareStatus::NotEligible,
+                "Grab {user}@{server}"
+            );
+            let reply = open(&mut client, &id).await;
+            assert_eq!(
+                reply.status(),
+                pb::ShareStatus::NotEligible,
+                "Open {user}@{server}"
+            );
+            assert_eq!(reply.amount_cents, 0);
+        }
+    }
+    let mut bob = stack.client(1, "bob");
+    assert_eq!(grab(&mut bob, &id).await, pb::ShareStatus::Available);
+    let reply = open(&mut bob, &id).await;
+    assert_eq!(
+        (reply.status(), reply.amount_cents, reply.sequence),
+        (pb::ShareStatus::Available, 2_500, 1)
+    );
+    assert_eq!(grab(&mut bob, &id).await, pb::ShareStatus::AlreadyOpened);
+    for server in 0..2 {
+        let mut carol = stack.client(server, "carol");
+        assert_eq!(
+            open(&mut carol, &id).await.status(),
+            pb::ShareStatus::NotEligible
+        );
+        assert_eq!(grab(&mut carol, &id).await, pb::ShareStatus::NotEligible);
+    }
+    assert_eq!(stack.claims(&id).await, vec![("bob".to_owned(), 2_500)]);
+
+    stack.drain_settlement().await;
+    assert_eq!(balance(&stack, "bob").await, 2_500);
+    assert_eq!(balance(&stack, "carol").await, 0);
+    assert_eq!(balance(&stack, "giver").await, 0);
+    for index in 0..10 {
+        assert_eq!(balance(&stack, &format!("e{index}")).await, 100);
+    }
+    let report = stack.check_money().await;
+    assert_eq!(report.held_cents, 0);
+}
+
+// ---------------------------------------------------------------------------
+// 8. Get.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_pages_through_the_claims_in_sequence_order() {
+    let mut stack = StackBuilder::default().start().await;
+    let envelope = stack
+        .send("sender", pb::EnvelopeKind::Lucky, 7_000, 10)
+        .await;
+    let id = envelope.id.clone();
+    let mut opened = Vec::new();
+    for index in 0..7 {
+        let user = format!("g{index}");
+        let reply = open(&mut stack.client(0, &user), &id).await;
+        assert_eq!(reply.status(), pb::ShareStatus::Available);
+        opened.push((user, reply));
+    }
+
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = get(&stack, &id, &token, 3).await.unwrap();
+        let details = page.envelope.as_ref().unwrap();
+        assert_eq!(details.id, id);
+        assert_eq!(details.sender, "sender");
+        assert_eq!(details.status(), pb::EnvelopeStatus::Active);
+        assert_eq!((details.total_cents, details.count), (7_000, 10));
+        pages.push(page.claims.clone());
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+        assert!(pages.len() < 10, "pagination does not end");
+    }
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![3, 3, 1]);
+    let claims: Vec<pb::Claim> = pages.into_iter().flatten().collect();
+    assert_eq!(
+        claims
+            .iter()
+            .map(|claim| claim.sequence)
+            .collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<u32>>(),
+        "sequence order"
+    );
+    for claim in &claims {
+        let (_, reply) = opened
+            .iter()
+            .find(|(user, _)| *user == claim.user)
+            .unwrap_or_else(|| panic!("claim of {} nobody opened", claim.user));
+        assert_eq!(
+            (claim.amount_cents, claim.sequence),
+            (reply.amount_cents, reply.sequence),
+            "{}",
+            claim.user
+        );
+        assert!(claim.opened_at.is_some());
+    }
+    let claimed: i64 = claims.iter().map(|claim| claim.amount_cents).sum();
+    let details = get(&stack, &id, "", 0).await.unwrap();
+    assert_eq!(details.claims.len(), 7, "page_size 0 is the default page");
+    assert!(details.next_page_token.is_empty());
+    let details = details.envelope.unwrap();
+    assert_eq!(
+        (details.remaining_cents, details.remaining_count),
+        (7_000 - claimed, 3)
+    );
+
+    for malformed in ["abc", "-1", "3x", "99999999999999999999"] {
+        let status = get(&stack, &id, malformed, 3).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{malformed}: {status:?}"
+        );
+        assert!(status.message().contains("page_token"), "{status:?}");
+    }
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!(report.held_cents, 7_000 - claimed);
+}

@@ -1,0 +1,795 @@
+//! The logic server as a process: the real `cell` binary killed with SIGKILL
+//! mid-load loses no acknowledged Open and no money; health follows the order
+//! DB; a graceful stop finishes the batches in flight; configuration errors
+//! exit 78 before the port is bound.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use redcell_harness::PgServer;
+use redcell_proto::v1::{self as pb};
+use tokio::{sync::Notify, task::JoinHandle};
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::stack::{self, Client, Stack, StackBuilder};
+
+/// Polls of a condition, 50 ms apart, before a test gives up (a hang guard,
+/// never a performance threshold).
+const POLLS: usize = 600;
+const POLL: Duration = Duration::from_millis(50);
+
+static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
+
+/// A file in the temp directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, contents: &str) -> TempFile {
+        let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "redcell-cell-test-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A port nothing listens on right now (bound, read, released).
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The `cell` binary as a child process, its stderr in a temp file. Killed
+/// (SIGKILL) and reaped on drop, on every path out of a test.
+struct CellProcess {
+    child: Child,
+    stderr: TempFile,
+}
+
+impl CellProcess {
+    fn spawn(args: &[String]) -> CellProcess {
+        let stderr = TempFile::new("cell.stderr", "");
+        let file = std::fs::File::create(stderr.path()).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cell"));
+        // Only the flags given here configure it, whatever the test's environment.
+        for name in [
+            "REDCELL_TOPOLOGY",
+            "REDCELL_CELL",
+            "REDCELL_LISTEN",
+            "REDCELL_DB_DSN",
+            "REDCELL_LEDGER_DSN",
+            "REDCELL_DB_POOL",
+            "REDCELL_LEDGER_POOL",
+            "REDCELL_ENVELOPE_TTL_SECS",
+            "REDCELL_LOG_JSON",
+        ] {
+            command.env_remove(name);
+        }
+        let child = command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        CellProcess { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// SIGKILL, then reap.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CellProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The flags of a logic server of n1 in `stack`'s topology file `topology`.
+fn cell_args(stack: &Stack, topology: &Path, listen: SocketAddr) -> Vec<String> {
+    [
+        "--topology",
+        &topology.display().to_string(),
+        "--cell",
+        "n1",
+        "--listen",
+        &listen.to_string(),
+        "--ledger-dsn",
+        &stack.ledger_db.dsn,
+        "--worker-interval-ms",
+        "50",
+        "--recovery-grace-secs",
+        "1",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The server's health for the client API, `None` when it does not answer.
+async fn health(channel: &Channel) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(channel.clone());
+    let request = HealthCheckRequest {
+        service: redcell_cell::health::SERVICE.to_owned(),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.check(request)).await {
+        Ok(Ok(response)) => Some(response.into_inner().status()),
+        _ => None,
+    }
+}
+
+async fn wait_for_health(channel: &Channel, wanted: ServingStatus) {
+    let mut last = None;
+    for _ in 0..POLLS {
+        last = health(channel).await;
+        if last == Some(wanted) {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("health never became {wanted:?}; last answer {last:?}");
+}
+
+/// Waits until the child reports SERVING; fails at once if it exits.
+async fn wait_serving(process: &mut CellProcess, channel: &Channel) {
+    for _ in 0..POLLS {
+        if let Some(status) = process.exited() {
+            panic!(
+                "cell exited ({status}) before serving; stderr:\n{}",
+                process.stderr()
+            );
+        }
+        if health(channel).await == Some(ServingStatus::Serving) {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("cell never reported SERVING; stderr:\n{}", process.stderr());
+}
+
+fn retryable(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::ResourceExhausted)
+}
+
+/// Funds `sender` and sends a LUCKY envelope through `channel`; its id.
+async fn send_via(
+    stack: &mut Stack,
+    channel: &Channel,
+    sender: &str,
+    total: i64,
+    count: u32,
+) -> String {
+    stack.fund(sender, total).await;
+    let envelope = Stack::client_on(channel, sender)
+        .send(pb::SendRequest {
+            total_cents: total,
+            count,
+            kind: pb::EnvelopeKind::Lucky.into(),
+            greeting: "恭喜发财".into(),
+            recipients: Vec::new(),
+            idempotency_key: format!("key-{sender}"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope
+        .unwrap();
+    assert_eq!(envelope.status(), pb::EnvelopeStatus::Active);
+    envelope.id
+}
+
+/// Opens until an answer that is not a retryable refusal.
+async fn open_retrying(client: &mut Client, envelope: &str) -> pb::OpenResponse {
+    let request = pb::OpenRequest {
+        envelope_id: envelope.to_owned(),
+    };
+    for _ in 0..POLLS {
+        match client.open(request.clone()).await {
+            Ok(reply) => return reply.into_inner(),
+            Err(status) if retryable(status.code()) => tokio::time::sleep(POLL).await,
+            Err(status) => panic!("open of {envelope} failed: {status}"),
+        }
+    }
+    panic!("open of {envelope} still refused after {POLLS} attempts");
+}
+
+/// (envelope, user, reply).
+type Reply = (String, String, pb::OpenResponse);
+
+/// Concurrent Opens that a test interrupts (kill or stop) after `threshold`
+/// replies: every reply received, and every (envelope, user) not answered.
+struct Load {
+    replies: Mutex<Vec<Reply>>,
+    unfinished: Mutex<Vec<(String, String)>>,
+    /// Set just before the interruption: from then on an error ends a user's run.
+    interrupted: AtomicBool,
+    milestone: Notify,
+    threshold: usize,
+}
+
+impl Load {
+    fn new(threshold: usize) -> Arc<Load> {
+        Arc::new(Load {
+            replies: Mutex::new(Vec::new()),
+            unfinished: Mutex::new(Vec::new()),
+            interrupted: AtomicBool::new(false),
+            milestone: Notify::new(),
+            threshold,
+        })
+    }
+
+    fn record(&self, envelope: &str, user: &str, reply: pb::OpenResponse) {
+        let mut replies = self.replies.lock().unwrap();
+        replies.push((envelope.to_owned(), user.to_owned(), reply));
+        if replies.len() == self.threshold {
+            self.milestone.notify_one();
+        }
+    }
+
+    /// One task per user, opening its envelopes in order; retryable refusals
+    /// are retried until the load is interrupted.
+    fn start(self: &Arc<Load>, work: Vec<(Client, String, Vec<String>)>) -> Vec<JoinHandle<()>> {
+        work.into_iter()
+            .map(|(mut client, user, envelopes)| {
+                let load = self.clone();
+                tokio::spawn(async move {
+                    for (index, envelope) in envelopes.iter().enumerate() {
+                        let request = pb::OpenRequest {
+                            envelope_id: envelope.clone(),
+                        };
+                        loop {
+                            match client.open(request.clone()).await {
+                                Ok(reply) => {
+                                    load.record(envelope, &user, reply.into_inner());
+                                    break;
+                                }
+                                Err(_) if load.interrupted.load(Ordering::SeqCst) => {
+                                    let mut unfinished = load.unfinished.lock().unwrap();
+                                    for rest in &envelopes[index..] {
+                                        unfinished.push((rest.clone(), user.clone()));
+                                    }
+                                    return;
+                                }
+                                Err(status) if retryable(status.code()) => {
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                                Err(status) => panic!("{user} opening {envelope}: {status}"),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    async fn reached(&self) {
+        tokio::time::timeout(POLL * POLLS as u32, self.milestone.notified())
+            .await
+            .expect("the load never reached its interruption point");
+    }
+
+    fn replies(&self) -> Vec<Reply> {
+        self.replies.lock().unwrap().clone()
+    }
+
+    fn unfinished(&self) -> Vec<(String, String)> {
+        self.unfinished.lock().unwrap().clone()
+    }
+}
+
+async fn join_all(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        tokio::time::timeout(POLL * POLLS as u32, task)
+            .await
+            .expect("an Open never returned")
+            .unwrap();
+    }
+}
+
+/// Users `u0..` each opening every envelope, starting at a different one.
+fn users_opening(
+    channel: &Channel,
+    users: usize,
+    envelopes: &[String],
+) -> Vec<(Client, String, Vec<String>)> {
+    (0..users)
+        .map(|index| {
+            let user = format!("u{index}");
+            let mut order = envelopes.to_vec();
+            order.rotate_left(index % envelopes.len());
+            (Stack::client_on(channel, &user), user, order)
+        })
+        .collect()
+}
+
+fn taken(replies: &[Reply], envelope: &str) -> HashSet<(String, i64)> {
+    replies
+        .iter()
+        .filter(|(id, _, reply)| id == envelope && reply.status() == pb::ShareStatus::Available)
+        .map(|(_, user, reply)| (user.clone(), reply.amount_cents))
+        .collect()
+}
+
+/// Per envelope: the shares answered AVAILABLE are exactly the stored claims,
+/// all `count` shares are taken and they sum to `total`.
+async fn assert_answers_are_the_claims(
+    stack: &Stack,
+    envelopes: &[String],
+    total: i64,
+    count: u32,
+    replies: &[Reply],
+) {
+    for envelope in envelopes {
+        let stored = stack.claims(envelope).await;
+        assert_eq!(
+            stored.len(),
+            count as usize,
+            "{envelope}: every share taken"
+        );
+        assert_eq!(
+            stored.iter().map(|(_, amount)| amount).sum::<i64>(),
+            total,
+            "{envelope}: shares sum to the total"
+        );
+        let stored: HashSet<(String, i64)> = stored.into_iter().collect();
+        assert_eq!(
+            stored,
+            taken(replies, envelope),
+            "{envelope}: the shares answered are the shares stored"
+        );
+    }
+}
+
+const KILL_ENVELOPES: usize = 3;
+const KILL_SHARES: u32 = 100;
+const KILL_TOTAL: i64 = 100_000;
+const KILL_USERS: usize = 150;
+const KILL_AFTER_REPLIES: usize = 60;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_no_acknowledged_open_and_no_money() {
+    let listen = free_port();
+    let mut stack = StackBuilder::default().start_external(&[listen]).await;
+    let topology = TempFile::new("cells.yaml", &stack.topology_text);
+    let args = cell_args(&stack, topology.path(), listen);
+    let channel = Stack::channel_to(listen);
+    let mut process = CellProcess::spawn(&args);
+    wait_serving(&mut process, &channel).await;
+
+    let mut envelopes = Vec::new();
+    for index in 0..KILL_ENVELOPES {
+        let sender = format!("sender{index}");
+        envelopes.push(send_via(&mut stack, &channel, &sender, KILL_TOTAL, KILL_SHARES).await);
+    }
+    let all_pairs = KILL_ENVELOPES * KILL_USERS;
+
+    // Many users open concurrently; the process dies after the 60th reply.
+    let load = Load::new(KILL_AFTER_REPLIES);
+    let tasks = load.start(users_opening(&channel, KILL_USERS, &envelopes));
+    load.reached().await;
+    load.interrupted.store(true, Ordering::SeqCst);
+    process.kill();
+    join_all(tasks).await;
+
+    let before_kill = load.replies();
+    let unfinished = load.unfinished();
+    assert!(before_kill.len() >= KILL_AFTER_REPLIES);
+    assert!(
+        !unfinished.is_empty(),
+        "the kill came after the load had finished: not mid-load"
+    );
+    assert_eq!(before_kill.len() + unfinished.len(), all_pairs);
+    let acknowledged: Vec<&Reply> = before_kill
+        .iter()
+        .filter(|(_, _, reply)| reply.status() == pb::ShareStatus::Available)
+        .collect();
+    assert!(!acknowledged.is_empty());
+
+    // With the process dead: every acknowledged share is already durable.
+    for (envelope, user, reply) in &acknowledged {
+        let stored = stack.claims(envelope).await;
+        assert!(
+            stored.contains(&(user.clone(), reply.amount_cents)),
+            "{user} was answered {} cents of {envelope} but it is not stored",
+            reply.amount_cents
+        );
+    }
+
+    // The same binary, the same port.
+    let mut process = CellProcess::spawn(&args);
+    wait_serving(&mut process, &channel).await;
+
+    // Opening again returns the acknowledged share, unchanged.
+    for (envelope, user, reply) in &acknowledged {
+        let mut client = Stack::client_on(&channel, user);
+        let again = open_retrying(&mut client, envelope).await;
+        assert_eq!(&again, reply, "{user} reopening {envelope} after the crash");
+    }
+
+    // The rest of the load completes.
+    let rest = Load::new(usize::MAX);
+    let work = unfinished
+        .iter()
+        .map(|(envelope, user)| {
+            (
+                Stack::client_on(&channel, user),
+                user.clone(),
+                vec![envelope.clone()],
+            )
+        })
+        .collect();
+    join_all(rest.start(work)).await;
+    assert!(rest.unfinished().is_empty());
+    let mut replies = before_kill;
+    replies.extend(rest.replies());
+    assert_eq!(replies.len(), all_pairs, "every Open answered once");
+    assert!(replies.iter().all(|(_, _, reply)| matches!(
+        reply.status(),
+        pb::ShareStatus::Available | pb::ShareStatus::Exhausted
+    )));
+    assert_answers_are_the_claims(&stack, &envelopes, KILL_TOTAL, KILL_SHARES, &replies).await;
+
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!(report.held_cents, 0);
+    assert_eq!(
+        report.claims,
+        i64::from(KILL_SHARES) * KILL_ENVELOPES as i64
+    );
+    assert!(
+        process.exited().is_none(),
+        "the restarted cell died; stderr:\n{}",
+        process.stderr()
+    );
+}
+
+/// One outage of the order DB: the logic server reports NOT_SERVING and
+/// refuses with UNAVAILABLE, moving no money; then it recovers on its own.
+async fn outage(
+    stack: &mut Stack,
+    pg: &mut PgServer,
+    channel: &Channel,
+    crash: bool,
+    round: usize,
+) {
+    let envelope = stack
+        .send(
+            &format!("sender{round}"),
+            pb::EnvelopeKind::Lucky,
+            10_000,
+            20,
+        )
+        .await;
+    let mut early = stack.client(0, &format!("early{round}"));
+    let first = early
+        .open(pb::OpenRequest {
+            envelope_id: envelope.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.status(), pb::ShareStatus::Available);
+    let payer = format!("payer{round}");
+    stack.fund(&payer, 5_000).await;
+    let send = pb::SendRequest {
+        total_cents: 5_000,
+        count: 5,
+        kind: pb::EnvelopeKind::Equal.into(),
+        greeting: String::new(),
+        recipients: Vec::new(),
+        idempotency_key: format!("outage-{round}"),
+    };
+
+    if crash {
+        pg.kill9().unwrap();
+    } else {
+        pg.stop().await.unwrap();
+    }
+    wait_for_health(channel, ServingStatus::NotServing).await;
+    let late = format!("late{round}");
+    let refused = stack
+        .client(0, &late)
+        .open(pb::OpenRequest {
+            envelope_id: envelope.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let refused = stack
+        .client(0, &payer)
+        .send(send.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        stack.ledger.balance(&payer).await.unwrap(),
+        5_000,
+        "a refused Send debits nothing"
+    );
+
+    pg.restart().await.unwrap();
+    wait_for_health(channel, ServingStatus::Serving).await;
+    let opened = stack
+        .client(0, &late)
+        .open(pb::OpenRequest {
+            envelope_id: envelope.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.status(), pb::ShareStatus::Available);
+    let again = early
+        .open(pb::OpenRequest {
+            envelope_id: envelope.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first, "the share opened before the outage");
+    let sent = stack
+        .client(0, &payer)
+        .send(send)
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope
+        .unwrap();
+    assert_eq!(sent.status(), pb::EnvelopeStatus::Active);
+    assert_eq!(stack.ledger.balance(&payer).await.unwrap(), 0);
+    let stored: HashSet<(String, i64)> = stack.claims(&envelope.id).await.into_iter().collect();
+    let expected: HashSet<(String, i64)> = [
+        (format!("early{round}"), first.amount_cents),
+        (late, opened.amount_cents),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_order_database() {
+    // The order DB on a server of this test's own, to stop and to crash.
+    let mut pg = PgServer::start().await.unwrap();
+    let orders_script = redcell_migrations::script(redcell_migrations::ORDER_DB);
+    pg.ensure_template(stack::ORDERS_TEMPLATE, &[&orders_script])
+        .await
+        .unwrap();
+    let orders = pg.clone_database(stack::ORDERS_TEMPLATE).await.unwrap();
+    let shared = redcell_harness::shared().await.unwrap();
+    let ledger_script = redcell_migrations::script(redcell_migrations::LEDGER);
+    shared
+        .ensure_template(stack::LEDGER_TEMPLATE, &[&ledger_script])
+        .await
+        .unwrap();
+    let ledger_db = shared.clone_database(stack::LEDGER_TEMPLATE).await.unwrap();
+    let mut stack = StackBuilder::default().start_on(orders, ledger_db).await;
+    let channel = Stack::channel_to(stack.address(0));
+    wait_for_health(&channel, ServingStatus::Serving).await;
+
+    outage(&mut stack, &mut pg, &channel, false, 0).await;
+    outage(&mut stack, &mut pg, &channel, true, 1).await;
+
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!(report.claims, 4);
+    assert_eq!(report.pending_payments, 0);
+    drop(stack);
+    drop(pg);
+}
+
+const STOP_ENVELOPES: usize = 2;
+const STOP_SHARES: u32 = 150;
+const STOP_TOTAL: i64 = 60_000;
+const STOP_USERS: usize = 200;
+const STOP_AFTER_REPLIES: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_finishes_the_batches_in_flight() {
+    // Server 0 takes the load and is stopped; server 1 stays up (its workers
+    // settle, and it serves the Opens server 0 refused).
+    let mut stack = StackBuilder {
+        servers: 2,
+        ..StackBuilder::default()
+    }
+    .start()
+    .await;
+    let mut envelopes = Vec::new();
+    for index in 0..STOP_ENVELOPES {
+        let envelope = stack
+            .send(
+                &format!("sender{index}"),
+                pb::EnvelopeKind::Lucky,
+                STOP_TOTAL,
+                STOP_SHARES,
+            )
+            .await;
+        envelopes.push(envelope.id);
+    }
+    let server0 = Stack::channel_to(stack.address(0));
+    let load = Load::new(STOP_AFTER_REPLIES);
+    let tasks = load.start(users_opening(&server0, STOP_USERS, &envelopes));
+    load.reached().await;
+    load.interrupted.store(true, Ordering::SeqCst);
+    let answered_at_stop = load.replies().len();
+    stack.stop_server(0).await;
+    join_all(tasks).await;
+
+    let all_pairs = STOP_ENVELOPES * STOP_USERS;
+    assert!(
+        answered_at_stop < all_pairs,
+        "the stop came after the load had finished"
+    );
+    let during = load.replies();
+    let unfinished = load.unfinished();
+    assert_eq!(during.len() + unfinished.len(), all_pairs);
+    // Every batch that began committed completely and its callers got their
+    // answers: the stored claims are exactly the shares answered, no more.
+    for envelope in &envelopes {
+        let stored: HashSet<(String, i64)> = stack.claims(envelope).await.into_iter().collect();
+        assert_eq!(
+            stored,
+            taken(&during, envelope),
+            "{envelope}: after the stop, the claims stored are the shares answered"
+        );
+    }
+    // Nothing half-written: every claim has its transfer, every envelope adds
+    // up. (Settled first: server 1's settlement worker is running, and the
+    // money check reads the order DB and the ledger one after the other.)
+    stack.drain_settlement().await;
+    stack.check_money().await;
+
+    // The Opens server 0 refused complete on server 1.
+    let server1 = Stack::channel_to(stack.address(1));
+    let rest = Load::new(usize::MAX);
+    let work = unfinished
+        .iter()
+        .map(|(envelope, user)| {
+            (
+                Stack::client_on(&server1, user),
+                user.clone(),
+                vec![envelope.clone()],
+            )
+        })
+        .collect();
+    join_all(rest.start(work)).await;
+    let mut replies = during;
+    replies.extend(rest.replies());
+    assert_eq!(replies.len(), all_pairs);
+    assert_answers_are_the_claims(&stack, &envelopes, STOP_TOTAL, STOP_SHARES, &replies).await;
+
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!(report.held_cents, 0);
+    assert_eq!(
+        report.claims,
+        i64::from(STOP_SHARES) * STOP_ENVELOPES as i64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_errors_exit_78_before_binding() {
+    let listen = free_port();
+    let good = stack::topology_text(&[listen], "postgres://redcell@127.0.0.1:9/cell_n1");
+    let bad = good.replace("minting:\n  epoch: 0\n", "minting:\n  epoch: 7\n");
+    assert_ne!(bad, good);
+    let good = TempFile::new("good.yaml", &good);
+    let bad = TempFile::new("bad.yaml", &bad);
+    let missing = std::env::temp_dir().join(format!(
+        "redcell-cell-test-{}-missing.yaml",
+        std::process::id()
+    ));
+    let ledger = "postgres://redcell@127.0.0.1:9/ledger";
+    let args = |topology: &Path, cell: &str, ledger: &str, extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "--topology",
+            &topology.display().to_string(),
+            "--cell",
+            cell,
+            "--listen",
+            &listen.to_string(),
+            "--ledger-dsn",
+            ledger,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        args
+    };
+    let cases = [
+        (
+            "unknown --cell",
+            args(good.path(), "nope", ledger, &[]),
+            "cell: --cell: unknown cell \"nope\" (cells: n1, n2, s1)\n".to_owned(),
+        ),
+        (
+            "malformed --ledger-dsn",
+            args(good.path(), "n1", "not a dsn", &[]),
+            "cell: --ledger-dsn: malformed PostgreSQL DSN\n".to_owned(),
+        ),
+        (
+            "invalid topology",
+            args(bad.path(), "n1", ledger, &[]),
+            format!(
+                "cell: {}: minting.epoch: epoch 7 is not declared under epochs\n",
+                bad.path().display()
+            ),
+        ),
+        (
+            "--lane-queue-cap 0",
+            args(good.path(), "n1", ledger, &["--lane-queue-cap", "0"]),
+            "cell: --lane-queue-cap: must be at least 1\n".to_owned(),
+        ),
+        (
+            "unreadable topology",
+            args(&missing, "n1", ledger, &[]),
+            format!("cell: --topology: cannot read {}: ", missing.display()),
+        ),
+    ];
+    for (name, args, expected) in cases {
+        let mut process = CellProcess::spawn(&args);
+        let mut status = None;
+        for _ in 0..POLLS {
+            assert!(
+                std::net::TcpStream::connect(listen).is_err(),
+                "{name}: the port was bound"
+            );
+            status = process.exited();
+            if status.is_some() {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let stderr = process.stderr();
+        let status =
+            status.unwrap_or_else(|| panic!("{name}: cell did not exit; stderr:\n{stderr}"));
+        assert_eq!(
+            status.code(),
+            Some(78),
+            "{name}: exit code; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&expected),
+            "{name}: stderr {stderr:?} lacks {expected:?}"
+        );
+        assert!(!stderr.contains("serving"), "{name}: {stderr}");
+        assert!(
+            std::net::TcpStream::connect(listen).is_err(),
+            "{name}: the port was bound"
+        );
+    }
+}

@@ -34,6 +34,12 @@ pub enum CellError {
     /// Shutting down: retryable on another server of the cell.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// A Send failed before it wrote anything and before any money moved: the
+    /// router may send the same request to another cell (DESIGN §6
+    /// self-healing). Carried to the router as the `x-redcell-nothing-written`
+    /// metadata entry on the inner error's status.
+    #[error("{0}")]
+    NothingWritten(Box<CellError>),
     /// A bug or a broken invariant; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,9 +87,22 @@ impl From<redcell_payments::PaymentsError> for CellError {
     }
 }
 
+/// Metadata entry marking an error after which nothing was written.
+pub const NOTHING_WRITTEN_METADATA: &str = "x-redcell-nothing-written";
+
 impl From<CellError> for Status {
     fn from(error: CellError) -> Status {
+        if let CellError::NothingWritten(inner) = error {
+            let mut status = Status::from(*inner);
+            status.metadata_mut().insert(
+                NOTHING_WRITTEN_METADATA,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            return status;
+        }
         let code = match &error {
+            // Handled above; kept here so the match stays exhaustive.
+            CellError::NothingWritten(_) => Code::Unavailable,
             CellError::InvalidArgument { .. } => Code::InvalidArgument,
             CellError::NotFound(_) => Code::NotFound,
             CellError::FailedPrecondition(_) => Code::FailedPrecondition,

@@ -32,16 +32,21 @@ pub async fn send<P: Payments>(
     request: pb::SendRequest,
 ) -> Result<Envelope, CellError> {
     let command = SendCommand::parse(sender, request, &cell.limits)?;
-    if let Some(existing) = store::find_send_request(
+    let known = store::find_send_request(
         &cell.pool,
         command.sender.as_str(),
         &command.idempotency_key,
     )
-    .await?
-    {
+    .await
+    .map_err(|error| before_writing(error.into()))?;
+    if let Some(existing) = known {
         return replay(cell, &command, &existing).await;
     }
-    let id = cell.minter.mint(&cell.topology, suffix).await?;
+    let id = cell
+        .minter
+        .mint(&cell.topology, suffix)
+        .await
+        .map_err(before_writing)?;
     let now = SystemTime::now();
     let envelope = Envelope {
         id,
@@ -59,9 +64,23 @@ pub async fn send<P: Payments>(
         created_at: now,
         expires_at: now + cell.envelope_ttl,
     };
-    match store::insert_pending(&cell.pool, &envelope, &command.idempotency_key).await? {
+    // A failure here may even have committed the pending row, but no money
+    // moved: the debit comes after. Recovery cancels such a row (its debit
+    // key is voided), so a retry in another cell charges the sender once.
+    let inserted = store::insert_pending(&cell.pool, &envelope, &command.idempotency_key)
+        .await
+        .map_err(|error| before_writing(error.into()))?;
+    match inserted {
         Inserted::New => pay(cell, envelope).await,
         Inserted::Existing(existing) => replay(cell, &command, &existing).await,
+    }
+}
+
+/// Marks an unavailability before any money moved as safe to retry elsewhere.
+fn before_writing(error: CellError) -> CellError {
+    match error {
+        CellError::Unavailable(_) => CellError::NothingWritten(Box::new(error)),
+        other => other,
     }
 }
 

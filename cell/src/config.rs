@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use clap::Parser;
 use redcell_topology::Topology;
 
-use crate::{context::OpenStrategy, lane::LaneConfig, request::Limits};
+use crate::{context::OpenStrategy, lane::LaneConfig, metrics::CellMetrics, request::Limits};
 
 /// A redcell logic server: one cell's envelopes, lanes and workers.
 #[derive(Debug, Clone, Parser)]
@@ -103,6 +103,8 @@ pub struct CellConfig {
     pub workers: WorkerConfig,
     /// The credential routers must present; `None` serves anyone (development).
     pub internal_token: Option<String>,
+    /// This server's counters (give each server its own).
+    pub metrics: Arc<CellMetrics>,
 }
 
 impl CellConfig {
@@ -123,6 +125,7 @@ impl CellConfig {
             open_strategy: OpenStrategy::Lane,
             workers: WorkerConfig::default(),
             internal_token: None,
+            metrics: Arc::default(),
         })
     }
 

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use deadpool_postgres::Pool;
 use redcell_topology::Topology;
 
-use crate::{ids::IdMinter, lane::Lanes, request::Limits};
+use crate::{ids::IdMinter, lane::Lanes, metrics::CellMetrics, request::Limits};
 
 /// How Opens are executed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,4 +28,5 @@ pub struct CellContext<P> {
     pub limits: Limits,
     pub envelope_ttl: Duration,
     pub open_strategy: OpenStrategy,
+    pub metrics: Arc<CellMetrics>,
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod health;
 pub mod ids;
 pub mod lane;
+pub mod metrics;
 pub mod ops;
 pub mod reconcile;
 pub mod request;

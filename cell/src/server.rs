@@ -62,6 +62,7 @@ pub async fn run<P: Payments>(
         limits: config.limits,
         envelope_ttl: config.envelope_ttl,
         open_strategy: config.open_strategy,
+        metrics: config.metrics.clone(),
     });
 
     let (reporter, health_service) = tonic_health::server::health_reporter();

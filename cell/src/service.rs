@@ -153,6 +153,7 @@ impl<P: Payments> RedEnvelope for CellService<P> {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
+        self.context.metrics.count_send();
         let (user, suffix) = (caller(&request)?, suffix(&request)?);
         let envelope = ops::send::send(&self.context, user, suffix, request.into_inner()).await?;
         Ok(Response::new(pb::SendResponse {
@@ -164,6 +165,7 @@ impl<P: Payments> RedEnvelope for CellService<P> {
         &self,
         request: Request<pb::GrabRequest>,
     ) -> Result<Response<pb::GrabResponse>, Status> {
+        self.context.metrics.count_envelope_request();
         let user = caller(&request)?;
         let status = ops::grab::grab(&self.context, user, &request.get_ref().envelope_id).await?;
         Ok(Response::new(pb::GrabResponse {
@@ -175,6 +177,7 @@ impl<P: Payments> RedEnvelope for CellService<P> {
         &self,
         request: Request<pb::OpenRequest>,
     ) -> Result<Response<pb::OpenResponse>, Status> {
+        self.context.metrics.count_envelope_request();
         let user = caller(&request)?;
         let result = ops::open::open(&self.context, user, &request.get_ref().envelope_id).await?;
         Ok(Response::new(result.to_proto()))
@@ -184,6 +187,7 @@ impl<P: Payments> RedEnvelope for CellService<P> {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        self.context.metrics.count_envelope_request();
         caller(&request)?;
         Ok(Response::new(
             ops::get::get(&self.context, request.into_inner()).await?,
@@ -195,7 +199,7 @@ impl<P: Payments> RedEnvelope for CellService<P> {
         _request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         Err(Status::unimplemented(
-            "History is served by the router, which fans out to every cell (not available yet)",
+            "History is served by routers, which merge every cell's CellHistory",
         ))
     }
 }

@@ -1,0 +1,207 @@
+//! The router's configuration: flags with environment fallbacks, validated into
+//! a [`RouterConfig`] before any port is bound; every problem names its flag.
+
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use redcell_topology::{RegionDigit, Topology};
+
+use crate::auth::{Authenticator, VerifierKey};
+
+/// The redcell router: clients' only entry point.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "router", version, about)]
+pub struct RouterArgs {
+    /// The topology file (watched; SIGHUP forces a reread).
+    #[arg(long, env = "REDCELL_TOPOLOGY", default_value = "cells.yaml")]
+    pub topology: PathBuf,
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "REDCELL_ROUTER_LISTEN")]
+    pub listen: SocketAddr,
+    /// This router's region: where new envelopes of callers who name none go.
+    #[arg(long, env = "REDCELL_REGION")]
+    pub region: String,
+    /// HS256 key file for bearer tokens (development).
+    #[arg(
+        long,
+        env = "REDCELL_JWT_HS256_KEY_FILE",
+        conflicts_with = "jwt_rs256_public_key_file"
+    )]
+    pub jwt_hs256_key_file: Option<PathBuf>,
+    /// RS256 public key (PEM) for bearer tokens.
+    #[arg(long, env = "REDCELL_JWT_RS256_PUBLIC_KEY_FILE")]
+    pub jwt_rs256_public_key_file: Option<PathBuf>,
+    /// Credential presented to cells (`x-redcell-internal`).
+    #[arg(long, env = "REDCELL_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: String,
+    /// Requests per second per user (token bucket refill).
+    #[arg(long, default_value_t = 50)]
+    pub rate_per_user: u32,
+    /// Burst per user (token bucket size).
+    #[arg(long, default_value_t = 100)]
+    pub rate_burst: u32,
+    /// Requests in flight in this router before load shedding.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_in_flight: usize,
+    /// Deadline of every call to a cell, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub cell_timeout_ms: u64,
+    /// Milliseconds between health checks of every logic server.
+    #[arg(long, default_value_t = 500)]
+    pub health_interval_ms: u64,
+    /// Milliseconds between checks of the topology file.
+    #[arg(long, default_value_t = 1_000)]
+    pub reload_interval_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "REDCELL_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// A validated router configuration.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub topology_path: PathBuf,
+    pub topology: Topology,
+    pub region: RegionDigit,
+    pub auth: Authenticator,
+    pub internal_token: String,
+    pub rate_per_user: NonZeroU32,
+    pub rate_burst: NonZeroU32,
+    pub max_in_flight: usize,
+    pub cell_timeout: Duration,
+    pub health_interval: Duration,
+    pub reload_interval: Duration,
+    /// How long a cell that failed a Send stays out of the mint pool.
+    pub suspect_for: Duration,
+}
+
+impl RouterConfig {
+    /// Defaults around the required parts (tests and embedders adjust fields).
+    pub fn new(
+        topology_path: PathBuf,
+        topology: Topology,
+        region: RegionDigit,
+        auth: Authenticator,
+        internal_token: String,
+    ) -> RouterConfig {
+        RouterConfig {
+            topology_path,
+            topology,
+            region,
+            auth,
+            internal_token,
+            rate_per_user: NonZeroU32::MIN.saturating_add(49),
+            rate_burst: NonZeroU32::MIN.saturating_add(99),
+            max_in_flight: 10_000,
+            cell_timeout: Duration::from_secs(2),
+            health_interval: Duration::from_millis(500),
+            reload_interval: Duration::from_secs(1),
+            suspect_for: Duration::from_secs(5),
+        }
+    }
+
+    /// Validates flags; every problem, each naming its flag.
+    pub fn from_args(args: &RouterArgs) -> Result<RouterConfig, Vec<String>> {
+        let mut errors = Vec::new();
+        let topology = std::fs::read_to_string(&args.topology)
+            .map_err(|error| {
+                format!(
+                    "--topology: cannot read {}: {error}",
+                    args.topology.display()
+                )
+            })
+            .and_then(|text| {
+                Topology::parse(&text).map_err(|all| {
+                    all.iter()
+                        .map(|error| format!("--topology: {}: {error}", args.topology.display()))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+            });
+        let region = topology
+            .as_ref()
+            .ok()
+            .and_then(|topology| topology.region_digit(&args.region));
+        if let Ok(topology) = &topology
+            && region.is_none()
+        {
+            errors.push(format!(
+                "--region: unknown region {:?} (regions: {})",
+                args.region,
+                topology.regions().join(", ")
+            ));
+        }
+        let key = match (&args.jwt_hs256_key_file, &args.jwt_rs256_public_key_file) {
+            (Some(path), None) => std::fs::read(path)
+                .map(VerifierKey::Hs256)
+                .map_err(|error| {
+                    format!(
+                        "--jwt-hs256-key-file: cannot read {}: {error}",
+                        path.display()
+                    )
+                }),
+            (None, Some(path)) => std::fs::read(path)
+                .map(VerifierKey::Rs256Pem)
+                .map_err(|error| {
+                    format!(
+                        "--jwt-rs256-public-key-file: cannot read {}: {error}",
+                        path.display()
+                    )
+                }),
+            _ => Err(
+                "--jwt-hs256-key-file or --jwt-rs256-public-key-file: exactly one is required"
+                    .to_owned(),
+            ),
+        };
+        let auth = key.and_then(|key| {
+            Authenticator::new(key).map_err(|error| format!("bearer token key: {error}"))
+        });
+        if args.internal_token.len() < 16
+            || !args.internal_token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            errors
+                .push("--internal-token: must be at least 16 visible ASCII characters".to_owned());
+        }
+        let rate = NonZeroU32::new(args.rate_per_user);
+        let burst = NonZeroU32::new(args.rate_burst);
+        if rate.is_none() {
+            errors.push("--rate-per-user: must be at least 1".to_owned());
+        }
+        if burst.is_none() {
+            errors.push("--rate-burst: must be at least 1".to_owned());
+        }
+        for (flag, value) in [
+            ("--max-in-flight", args.max_in_flight as u64),
+            ("--cell-timeout-ms", args.cell_timeout_ms),
+            ("--health-interval-ms", args.health_interval_ms),
+            ("--reload-interval-ms", args.reload_interval_ms),
+        ] {
+            if value == 0 {
+                errors.push(format!("{flag}: must be at least 1"));
+            }
+        }
+        let topology = topology.map_err(|error| errors.insert(0, error));
+        let auth = auth.map_err(|error| errors.push(error));
+        match (topology, region, auth, rate, burst) {
+            (Ok(topology), Some(region), Ok(auth), Some(rate), Some(burst))
+                if errors.is_empty() =>
+            {
+                let mut config = RouterConfig::new(
+                    args.topology.clone(),
+                    topology,
+                    region,
+                    auth,
+                    args.internal_token.clone(),
+                );
+                config.rate_per_user = rate;
+                config.rate_burst = burst;
+                config.max_in_flight = args.max_in_flight;
+                config.cell_timeout = Duration::from_millis(args.cell_timeout_ms);
+                config.health_interval = Duration::from_millis(args.health_interval_ms);
+                config.reload_interval = Duration::from_millis(args.reload_interval_ms);
+                Ok(config)
+            }
+            _ => Err(errors),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The redcell router (DESIGN.md §6): the only thing clients talk to.
+//!
+//! Per request: authenticate the bearer token ([`auth`]), apply the per-user
+//! rate limit and the global concurrency limit ([`limits`]), then route: a new
+//! envelope gets a suffix from its region's mint pool (healthy cells only); an
+//! existing ID resolves `(R, EE, SSS)` to its cell and, by rendezvous hashing, to
+//! one logic server of it. The router is stateless: any number of replicas.
+
+pub mod auth;
+pub mod config;
+pub mod directory;
+pub mod history;
+pub mod limits;
+pub mod route;
+pub mod server;
+pub mod service;
+pub mod topology;
+pub mod traceparent;
+
+pub use config::{RouterArgs, RouterConfig};
+pub use server::{RouterHandle, run, start};

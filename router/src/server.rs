@@ -1,0 +1,131 @@
+//! Running a router: `run(listener, config, shutdown)`, the same for `main` and
+//! tests. Background tasks (topology watch, health checks, rate-limiter
+//! housekeeping) are tracked and cancelled on shutdown.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use redcell_proto::v1::red_envelope_server::RedEnvelopeServer;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::server::TcpIncoming;
+
+use crate::{
+    config::RouterConfig,
+    directory::Directory,
+    history::History,
+    limits::{UserRateLimiter, global_limit_layer},
+    service::RouterService,
+    topology::TopologyHandle,
+};
+
+/// How long tracked tasks get after the server stopped.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A started router's shared parts, for tests and operators' introspection.
+#[derive(Debug, Clone)]
+pub struct RouterHandle {
+    pub topology: Arc<TopologyHandle>,
+    pub directory: Arc<Directory>,
+}
+
+/// Builds the router's parts (exposed so tests can watch them) and serves until
+/// `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    config: RouterConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (handle, serve) = start(listener, config, shutdown);
+    drop(handle);
+    serve.await
+}
+
+/// Like [`run`], returning the handle first and the serving future second.
+pub fn start(
+    listener: TcpListener,
+    config: RouterConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> (
+    RouterHandle,
+    impl Future<Output = Result<(), tonic::transport::Error>>,
+) {
+    let topology = Arc::new(TopologyHandle::new(
+        config.topology_path.clone(),
+        config.topology.clone(),
+    ));
+    let directory = Arc::new(Directory::new(config.cell_timeout, config.suspect_for));
+    let limiter = Arc::new(UserRateLimiter::new(
+        config.rate_per_user,
+        config.rate_burst,
+    ));
+    let handle = RouterHandle {
+        topology: topology.clone(),
+        directory: directory.clone(),
+    };
+    let service = RouterService {
+        topology: topology.clone(),
+        directory: directory.clone(),
+        auth: config.auth.clone(),
+        limiter: limiter.clone(),
+        internal_token: Arc::from(config.internal_token.as_str()),
+        region: config.region,
+        cell_timeout: config.cell_timeout,
+        history: History,
+    };
+    let serve = async move {
+        let tracker = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        // One health round before serving, so the first Sends have a pool.
+        directory
+            .check_all(
+                &topology.load(),
+                config.health_interval.max(Duration::from_millis(200)),
+            )
+            .await;
+        tracker.spawn(
+            topology
+                .clone()
+                .watch(config.reload_interval, cancel.child_token()),
+        );
+        tracker.spawn(directory.clone().watch(
+            topology.clone(),
+            config.health_interval,
+            cancel.child_token(),
+        ));
+        tracker.spawn({
+            let cancel = cancel.child_token();
+            async move {
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(60)) => limiter.shrink(),
+                    }
+                }
+            }
+        });
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(
+                "redcell.v1.RedEnvelope",
+                tonic_health::ServingStatus::Serving,
+            )
+            .await;
+        tracing::info!(address = ?listener.local_addr().ok(), "router serving");
+        let served = tonic::transport::Server::builder()
+            .layer(global_limit_layer(config.max_in_flight))
+            .add_service(health_service)
+            .add_service(RedEnvelopeServer::new(service))
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+            .await;
+        cancel.cancel();
+        tracker.close();
+        if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("router tasks still running after the drain deadline");
+        }
+        served
+    };
+    (handle, serve)
+}

@@ -1,0 +1,347 @@
+//! The client API (`redcell.v1.RedEnvelope`) as the router serves it: admit the
+//! caller (token, rate limit), then route to a cell (DESIGN.md §6).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use redcell_cell::{
+    error::NOTHING_WRITTEN_METADATA,
+    service::{INTERNAL_METADATA, SUFFIX_METADATA, USER_METADATA},
+};
+use redcell_proto::v1::{
+    self as pb, red_envelope_client::RedEnvelopeClient, red_envelope_server::RedEnvelope,
+};
+use redcell_topology::{Cell, EnvelopeId, RegionDigit, Suffix, Topology};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+
+use crate::{
+    auth::{Authenticator, UserId},
+    directory::Directory,
+    history::History,
+    limits::UserRateLimiter,
+    route,
+    topology::TopologyHandle,
+    traceparent::TraceParent,
+};
+
+/// Metadata entry naming the region a caller sends from.
+pub const REGION_METADATA: &str = "x-redcell-region";
+
+#[derive(Debug, Clone)]
+pub struct RouterService {
+    pub(crate) topology: Arc<TopologyHandle>,
+    pub(crate) directory: Arc<Directory>,
+    pub(crate) auth: Authenticator,
+    pub(crate) limiter: Arc<UserRateLimiter>,
+    pub(crate) internal_token: Arc<str>,
+    pub(crate) region: RegionDigit,
+    pub(crate) cell_timeout: Duration,
+    pub(crate) history: History,
+}
+
+/// An idempotent call on an existing envelope.
+enum Call {
+    Grab(pb::GrabRequest),
+    Open(pb::OpenRequest),
+    Get(pb::GetRequest),
+}
+
+enum Reply {
+    Grab(pb::GrabResponse),
+    Open(pb::OpenResponse),
+    Get(Box<pb::GetResponse>),
+}
+
+impl RouterService {
+    /// Authenticates the caller and charges their rate limit.
+    fn admit<T>(&self, request: &Request<T>) -> Result<UserId, Status> {
+        let user = self.auth.authenticate(request.metadata())?;
+        self.limiter.check(user.as_str())?;
+        Ok(user)
+    }
+
+    /// A request to a cell: the caller, the internal credential, the trace
+    /// context (a child of the caller's), and the deadline.
+    pub(crate) fn outgoing<T>(
+        &self,
+        user: &UserId,
+        trace: &TraceParent,
+        message: T,
+    ) -> Result<Request<T>, Status> {
+        let mut request = Request::new(message);
+        let metadata = request.metadata_mut();
+        metadata.insert(
+            USER_METADATA,
+            MetadataValue::try_from(user.as_str())
+                .map_err(|_| Status::internal("user id is not metadata"))?,
+        );
+        metadata.insert(
+            INTERNAL_METADATA,
+            MetadataValue::try_from(&*self.internal_token)
+                .map_err(|_| Status::internal("bad internal token"))?,
+        );
+        trace.child().inject(metadata);
+        request.set_timeout(self.cell_timeout);
+        Ok(request)
+    }
+
+    fn client(&self, server: &str) -> Result<RedEnvelopeClient<tonic::transport::Channel>, Status> {
+        Ok(RedEnvelopeClient::new(self.directory.channel(server)?))
+    }
+
+    /// Routes an idempotent call to the envelope's cell, trying its servers in
+    /// rendezvous order on `UNAVAILABLE`, within the call's deadline.
+    async fn existing(
+        &self,
+        user: &UserId,
+        trace: &TraceParent,
+        envelope_id: &str,
+        call: Call,
+    ) -> Result<Reply, Status> {
+        let id: EnvelopeId = envelope_id
+            .parse()
+            .map_err(|error: redcell_topology::IdError| {
+                Status::invalid_argument(format!("envelope_id: {error}"))
+            })?;
+        let topology = self.topology.load();
+        let cell = topology
+            .route(&id)
+            .map_err(|error| Status::invalid_argument(format!("envelope_id: {error}")))?;
+        let servers = route::servers_for(cell, envelope_id, |server| {
+            self.directory.is_serving(server)
+        });
+        let deadline = Instant::now() + self.cell_timeout;
+        let mut last = Status::unavailable(format!("cell {} has no server", cell.name));
+        for server in servers {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let mut client = self.client(server)?;
+            let result = match &call {
+                Call::Grab(message) => client
+                    .grab(self.outgoing(user, trace, message.clone())?)
+                    .await
+                    .map(|response| Reply::Grab(response.into_inner())),
+                Call::Open(message) => client
+                    .open(self.outgoing(user, trace, message.clone())?)
+                    .await
+                    .map(|response| Reply::Open(response.into_inner())),
+                Call::Get(message) => client
+                    .get(self.outgoing(user, trace, message.clone())?)
+                    .await
+                    .map(|response| Reply::Get(Box::new(response.into_inner()))),
+            };
+            match result {
+                Err(status) if status.code() == tonic::Code::Unavailable => last = status,
+                other => return other.map_err(from_cell),
+            }
+        }
+        Err(from_cell(last))
+    }
+
+    /// The region new envelopes of this call are minted for.
+    fn sender_region<T>(
+        &self,
+        request: &Request<T>,
+        topology: &Topology,
+    ) -> Result<RegionDigit, Status> {
+        let Some(value) = request.metadata().get(REGION_METADATA) else {
+            return Ok(self.region);
+        };
+        let text = value
+            .to_str()
+            .map_err(|_| Status::invalid_argument("x-redcell-region: must be ASCII"))?;
+        topology
+            .region_digit(text)
+            .or_else(|| {
+                text.parse::<u8>()
+                    .ok()
+                    .and_then(RegionDigit::new)
+                    .filter(|d| topology.region_name(*d).is_some())
+            })
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "x-redcell-region: unknown region {text:?} (regions: {})",
+                    topology.regions().join(", ")
+                ))
+            })
+    }
+
+    /// Sends to one cell: its servers in order while they cannot be reached.
+    /// `Err((status, nothing_written))`.
+    async fn send_to_cell(
+        &self,
+        cell: &Cell,
+        suffix: Suffix,
+        user: &UserId,
+        trace: &TraceParent,
+        message: &pb::SendRequest,
+    ) -> Result<pb::SendResponse, (Status, bool)> {
+        let key = format!("{}/{}", user.as_str(), message.idempotency_key);
+        let servers = route::servers_for(cell, &key, |server| self.directory.is_serving(server));
+        let mut last = Status::unavailable(format!("cell {} has no server", cell.name));
+        for server in servers {
+            let mut request = self
+                .outgoing(user, trace, message.clone())
+                .map_err(|status| (status, false))?;
+            let suffix_value = MetadataValue::try_from(suffix.to_string())
+                .map_err(|_| (Status::internal("suffix"), false))?;
+            request.metadata_mut().insert(SUFFIX_METADATA, suffix_value);
+            let mut client = self.client(server).map_err(|status| (status, false))?;
+            match client.send(request).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if never_reached(&status) => last = status,
+                Err(status) => {
+                    let nothing_written = status.metadata().get(NOTHING_WRITTEN_METADATA).is_some();
+                    return Err((from_cell(status), nothing_written));
+                }
+            }
+        }
+        // No server of the cell could be reached: nothing was written.
+        Err((from_cell(last), true))
+    }
+}
+
+/// Whether a call failed before it reached a server (so it did nothing there).
+fn never_reached(status: &Status) -> bool {
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::TimedOut
+            )
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    status.message().contains("connect")
+}
+
+/// A cell's status as the client sees it: the code and message, without the
+/// cell's internal metadata.
+fn from_cell(status: Status) -> Status {
+    Status::new(status.code(), status.message().to_owned())
+}
+
+#[tonic::async_trait]
+impl RedEnvelope for RouterService {
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        let user = self.admit(&request)?;
+        let trace = TraceParent::from_metadata(request.metadata());
+        let topology = self.topology.load();
+        let region = self.sender_region(&request, &topology)?;
+        let message = request.into_inner();
+        let draw =
+            route::stable_hash(&[user.as_str().as_bytes(), message.idempotency_key.as_bytes()]);
+        let mut excluded: Vec<String> = Vec::new();
+        let mut last = None;
+        // The first cell, and once more another one if the first failed before
+        // writing anything (DESIGN §6 self-healing).
+        for _attempt in 0..2 {
+            let usable = |cell: &str| {
+                !excluded.iter().any(|e| e == cell)
+                    && self.directory.usable_for_new(&topology, cell)
+            };
+            let Some((suffix, index)) = route::mint_suffix(&topology, region, draw, usable) else {
+                break;
+            };
+            let Some(cell) = topology.cells().get(index) else {
+                break;
+            };
+            match self
+                .send_to_cell(cell, suffix, &user, &trace, &message)
+                .await
+            {
+                Ok(response) => return Ok(Response::new(response)),
+                Err((status, true)) => {
+                    self.directory.suspect(&cell.name);
+                    excluded.push(cell.name.clone());
+                    last = Some(status);
+                }
+                Err((status, false)) => return Err(status),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            let name = topology.region_name(region).unwrap_or("?");
+            Status::unavailable(format!(
+                "no cell can take new envelopes of region {name} now; retry"
+            ))
+        }))
+    }
+
+    async fn grab(
+        &self,
+        request: Request<pb::GrabRequest>,
+    ) -> Result<Response<pb::GrabResponse>, Status> {
+        let user = self.admit(&request)?;
+        let trace = TraceParent::from_metadata(request.metadata());
+        let message = request.into_inner();
+        let id = message.envelope_id.clone();
+        match self
+            .existing(&user, &trace, &id, Call::Grab(message))
+            .await?
+        {
+            Reply::Grab(reply) => Ok(Response::new(reply)),
+            _ => Err(Status::internal("mismatched reply")),
+        }
+    }
+
+    async fn open(
+        &self,
+        request: Request<pb::OpenRequest>,
+    ) -> Result<Response<pb::OpenResponse>, Status> {
+        let user = self.admit(&request)?;
+        let trace = TraceParent::from_metadata(request.metadata());
+        let message = request.into_inner();
+        let id = message.envelope_id.clone();
+        match self
+            .existing(&user, &trace, &id, Call::Open(message))
+            .await?
+        {
+            Reply::Open(reply) => Ok(Response::new(reply)),
+            _ => Err(Status::internal("mismatched reply")),
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let user = self.admit(&request)?;
+        let trace = TraceParent::from_metadata(request.metadata());
+        let message = request.into_inner();
+        let id = message.envelope_id.clone();
+        match self
+            .existing(&user, &trace, &id, Call::Get(message))
+            .await?
+        {
+            Reply::Get(reply) => Ok(Response::new(*reply)),
+            _ => Err(Status::internal("mismatched reply")),
+        }
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let user = self.admit(&request)?;
+        let trace = TraceParent::from_metadata(request.metadata());
+        let response = self
+            .history
+            .serve(self, &user, &trace, request.into_inner())
+            .await?;
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,9 @@
+//! The router in front of real cells (in-process logic servers on real sockets,
+//! each cell with its own order DB on real PostgreSQL) and a real ledger.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "router/stack.rs"]
+mod stack;
+
+#[path = "router/routing.rs"]
+mod routing;

@@ -1,0 +1,525 @@
+//! A whole local deployment for router tests: north n1-n3 and south s1-s2, each
+//! cell with its own order DB and `servers_per_cell` logic servers, one ledger,
+//! and one router reading a topology file in a temp dir (so tests can rewrite it
+//! and watch the reload). Clients authenticate with HS256 tokens.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use redcell_cell::{CellConfig, metrics::CellMetrics, reconcile};
+use redcell_harness::{PgServer, TestDb};
+use redcell_payments::PgLedger;
+use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
+use redcell_router::{
+    RouterConfig, RouterHandle,
+    auth::{Authenticator, VerifierKey, mint_hs256},
+};
+use redcell_topology::Topology;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    Request, Status,
+    metadata::AsciiMetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+pub const HS_KEY: &[u8] = b"redcell-test-hs256-key-0123456789abcdef";
+pub const INTERNAL_TOKEN: &str = "internal-test-token-0123456789";
+pub const ORDERS_TEMPLATE: &str = "router_orders";
+pub const LEDGER_TEMPLATE: &str = "router_ledger";
+
+/// (name, region, ranges) of the five cells.
+pub const CELLS: [(&str, &str, &str); 5] = [
+    ("n1", "north", "000-332"),
+    ("n2", "north", "333-665"),
+    ("n3", "north", "666-999"),
+    ("s1", "south", "000-499"),
+    ("s2", "south", "500-999"),
+];
+
+#[derive(Clone)]
+pub struct Builder {
+    pub servers_per_cell: usize,
+    /// Cells whose order DB runs on a PostgreSQL of their own (to crash it).
+    pub own_database: Vec<&'static str>,
+    pub rate_per_user: u32,
+    pub rate_burst: u32,
+    pub max_in_flight: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Builder {
+        Builder {
+            servers_per_cell: 1,
+            own_database: Vec::new(),
+            rate_per_user: 10_000,
+            rate_burst: 10_000,
+            max_in_flight: 10_000,
+        }
+    }
+}
+
+pub struct CellServer {
+    pub address: SocketAddr,
+    pub metrics: Arc<CellMetrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), redcell_cell::RunError>>>,
+}
+
+pub struct CellNode {
+    pub name: &'static str,
+    pub orders: TestDb,
+    /// The cell's own PostgreSQL, when it has one.
+    pub database_server: Option<PgServer>,
+    pub servers: Vec<CellServer>,
+}
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub topology_path: PathBuf,
+    pub topology_text: String,
+    pub ledger_db: TestDb,
+    pub ledger: PgLedger,
+    pub cells: Vec<CellNode>,
+    pub router: RouterHandle,
+    pub router_address: SocketAddr,
+    router_stop: Option<oneshot::Sender<()>>,
+    router_task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    pub deposits: i64,
+}
+
+/// Adds a bearer token (and optionally a region) to every call.
+#[derive(Clone)]
+pub struct Credentials {
+    authorization: Option<AsciiMetadataValue>,
+    region: Option<AsciiMetadataValue>,
+    traceparent: Option<AsciiMetadataValue>,
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        if let Some(value) = &self.region {
+            request
+                .metadata_mut()
+                .insert("x-redcell-region", value.clone());
+        }
+        if let Some(value) = &self.traceparent {
+            request.metadata_mut().insert("traceparent", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Client = RedEnvelopeClient<InterceptedService<Channel, Credentials>>;
+
+async fn templates(server: &PgServer) {
+    let orders = redcell_migrations::script(redcell_migrations::ORDER_DB);
+    let ledger = redcell_migrations::script(redcell_migrations::LEDGER);
+    server
+        .ensure_template(ORDERS_TEMPLATE, &[&orders])
+        .await
+        .unwrap();
+    server
+        .ensure_template(LEDGER_TEMPLATE, &[&ledger])
+        .await
+        .unwrap();
+}
+
+pub fn topology_text(
+    cells: &[(&str, &str, Vec<SocketAddr>, String)],
+    statuses: &[(&str, &str)],
+    overrides: &str,
+    degrade: &str,
+) -> String {
+    let mut text = String::from("version: 1\nregions: [north, south]\ncells:\n");
+    for (name, region, servers, dsn) in cells {
+        let status = statuses
+            .iter()
+            .find(|(cell, _)| cell == name)
+            .map_or("active", |(_, status)| status);
+        let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+        text.push_str(&format!(
+            "  - name: {name}\n    region: {region}\n    status: {status}\n    servers: [{}]\n    db: \"{dsn}\"\n",
+            servers.join(", ")
+        ));
+    }
+    let range = |name: &str| {
+        CELLS
+            .iter()
+            .find(|(cell, _, _)| *cell == name)
+            .map(|(_, _, r)| *r)
+            .unwrap_or("")
+    };
+    text.push_str(&format!(
+        "epochs:\n  - id: 0\n    ranges:\n      north: {{ n1: \"{}\", n2: \"{}\", n3: \"{}\" }}\n      south: {{ s1: \"{}\", s2: \"{}\" }}\n",
+        range("n1"), range("n2"), range("n3"), range("s1"), range("s2")
+    ));
+    text.push_str(&format!(
+        "minting:\n  epoch: 0\n  region_override: {overrides}\ndegrade: {degrade}\n"
+    ));
+    text
+}
+
+impl Builder {
+    pub async fn start(self) -> Stack {
+        let shared = redcell_harness::shared().await.unwrap();
+        templates(shared).await;
+        let ledger_db = shared.clone_database(LEDGER_TEMPLATE).await.unwrap();
+        let ledger = PgLedger::connect(&ledger_db.dsn, 8).unwrap();
+
+        let mut listeners = Vec::new();
+        let mut layout = Vec::new();
+        let mut databases = Vec::new();
+        for (name, region, _) in CELLS {
+            let (orders, own) = if self.own_database.contains(&name) {
+                let server = PgServer::start().await.unwrap();
+                templates(&server).await;
+                (
+                    server.clone_database(ORDERS_TEMPLATE).await.unwrap(),
+                    Some(server),
+                )
+            } else {
+                (shared.clone_database(ORDERS_TEMPLATE).await.unwrap(), None)
+            };
+            let mut cell_listeners = Vec::new();
+            for _ in 0..self.servers_per_cell {
+                cell_listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+            }
+            let addresses: Vec<SocketAddr> = cell_listeners
+                .iter()
+                .map(|l| l.local_addr().unwrap())
+                .collect();
+            layout.push((name, region, addresses, orders.dsn.clone()));
+            listeners.push(cell_listeners);
+            databases.push((orders, own));
+        }
+        let topology_text = topology_text(&layout, &[], "{}", "{}");
+        let dir = tempfile::tempdir().unwrap();
+        let topology_path = dir.path().join("cells.yaml");
+        std::fs::write(&topology_path, &topology_text).unwrap();
+        let topology = Arc::new(Topology::parse(&topology_text).unwrap());
+
+        let mut cells = Vec::new();
+        for (((name, _, _), cell_listeners), (orders, own)) in
+            CELLS.iter().zip(listeners).zip(databases)
+        {
+            let mut servers = Vec::new();
+            for listener in cell_listeners {
+                servers.push(spawn_cell_server(name, &topology, listener, &ledger));
+            }
+            cells.push(CellNode {
+                name,
+                orders,
+                database_server: own,
+                servers,
+            });
+        }
+
+        let router_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let router_address = router_listener.local_addr().unwrap();
+        let north = topology.region_digit("north").unwrap();
+        let auth = Authenticator::new(VerifierKey::Hs256(HS_KEY.to_vec())).unwrap();
+        let mut config = RouterConfig::new(
+            topology_path.clone(),
+            (*topology).clone(),
+            north,
+            auth,
+            INTERNAL_TOKEN.to_owned(),
+        );
+        config.health_interval = Duration::from_millis(100);
+        config.reload_interval = Duration::from_millis(100);
+        config.rate_per_user = std::num::NonZeroU32::new(self.rate_per_user).unwrap();
+        config.rate_burst = std::num::NonZeroU32::new(self.rate_burst).unwrap();
+        config.max_in_flight = self.max_in_flight;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (router, serve) = redcell_router::start(router_listener, config, async {
+            let _ = stopped.await;
+        });
+        let router_task = tokio::spawn(serve);
+        let stack = Stack {
+            dir,
+            topology_path,
+            topology_text,
+            ledger_db,
+            ledger,
+            cells,
+            router,
+            router_address,
+            router_stop: Some(stop),
+            router_task: Some(router_task),
+            deposits: 0,
+        };
+        stack.wait_until_all_serving().await;
+        stack
+    }
+}
+
+fn spawn_cell_server(
+    name: &str,
+    topology: &Arc<Topology>,
+    listener: TcpListener,
+    ledger: &PgLedger,
+) -> CellServer {
+    let address = listener.local_addr().unwrap();
+    let mut config = CellConfig::new(name, topology.clone()).unwrap();
+    config.internal_token = Some(INTERNAL_TOKEN.to_owned());
+    config.workers.interval = Duration::from_millis(50);
+    config.workers.health_interval = Duration::from_millis(100);
+    config.workers.recovery_grace = Duration::from_secs(1);
+    let metrics = config.metrics.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(redcell_cell::run(listener, config, ledger.clone(), async {
+        let _ = stopped.await;
+    }));
+    CellServer {
+        address,
+        metrics,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl Stack {
+    pub fn cell(&self, name: &str) -> &CellNode {
+        self.cells.iter().find(|cell| cell.name == name).unwrap()
+    }
+
+    pub fn cell_mut(&mut self, name: &str) -> &mut CellNode {
+        self.cells
+            .iter_mut()
+            .find(|cell| cell.name == name)
+            .unwrap()
+    }
+
+    /// Waits until the router sees every logic server SERVING.
+    pub async fn wait_until_all_serving(&self) {
+        for attempt in 0.. {
+            let all = self
+                .cells
+                .iter()
+                .flat_map(|cell| cell.servers.iter())
+                .all(|server| {
+                    self.router
+                        .directory
+                        .is_serving(&server.address.to_string())
+                });
+            if all {
+                return;
+            }
+            assert!(attempt < 300, "servers never became SERVING for the router");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client of the router authenticated as `user`.
+    pub fn client(&self, user: &str) -> Client {
+        let token = mint_hs256(HS_KEY, user, 3600).unwrap();
+        self.client_with(Some(&format!("Bearer {token}")), None)
+    }
+
+    /// A client sending from `region` (the `x-redcell-region` metadata).
+    pub fn client_in(&self, user: &str, region: &str) -> Client {
+        let token = mint_hs256(HS_KEY, user, 3600).unwrap();
+        self.client_with(Some(&format!("Bearer {token}")), Some(region))
+    }
+
+    /// A client with exactly this `authorization` value (or none).
+    pub fn client_with(&self, authorization: Option<&str>, region: Option<&str>) -> Client {
+        let channel = Channel::from_shared(format!("http://{}", self.router_address))
+            .unwrap()
+            .connect_lazy();
+        let credentials = Credentials {
+            authorization: authorization.map(|value| value.parse().unwrap()),
+            region: region.map(|value| value.parse().unwrap()),
+            traceparent: None,
+        };
+        RedEnvelopeClient::with_interceptor(channel, credentials)
+    }
+
+    /// A client that also sends a W3C `traceparent`.
+    pub fn client_traced(&self, user: &str, traceparent: &str) -> Client {
+        let token = mint_hs256(HS_KEY, user, 3600).unwrap();
+        let channel = Channel::from_shared(format!("http://{}", self.router_address))
+            .unwrap()
+            .connect_lazy();
+        let credentials = Credentials {
+            authorization: Some(format!("Bearer {token}").parse().unwrap()),
+            region: None,
+            traceparent: Some(traceparent.parse().unwrap()),
+        };
+        RedEnvelopeClient::with_interceptor(channel, credentials)
+    }
+
+    pub async fn fund(&mut self, user: &str, cents: i64) {
+        let key = format!("deposit:{user}:{}", self.deposits);
+        self.ledger.deposit(&key, user, cents).await.unwrap();
+        self.deposits += cents;
+    }
+
+    /// Funds `sender` and sends one LUCKY envelope through the router.
+    pub async fn send(&mut self, sender: &str, key: &str, total: i64, count: u32) -> pb::Envelope {
+        self.fund(sender, total).await;
+        let request = pb::SendRequest {
+            total_cents: total,
+            count,
+            kind: pb::EnvelopeKind::Lucky.into(),
+            greeting: "新年快乐".into(),
+            recipients: Vec::new(),
+            idempotency_key: key.into(),
+        };
+        self.client(sender)
+            .send(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .envelope
+            .unwrap()
+    }
+
+    /// The cell an envelope ID routes to.
+    pub fn cell_of(&self, envelope_id: &str) -> String {
+        let topology = self.router.topology.load();
+        topology
+            .route(&envelope_id.parse().unwrap())
+            .unwrap()
+            .name
+            .clone()
+    }
+
+    /// Rewrites the topology file (the router reloads it) and waits for the swap.
+    pub async fn rewrite_topology(&mut self, text: &str) {
+        let before = self.router.topology.reloads();
+        std::fs::write(&self.topology_path, text).unwrap();
+        for attempt in 0.. {
+            if self.router.topology.reloads() > before {
+                self.topology_text = text.to_owned();
+                return;
+            }
+            assert!(attempt < 200, "the router never reloaded the topology");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The current layout, to build edited topology texts.
+    pub fn layout(&self) -> Vec<(&'static str, &'static str, Vec<SocketAddr>, String)> {
+        CELLS
+            .iter()
+            .map(|(name, region, _)| {
+                let cell = self.cell(name);
+                (
+                    *name,
+                    *region,
+                    cell.servers.iter().map(|s| s.address).collect(),
+                    cell.orders.dsn.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Gracefully stops logic server `index` of `cell`.
+    pub async fn stop_cell_server(&mut self, cell: &str, index: usize) {
+        let server = &mut self.cell_mut(cell).servers[index];
+        if let Some(stop) = server.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = server.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Abruptly kills logic server `index` of `cell` (its task is aborted: no
+    /// drain, connections dropped).
+    pub async fn kill_cell_server(&mut self, cell: &str, index: usize) {
+        let server = &mut self.cell_mut(cell).servers[index];
+        server.stop.take();
+        if let Some(task) = server.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until every cell's settlement outbox is empty.
+    pub async fn drain_settlement(&self) {
+        for cell in &self.cells {
+            let client = cell.orders.connect().await.unwrap();
+            for attempt in 0.. {
+                let pending: i64 = client
+                    .query_one("SELECT count(*) FROM transfers WHERE status = 1", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                if pending == 0 {
+                    break;
+                }
+                assert!(attempt < 600, "cell {} did not settle", cell.name);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// DESIGN §5 over the whole deployment, after settlement drained: every
+    /// cell reconciles with zero discrepancies, and the ledger's balances plus
+    /// the money held in all cells equal what was deposited.
+    pub async fn check_money(&self) {
+        self.drain_settlement().await;
+        let mut held = 0;
+        let mut balance = 0;
+        for cell in &self.cells {
+            let mut client = cell.orders.connect().await.unwrap();
+            let report = reconcile::check_cell(&mut client, &self.ledger)
+                .await
+                .unwrap();
+            assert!(
+                report.discrepancies.is_empty(),
+                "cell {}: {:#?}",
+                cell.name,
+                report.discrepancies
+            );
+            held += report.held_cents;
+            balance = report.ledger_balance_cents;
+        }
+        assert_eq!(
+            balance + held,
+            self.deposits,
+            "conservation: balances {balance} + held {held}"
+        );
+    }
+
+    /// Envelopes per cell (by each cell's order DB).
+    pub async fn envelopes_per_cell(&self) -> Vec<(&'static str, i64)> {
+        let mut counts = Vec::new();
+        for cell in &self.cells {
+            let client = cell.orders.connect().await.unwrap();
+            let count: i64 = client
+                .query_one("SELECT count(*) FROM envelopes", &[])
+                .await
+                .unwrap()
+                .get(0);
+            counts.push((cell.name, count));
+        }
+        counts
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(stop) = self.router_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.router_task.take() {
+            task.abort();
+        }
+        for cell in &mut self.cells {
+            for server in &mut cell.servers {
+                server.stop.take();
+                if let Some(task) = server.task.take() {
+                    task.abort();
+                }
+            }
+        }
+    }
+}

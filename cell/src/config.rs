@@ -63,9 +63,9 @@ pub struct CellArgs {
     #[arg(long, default_value_t = 10)]
     pub recovery_grace_secs: u64,
     /// Credential routers present in `x-redcell-internal`; calls without it are
-    /// refused. Unset only for local development.
+    /// refused (DESIGN §6: cells serve routers only).
     #[arg(long, env = "REDCELL_INTERNAL_TOKEN", hide_env_values = true)]
-    pub internal_token: Option<String>,
+    pub internal_token: String,
     /// Log as JSON lines.
     #[arg(long, env = "REDCELL_LOG_JSON")]
     pub log_json: bool,
@@ -167,11 +167,8 @@ impl CellConfig {
         {
             errors.push("--db-dsn: malformed PostgreSQL DSN".to_owned());
         }
-        if args
-            .internal_token
-            .as_deref()
-            .is_some_and(|token| token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
-        {
+        let token = &args.internal_token;
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
             errors
                 .push("--internal-token: must be at least 16 visible ASCII characters".to_owned());
         }
@@ -197,7 +194,7 @@ impl CellConfig {
             idle: Duration::from_secs(args.lane_idle_secs),
         };
         config.open_strategy = args.open_strategy;
-        config.internal_token = args.internal_token.clone();
+        config.internal_token = Some(args.internal_token.clone());
         config.workers = WorkerConfig {
             interval: Duration::from_millis(args.worker_interval_ms),
             recovery_grace: Duration::from_secs(args.recovery_grace_secs),

@@ -36,6 +36,9 @@ pub struct Args {
     strategy: Option<OpenStrategy>,
 }
 
+/// The cells of a benchmark require the internal credential, as in production.
+const BENCH_INTERNAL_TOKEN: &str = "loadgen-internal-token-0123456789";
+
 struct Outcome {
     strategy: OpenStrategy,
     opens: u64,
@@ -182,6 +185,7 @@ async fn run_strategy(
     .map_err(|errors| errors.to_string())?;
     let mut config = CellConfig::new("n1", Arc::new(topology))?;
     config.open_strategy = strategy;
+    config.internal_token = Some(BENCH_INTERNAL_TOKEN.to_owned());
     config.db_pool = args.db_pool;
     let ledger = PgLedger::connect(ledger_dsn, 8).map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -298,7 +302,9 @@ async fn run_strategy(
 type CellClient = RedEnvelopeClient<InterceptedService<Channel, AsUser>>;
 
 fn client(channel: &Channel, user: &str) -> Result<CellClient, String> {
-    let identity = AsUser::new(user).ok_or_else(|| format!("bad user {user}"))?;
+    let identity = AsUser::new(user)
+        .and_then(|identity| identity.with_internal(BENCH_INTERNAL_TOKEN))
+        .ok_or_else(|| format!("bad user {user}"))?;
     Ok(RedEnvelopeClient::with_interceptor(
         channel.clone(),
         identity,

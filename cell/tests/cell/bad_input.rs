@@ -43,6 +43,10 @@ struct Case {
 
 fn with_metadata<T>(body: T, user: User, suffix: Option<&str>) -> Request<T> {
     let mut request = Request::new(body);
+    request.metadata_mut().insert(
+        "x-redcell-internal",
+        crate::stack::INTERNAL_TOKEN.parse().unwrap(),
+    );
     if let Some(user) = user {
         request
             .metadata_mut()

@@ -136,6 +136,8 @@ fn cell_args(stack: &Stack, topology: &Path, listen: SocketAddr) -> Vec<String> 
         "50",
         "--recovery-grace-secs",
         "1",
+        "--internal-token",
+        crate::stack::INTERNAL_TOKEN,
     ]
     .map(str::to_owned)
     .to_vec()
@@ -724,6 +726,8 @@ async fn configuration_errors_exit_78_before_binding() {
             &listen.to_string(),
             "--ledger-dsn",
             ledger,
+            "--internal-token",
+            crate::stack::INTERNAL_TOKEN,
         ]
         .map(str::to_owned)
         .to_vec();

@@ -5,33 +5,27 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use redcell_cell::{CellConfig, OpenStrategy, reconcile};
+use redcell_cell::{CellConfig, OpenStrategy, reconcile, service::AsUser};
 use redcell_harness::TestDb;
 use redcell_payments::PgLedger;
 use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use redcell_topology::Topology;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::{
-    Request, Status,
-    metadata::{AsciiMetadataValue, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 pub const ORDERS_TEMPLATE: &str = "cell_orders";
 pub const LEDGER_TEMPLATE: &str = "cell_ledger";
 
-/// Adds the caller identity the router would add.
-#[derive(Clone)]
-pub struct AsUser(AsciiMetadataValue);
+/// The internal credential this test deployment's cells require (as `cell`
+/// does in production), presented by every test client.
+pub const INTERNAL_TOKEN: &str = "cell-test-internal-token-0123456789";
 
-impl Interceptor for AsUser {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("x-redcell-user", self.0.clone());
-        Ok(request)
-    }
+/// A client identity as a router presents it: user + internal credential.
+pub fn as_user(user: &str) -> AsUser {
+    AsUser::new(user)
+        .unwrap()
+        .with_internal(INTERNAL_TOKEN)
+        .unwrap()
 }
 
 pub type Client = RedEnvelopeClient<InterceptedService<Channel, AsUser>>;
@@ -147,6 +141,7 @@ impl StackBuilder {
         let topology_text = topology_text(&addresses, &orders.dsn);
         let topology = Arc::new(Topology::parse(&topology_text).unwrap());
         let mut config = CellConfig::new("n1", topology.clone()).unwrap();
+        config.internal_token = Some(INTERNAL_TOKEN.to_owned());
         config.envelope_ttl = self.ttl;
         config.open_strategy = self.strategy;
         config.workers.interval = self.worker_interval;
@@ -201,8 +196,7 @@ impl Stack {
 
     /// A client of logic server `server` acting as `user`.
     pub fn client(&self, server: usize, user: &str) -> Client {
-        let value: AsciiMetadataValue = MetadataValue::try_from(user).unwrap();
-        RedEnvelopeClient::with_interceptor(self.servers[server].channel.clone(), AsUser(value))
+        RedEnvelopeClient::with_interceptor(self.servers[server].channel.clone(), as_user(user))
     }
 
     /// Deposits `cents` for `user` in the ledger (tracked for conservation).
@@ -369,6 +363,7 @@ impl StackBuilder {
         let topology_text = topology_text(addresses, &orders.dsn);
         let topology = Arc::new(Topology::parse(&topology_text).unwrap());
         let mut config = CellConfig::new("n1", topology.clone()).unwrap();
+        config.internal_token = Some(INTERNAL_TOKEN.to_owned());
         config.envelope_ttl = self.ttl;
         config.open_strategy = self.strategy;
         config.workers.interval = self.worker_interval;
@@ -400,8 +395,7 @@ impl Stack {
 
     /// A client on `channel` acting as `user`.
     pub fn client_on(channel: &Channel, user: &str) -> Client {
-        let value: AsciiMetadataValue = MetadataValue::try_from(user).unwrap();
-        RedEnvelopeClient::with_interceptor(channel.clone(), AsUser(value))
+        RedEnvelopeClient::with_interceptor(channel.clone(), as_user(user))
     }
 
     /// Row counts of the order DB's tables and the ledger's total balance and

@@ -49,6 +49,19 @@ pub enum Command {
         #[arg(long)]
         region: Option<String>,
     },
+    /// Mint an HS256 bearer token for a user (development and tests only: in
+    /// production tokens come from the identity provider, verified with RS256).
+    DevToken {
+        /// The user (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// The router's HS256 key file.
+        #[arg(long, env = "REDCELL_JWT_HS256_KEY_FILE")]
+        hs256_key_file: PathBuf,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
     /// Apply the embedded schema migrations (safe to re-run).
     Migrate {
         /// Migrate this cell's order DB (its `db` in the topology, or --dsn).
@@ -128,6 +141,11 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
             let targets = commands::migrate::targets(&cli.topology, cell, all_cells, ledger, dsn)?;
             commands::migrate::run(&targets, out)
         }
+        Command::DevToken {
+            user,
+            hs256_key_file,
+            ttl_secs,
+        } => commands::dev_token::run(&user, &hs256_key_file, ttl_secs, out),
         Command::MintPool { region } => {
             commands::mint_pool::run(&load::topology(&cli.topology)?, region.as_deref(), out)
         }

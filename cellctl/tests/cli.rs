@@ -263,3 +263,46 @@ fn migrate_refuses_unknown_cells_and_unreachable_databases() {
         down.stderr
     );
 }
+
+#[test]
+fn dev_token_is_accepted_by_the_routers_verifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("hs256.key");
+    std::fs::write(&key, b"a-development-key-of-32-bytes-or-more!!").unwrap();
+    let out = cellctl(
+        &[
+            "dev-token",
+            "--user",
+            "alice",
+            "--hs256-key-file",
+            key.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let token = out.stdout.trim();
+    let verifier = redcell_router::auth::Authenticator::new(
+        redcell_router::auth::VerifierKey::Hs256(std::fs::read(&key).unwrap()),
+    )
+    .unwrap();
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert_eq!(verifier.authenticate(&metadata).unwrap().as_str(), "alice");
+
+    let bad = cellctl(
+        &[
+            "dev-token",
+            "--user",
+            "bad user",
+            "--hs256-key-file",
+            key.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr.starts_with("cellctl: cannot mint a token:"),
+        "{}",
+        bad.stderr
+    );
+}

@@ -204,7 +204,10 @@ impl RouterService {
     }
 }
 
-/// Whether a call failed before it reached a server (so it did nothing there).
+/// Whether a call failed before it reached a server (so it did nothing there):
+/// only a transport error whose cause is a refused or unroutable connection.
+/// Statuses that come from a cell (over the wire) carry no source, so a cell's
+/// own `UNAVAILABLE` — which may follow a debit — never counts as "not reached".
 fn never_reached(status: &Status) -> bool {
     if status.code() != tonic::Code::Unavailable {
         return false;
@@ -214,16 +217,14 @@ fn never_reached(status: &Status) -> bool {
         if let Some(io) = error.downcast_ref::<std::io::Error>()
             && matches!(
                 io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::AddrNotAvailable
-                    | std::io::ErrorKind::TimedOut
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
             )
         {
             return true;
         }
         source = error.source();
     }
-    status.message().contains("connect")
+    false
 }
 
 /// A cell's status as the client sees it: the code and message, without the
@@ -343,5 +344,36 @@ impl RedEnvelope for RouterService {
             .serve(self, &user, &trace, request.into_inner())
             .await?;
         Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A refused connection is recognised from tonic's real error, and a
+    /// status a server sends is never taken for "not reached".
+    #[tokio::test]
+    async fn only_refused_connections_count_as_never_reached() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let status = RedEnvelopeClient::new(channel)
+            .grab(pb::GrabRequest {
+                envelope_id: "x".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(never_reached(&status), "{status:?}");
+        let from_a_cell =
+            Status::unavailable("payment system unavailable: error connecting to server");
+        assert!(!never_reached(&from_a_cell));
     }
 }

@@ -11,7 +11,7 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = RouterArgs::parse();
-    init_logging(args.log_json);
+    redcell_lifecycle::init_logging(args.log_json);
     let config = match RouterConfig::from_args(&args) {
         Ok(config) => config,
         Err(errors) => {
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|error| format!("--listen: cannot bind {}: {error}", args.listen))?;
-        redcell_router::run(listener, config, shutdown_signal())
+        redcell_router::run(listener, config, redcell_lifecycle::shutdown_signal())
             .await
             .map_err(|error| error.to_string())
     });
@@ -42,33 +42,5 @@ fn main() -> ExitCode {
             eprintln!("router: {error}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -141,13 +141,15 @@ impl History {
 
         let mut calls = tokio::task::JoinSet::new();
         for cell in topology.cells() {
-            let servers = route::servers_for(cell, user.as_str(), |server| {
+            let servers: Vec<String> = route::servers_for(cell, user.as_str(), |server| {
                 router.directory.is_serving(server)
-            });
-            let Some(server) = servers.first() else {
-                continue;
-            };
-            let channel = router.directory.channel(server)?;
+            })
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+            // One more than the page: a cell holding everything that is left
+            // must be able to say "there is more" (found in review: pages
+            // silently stopped when one cell held the rest).
             let message = pb::CellHistoryRequest {
                 user: user.as_str().to_owned(),
                 direction: direction.into(),
@@ -156,11 +158,26 @@ impl History {
                     .as_ref()
                     .map(|cursor| cursor.id.clone())
                     .unwrap_or_default(),
-                limit,
+                limit: limit + 1,
             };
-            let request = router.outgoing(user, trace, message)?;
-            calls
-                .spawn(async move { CellInternalClient::new(channel).cell_history(request).await });
+            let mut attempts = Vec::with_capacity(servers.len());
+            for server in &servers {
+                attempts.push((
+                    router.directory.channel(server)?,
+                    router.outgoing(user, trace, message.clone())?,
+                ));
+            }
+            // The cell's servers in order, the next one on UNAVAILABLE.
+            calls.spawn(async move {
+                let mut last = Status::unavailable("cell has no server");
+                for (channel, request) in attempts {
+                    match CellInternalClient::new(channel).cell_history(request).await {
+                        Err(status) if status.code() == tonic::Code::Unavailable => last = status,
+                        other => return other,
+                    }
+                }
+                Err(last)
+            });
         }
         let mut slices = Vec::new();
         let mut degraded = false;

@@ -9,8 +9,9 @@ use crate::stack::Builder;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_envelopes_spread_over_the_senders_region() {
     let mut stack = Builder::default().start().await;
-    for (region, sends) in [("north", 300), ("south", 200)] {
-        for index in 0..sends {
+    let mut sends = Vec::new();
+    for (region, count) in [("north", 300), ("south", 200)] {
+        for index in 0..count {
             let sender = format!("{region}-sender-{index}");
             stack.fund(&sender, 100).await;
             let request = pb::SendRequest {
@@ -21,20 +22,21 @@ async fn new_envelopes_spread_over_the_senders_region() {
                 recipients: Vec::new(),
                 idempotency_key: format!("k{index}"),
             };
-            let envelope = stack
-                .client_in(&sender, region)
-                .send(request)
-                .await
-                .unwrap()
-                .into_inner();
-            let envelope = envelope.envelope.unwrap();
-            let digit = if region == "north" { '1' } else { '2' };
-            assert_eq!(
-                envelope.id.chars().nth(6),
-                Some(digit),
-                "minted in the sender's region"
-            );
+            let mut client = stack.client_in(&sender, region);
+            sends.push(tokio::spawn(async move {
+                let reply = client.send(request).await.unwrap().into_inner();
+                (region, reply.envelope.unwrap().id)
+            }));
         }
+    }
+    for send in sends {
+        let (region, id) = send.await.unwrap();
+        let digit = if region == "north" { '1' } else { '2' };
+        assert_eq!(
+            id.chars().nth(6),
+            Some(digit),
+            "minted in the sender's region"
+        );
     }
     let per_cell = stack.envelopes_per_cell().await;
     for (cell, count) in &per_cell {

@@ -232,6 +232,9 @@ impl Builder {
         );
         config.health_interval = Duration::from_millis(100);
         config.reload_interval = Duration::from_millis(100);
+        // Generous: tests share two cores with many servers; they assert
+        // routing and money, not latency.
+        config.cell_timeout = Duration::from_secs(10);
         config.rate_per_user = std::num::NonZeroU32::new(self.rate_per_user).unwrap();
         config.rate_burst = std::num::NonZeroU32::new(self.rate_burst).unwrap();
         config.max_in_flight = self.max_in_flight;
@@ -521,5 +524,173 @@ impl Drop for Stack {
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for router/failures.rs (cell, server and DB failures; topology
+// reloads). Added as a separate block; nothing above depends on it.
+// ---------------------------------------------------------------------------
+
+/// How long (in polls of [`POLL`]) the failure tests wait for a condition.
+pub const POLL_ATTEMPTS: u32 = 600;
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// A LUCKY Send request.
+pub fn lucky(total: i64, count: u32, key: &str) -> pb::SendRequest {
+    pb::SendRequest {
+        total_cents: total,
+        count,
+        kind: pb::EnvelopeKind::Lucky.into(),
+        greeting: String::new(),
+        recipients: Vec::new(),
+        idempotency_key: key.into(),
+    }
+}
+
+impl Stack {
+    /// Writes the topology file atomically (a temp file renamed over it), as
+    /// `cellctl` does, without waiting for the router.
+    pub fn write_topology_file(&self, text: &str) {
+        let temp = self.dir.path().join("cells.yaml.tmp");
+        std::fs::write(&temp, text).unwrap();
+        std::fs::rename(&temp, &self.topology_path).unwrap();
+    }
+
+    /// Whether the router would mint new envelopes in `cell` now.
+    pub fn usable_for_new(&self, cell: &str) -> bool {
+        self.router
+            .directory
+            .usable_for_new(&self.router.topology.load(), cell)
+    }
+
+    /// The envelope IDs in `cell`'s order DB.
+    pub async fn envelope_ids_in(&self, cell: &str) -> Vec<String> {
+        let client = self.cell(cell).orders.connect().await.unwrap();
+        client
+            .query("SELECT id FROM envelopes ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    /// Funds and sends LUCKY envelopes from fresh senders `{prefix}-{n}` until
+    /// one lands in `cell`.
+    pub async fn send_until_in(
+        &mut self,
+        cell: &str,
+        prefix: &str,
+        total: i64,
+        count: u32,
+    ) -> pb::Envelope {
+        for attempt in 0..200 {
+            let sender = format!("{prefix}-{attempt}");
+            let envelope = self.send(&sender, "k", total, count).await;
+            if self.cell_of(&envelope.id) == cell {
+                return envelope;
+            }
+        }
+        panic!("no envelope landed in {cell} after 200 sends");
+    }
+
+    /// Opens `envelope_id` as `user` through the router.
+    pub async fn open_as(&self, user: &str, envelope_id: &str) -> Result<pb::OpenResponse, Status> {
+        self.client(user)
+            .open(pb::OpenRequest {
+                envelope_id: envelope_id.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Per-server `envelope_requests` of `cell`, in server order.
+    pub fn envelope_requests(&self, cell: &str) -> Vec<u64> {
+        self.cell(cell)
+            .servers
+            .iter()
+            .map(|server| server.metrics.envelope_requests())
+            .collect()
+    }
+
+    /// The router's view of every cell now (for failure messages): which
+    /// servers it sees SERVING, and whether the cell takes new envelopes.
+    pub fn router_view(&self) -> String {
+        let topology = self.router.topology.load();
+        let mut view = Vec::new();
+        for cell in &self.cells {
+            let serving: Vec<bool> = cell
+                .servers
+                .iter()
+                .map(|server| {
+                    self.router
+                        .directory
+                        .is_serving(&server.address.to_string())
+                })
+                .collect();
+            let usable = self.router.directory.usable_for_new(&topology, cell.name);
+            view.push(format!(
+                "{}: serving {serving:?} usable_for_new {usable}",
+                cell.name
+            ));
+        }
+        view.join("; ")
+    }
+
+    /// Records, until dropped, every change of the router's view of which
+    /// servers are SERVING (sampled every 10 ms), to explain failures.
+    pub fn record_health(&self) -> HealthLog {
+        let directory = self.router.directory.clone();
+        let servers: Vec<(&'static str, String)> = self
+            .cells
+            .iter()
+            .flat_map(|cell| {
+                cell.servers
+                    .iter()
+                    .map(|server| (cell.name, server.address.to_string()))
+            })
+            .collect();
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let events = events.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                let mut last: Vec<bool> = servers.iter().map(|_| true).collect();
+                loop {
+                    for ((cell, address), was) in servers.iter().zip(last.iter_mut()) {
+                        let now = directory.is_serving(address);
+                        if now != *was {
+                            events.lock().unwrap().push(format!(
+                                "+{:?} {cell} {address} {}",
+                                started.elapsed(),
+                                if now { "SERVING" } else { "not serving" }
+                            ));
+                            *was = now;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        HealthLog { events, task }
+    }
+}
+
+/// Changes of the router's health view, recorded by [`Stack::record_health`].
+pub struct HealthLog {
+    events: Arc<std::sync::Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl HealthLog {
+    pub fn events(&self) -> Vec<String> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HealthLog {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -7,3 +7,15 @@ mod stack;
 
 #[path = "router/routing.rs"]
 mod routing;
+
+#[path = "router/binary.rs"]
+mod binary;
+
+#[path = "router/failures.rs"]
+mod failures;
+
+#[path = "router/access.rs"]
+mod access;
+
+#[path = "router/history.rs"]
+mod history;

@@ -423,17 +423,6 @@ impl Stack {
             .collect()
     }
 
-    /// Gracefully stops logic server `index` of `cell`.
-    pub async fn stop_cell_server(&mut self, cell: &str, index: usize) {
-        let server = &mut self.cell_mut(cell).servers[index];
-        if let Some(stop) = server.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = server.task.take() {
-            let _ = task.await;
-        }
-    }
-
     /// Abruptly kills logic server `index` of `cell` (its task is aborted: no
     /// drain, connections dropped).
     pub async fn kill_cell_server(&mut self, cell: &str, index: usize) {

@@ -58,11 +58,14 @@ impl Default for Builder {
     }
 }
 
+/// One logic server, on a tokio runtime of its own: killing it shuts that
+/// runtime down, which drops every task of the server, its open connections
+/// included, like the death of its process. (Aborting only the task of
+/// `run` would leave the connections' tasks serving on the test's runtime.)
 pub struct CellServer {
     pub address: SocketAddr,
     pub metrics: Arc<CellMetrics>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), redcell_cell::RunError>>>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 pub struct CellNode {
@@ -209,7 +212,7 @@ impl Builder {
         {
             let mut servers = Vec::new();
             for listener in cell_listeners {
-                servers.push(spawn_cell_server(name, &topology, listener, &ledger));
+                servers.push(spawn_cell_server(name, &topology, listener, &ledger_db.dsn));
             }
             cells.push(CellNode {
                 name,
@@ -265,7 +268,7 @@ fn spawn_cell_server(
     name: &str,
     topology: &Arc<Topology>,
     listener: TcpListener,
-    ledger: &PgLedger,
+    ledger_dsn: &str,
 ) -> CellServer {
     let address = listener.local_addr().unwrap();
     let mut config = CellConfig::new(name, topology.clone()).unwrap();
@@ -274,15 +277,24 @@ fn spawn_cell_server(
     config.workers.health_interval = Duration::from_millis(100);
     config.workers.recovery_grace = Duration::from_secs(1);
     let metrics = config.metrics.clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(redcell_cell::run(listener, config, ledger.clone(), async {
-        let _ = stopped.await;
-    }));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(format!("cell-{name}-{}", address.port()))
+        .enable_all()
+        .build()
+        .unwrap();
+    // The listener moves to the server's runtime (sockets belong to the
+    // reactor that registered them), and so does the ledger's pool.
+    let listener = listener.into_std().unwrap();
+    let ledger = PgLedger::connect(ledger_dsn, 8).unwrap();
+    runtime.spawn(async move {
+        let listener = TcpListener::from_std(listener).unwrap();
+        redcell_cell::run(listener, config, ledger, std::future::pending()).await
+    });
     CellServer {
         address,
         metrics,
-        stop: Some(stop),
-        task: Some(task),
+        runtime: Some(runtime),
     }
 }
 
@@ -423,14 +435,15 @@ impl Stack {
             .collect()
     }
 
-    /// Abruptly kills logic server `index` of `cell` (its task is aborted: no
-    /// drain, connections dropped).
+    /// Abruptly kills logic server `index` of `cell`: its runtime is shut
+    /// down, so every task of it (connections included) is dropped, with no
+    /// drain. Returns once they are gone.
     pub async fn kill_cell_server(&mut self, cell: &str, index: usize) {
         let server = &mut self.cell_mut(cell).servers[index];
-        server.stop.take();
-        if let Some(task) = server.task.take() {
-            task.abort();
-            let _ = task.await;
+        if let Some(runtime) = server.runtime.take() {
+            tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(10)))
+                .await
+                .unwrap();
         }
     }
 
@@ -507,9 +520,8 @@ impl Drop for Stack {
         }
         for cell in &mut self.cells {
             for server in &mut cell.servers {
-                server.stop.take();
-                if let Some(task) = server.task.take() {
-                    task.abort();
+                if let Some(runtime) = server.runtime.take() {
+                    runtime.shutdown_background();
                 }
             }
         }

@@ -133,5 +133,12 @@ impl Claim {
 
 /// The ledger idempotency key of the sender's debit for an envelope.
 pub fn debit_key(id: &EnvelopeId) -> String {
-    format!("send:{id}")
+    format!("{DEBIT_KEY_PREFIX}{id}")
 }
+
+/// The envelope a debit key of [`debit_key`] pays for (its text, unparsed).
+pub fn envelope_of_debit_key(key: &str) -> Option<&str> {
+    key.strip_prefix(DEBIT_KEY_PREFIX)
+}
+
+const DEBIT_KEY_PREFIX: &str = "send:";

@@ -40,6 +40,13 @@ pub enum CellError {
     /// metadata entry on the inner error's status.
     #[error("{0}")]
     NothingWritten(Box<CellError>),
+    /// The Send's idempotency key already paid for another envelope (the
+    /// payment system pays one order once, DESIGN §4): the client's retry
+    /// reached a cell other than the one holding its envelope. Nothing is
+    /// written here; the router asks the envelope's own cell, whose replay
+    /// answers. Carried as `x-redcell-paid-envelope` with `ALREADY_EXISTS`.
+    #[error("idempotency_key: already paid for envelope {envelope_id}")]
+    AlreadyPaid { envelope_id: String },
     /// A bug or a broken invariant; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -90,6 +97,9 @@ impl From<redcell_payments::PaymentsError> for CellError {
 /// Metadata entry marking an error after which nothing was written.
 pub const NOTHING_WRITTEN_METADATA: &str = "x-redcell-nothing-written";
 
+/// Metadata entry naming the envelope a Send's idempotency key already paid for.
+pub const PAID_ENVELOPE_METADATA: &str = "x-redcell-paid-envelope";
+
 impl From<CellError> for Status {
     fn from(error: CellError) -> Status {
         if let CellError::NothingWritten(inner) = error {
@@ -100,9 +110,17 @@ impl From<CellError> for Status {
             );
             return status;
         }
+        if let CellError::AlreadyPaid { envelope_id } = &error {
+            let mut status = Status::already_exists(error.to_string());
+            if let Ok(value) = tonic::metadata::MetadataValue::try_from(envelope_id.as_str()) {
+                status.metadata_mut().insert(PAID_ENVELOPE_METADATA, value);
+            }
+            return status;
+        }
         let code = match &error {
             // Handled above; kept here so the match stays exhaustive.
             CellError::NothingWritten(_) => Code::Unavailable,
+            CellError::AlreadyPaid { .. } => Code::AlreadyExists,
             CellError::InvalidArgument { .. } => Code::InvalidArgument,
             CellError::NotFound(_) => Code::NotFound,
             CellError::FailedPrecondition(_) => Code::FailedPrecondition,

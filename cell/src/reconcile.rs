@@ -10,7 +10,10 @@
 //! 2. every claim has exactly one claim transfer and every transfer its claim;
 //!    an expired envelope with a remainder has exactly one refund of it; every
 //!    done transfer has exactly one ledger credit with its key, account and
-//!    amount; every paid envelope has its ledger debit, no cancelled one has;
+//!    amount; every paid envelope has its ledger debit, no cancelled one has,
+//!    and the debit pays the envelope's own Send (its merchant order is the
+//!    Send's idempotency key; the ledger pays one order once, so no Send is
+//!    paid for two envelopes, in this cell or another);
 //! 3. the money this cell holds ([`Report::held_cents`]): remaining cents of
 //!    active envelopes + pending transfers the ledger has not credited yet +
 //!    paid-but-unresolved Sends. With the ledger's balances
@@ -77,8 +80,10 @@ pub enum ReconcileError {
 }
 
 const ENVELOPE_SUMS: &str = "SELECT e.id, e.sender, e.status, e.total_cents, e.count, e.remaining_cents, e.remaining_count, \
-       COALESCE(c.n, 0), COALESCE(c.cents, 0), COALESCE(r.n, 0), COALESCE(r.cents, 0) \
+       COALESCE(c.n, 0), COALESCE(c.cents, 0), COALESCE(r.n, 0), COALESCE(r.cents, 0), \
+       s.idempotency_key \
      FROM envelopes e \
+     LEFT JOIN send_requests s ON s.envelope_id = e.id \
      LEFT JOIN (SELECT day, envelope_id, count(*) AS n, sum(amount_cents)::bigint AS cents FROM claims GROUP BY 1, 2) c \
        ON c.day = e.day AND c.envelope_id = e.id \
      LEFT JOIN (SELECT envelope_id, count(*) AS n, sum(amount_cents)::bigint AS cents FROM transfers WHERE kind = 2 GROUP BY 1) r \
@@ -92,6 +97,15 @@ const CLAIMS_WITHOUT_ONE_TRANSFER: &str = "SELECT c.envelope_id, c.seq, count(t.
 const TRANSFERS_WITHOUT_CLAIM: &str = "SELECT t.envelope_id, t.key FROM transfers t WHERE t.kind = 1 AND NOT EXISTS \
      (SELECT 1 FROM claims c WHERE 'claim:' || c.envelope_id || ':' || c.seq = t.key)";
 const TRANSFERS: &str = "SELECT envelope_id, key, user_id, amount_cents, status = 2 FROM transfers";
+
+/// What the ledger's debit of an envelope must be.
+struct ExpectedDebit {
+    sender: String,
+    total: i64,
+    status: Status,
+    /// The Send's idempotency key: the merchant order the debit pays.
+    order: Option<String>,
+}
 
 /// Checks one cell's order DB against the ledger.
 pub async fn check_cell(orders: &mut Client, ledger: &PgLedger) -> Result<Report, ReconcileError> {
@@ -111,7 +125,7 @@ pub async fn check_cell(orders: &mut Client, ledger: &PgLedger) -> Result<Report
     };
 
     // 1. Per-envelope sums; collect the ledger debits to look up.
-    let mut debits_expected: HashMap<String, (String, i64, Status)> = HashMap::new();
+    let mut debits_expected: HashMap<String, ExpectedDebit> = HashMap::new();
     for row in orders.query(ENVELOPE_SUMS, &[]).await? {
         let id: String = row.get(0);
         let sender: String = row.get(1);
@@ -122,6 +136,7 @@ pub async fn check_cell(orders: &mut Client, ledger: &PgLedger) -> Result<Report
         let remaining_count = i64::from(row.get::<_, i32>(6));
         let (claims, claimed): (i64, i64) = (row.get(7), row.get(8));
         let (refunds, refunded): (i64, i64) = (row.get(9), row.get(10));
+        let order: Option<String> = row.get(11);
         report.envelopes += 1;
         report.claims += claims;
         let Some(status) = status else {
@@ -186,7 +201,21 @@ pub async fn check_cell(orders: &mut Client, ledger: &PgLedger) -> Result<Report
                 }
             }
         }
-        debits_expected.insert(id, (sender, total, status));
+        if order.is_none() {
+            note(
+                Some(&id),
+                "no Send (idempotency row) names this envelope".into(),
+            );
+        }
+        debits_expected.insert(
+            id,
+            ExpectedDebit {
+                sender,
+                total,
+                status,
+                order,
+            },
+        );
     }
 
     // 2. Claims <-> transfers.
@@ -255,15 +284,26 @@ pub async fn check_cell(orders: &mut Client, ledger: &PgLedger) -> Result<Report
     }
 
     // Envelopes <-> ledger debits.
-    for (id, (sender, total, status)) in &debits_expected {
+    for (id, expected) in &debits_expected {
+        let ExpectedDebit {
+            sender,
+            total,
+            status,
+            order,
+        } = expected;
         let entry = entries.get(format!("send:{id}").as_str()).copied();
         let debited = entry.is_some_and(|entry| entry.kind == EntryKind::Debit);
         if let Some(entry) = entry.filter(|entry| entry.kind == EntryKind::Debit)
-            && (entry.account != *sender || entry.amount_cents != *total)
+            && (entry.account != *sender
+                || entry.amount_cents != *total
+                || entry.order.is_some() && entry.order != *order)
         {
             note(
                 Some(id),
-                format!("ledger debit {entry:?} does not match sender {sender} / total {total}"),
+                format!(
+                    "ledger debit {entry:?} does not match sender {sender} / total {total} / \
+                     order {order:?}"
+                ),
             );
         }
         match status {

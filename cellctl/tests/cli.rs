@@ -218,7 +218,7 @@ fn migrate_applies_once_and_is_idempotent() {
 
     let ledger = cellctl(&["migrate", "--ledger", "--dsn", &ledger_dsn], None);
     assert_eq!(ledger.code, 0, "{}", ledger.stderr);
-    assert_eq!(ledger.stdout, "ledger: applied 1 -> version 1\n");
+    assert_eq!(ledger.stdout, "ledger: applied 1, 2 -> version 2\n");
 
     let tables = runtime.block_on(async {
         let client = server.connect("cellctl_migrate_n1").await.unwrap();

@@ -28,11 +28,18 @@ pub const ORDER_DB: &[Migration] = &[Migration {
 }];
 
 /// The built-in ledger (the payment system's stand-in).
-pub const LEDGER: &[Migration] = &[Migration {
-    version: 1,
-    name: "ledger",
-    sql: include_str!("../sql/ledger/0001_ledger.sql"),
-}];
+pub const LEDGER: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "ledger",
+        sql: include_str!("../sql/ledger/0001_ledger.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "merchant_orders",
+        sql: include_str!("../sql/ledger/0002_merchant_orders.sql"),
+    },
+];
 
 /// Why migrating failed.
 #[derive(Debug, thiserror::Error)]

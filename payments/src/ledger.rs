@@ -21,6 +21,14 @@
 //!   point either keeps both or neither. A concurrent call with the same key
 //!   waits on the first one's uncommitted entry, then sees it and answers
 //!   from it (a replay) instead of moving money again.
+//! - **One debit per (account, merchant order).** A debit's entry names its
+//!   order, and a unique index on `(account, merchant_order)` admits one. The
+//!   insert is `ON CONFLICT DO NOTHING` over *every* unique index, so a second
+//!   key for a paid order is a no-op like a replay; reading back which entry
+//!   holds the key (a replay) or the order (another key paid it) tells the
+//!   two apart. A concurrent debit of the same order under another key waits
+//!   on the first one's uncommitted entry, like a same-key replay does; if
+//!   that one rolls back (insufficient funds), the order is free again.
 //! - **A voided key can never be debited.** [`Payments::resolve_debit`]
 //!   inserts a void entry under the key when it has none; from then on the
 //!   key's entry is the void, so a debit arriving late (a retry the caller
@@ -42,7 +50,7 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::error::PaymentsError;
 use crate::sql;
-use crate::{DebitOutcome, DebitResolution, Payments};
+use crate::{Debit, DebitOutcome, DebitResolution, Payments};
 
 /// How long a call waits for a free pooled connection before it is
 /// `Unavailable` (the pool is full of slow calls: the ledger is overloaded).
@@ -95,6 +103,9 @@ pub struct LedgerEntry {
     pub kind: EntryKind,
     /// Positive for debits and credits, 0 for a void.
     pub amount_cents: i64,
+    /// The merchant order a debit paid for; `None` for credits, voids and
+    /// debits written before orders existed (ledger migration 2).
+    pub order: Option<String>,
 }
 
 impl LedgerEntry {
@@ -108,12 +119,24 @@ impl LedgerEntry {
             account: row.try_get(1)?,
             kind,
             amount_cents: row.try_get(3)?,
+            order: row.try_get(4)?,
         })
     }
 
-    /// Whether this entry is exactly the operation now requested again.
-    fn is_replay_of(&self, kind: EntryKind, account: &str, cents: i64) -> bool {
-        self.kind == kind && self.account == account && self.amount_cents == cents
+    /// Whether this entry is exactly the operation now requested again. A
+    /// debit from before orders existed has none, and matches any order: its
+    /// retry is still the same money movement.
+    fn is_replay_of(
+        &self,
+        kind: EntryKind,
+        account: &str,
+        cents: i64,
+        order: Option<&str>,
+    ) -> bool {
+        self.kind == kind
+            && self.account == account
+            && self.amount_cents == cents
+            && (self.order.is_none() || self.order.as_deref() == order)
     }
 }
 
@@ -341,15 +364,10 @@ impl PgLedger {
 }
 
 impl Payments for PgLedger {
-    async fn debit(
-        &self,
-        key: &str,
-        account: &str,
-        cents: i64,
-    ) -> Result<DebitOutcome, PaymentsError> {
-        positive(cents)?;
+    async fn debit(&self, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
+        positive(debit.cents)?;
         let mut client = self.pool.get().await?;
-        let outcome = debit_on(&mut client, key, account, cents).await;
+        let outcome = debit_on(&mut client, debit).await;
         discard_if_failed(client, &outcome);
         outcome
     }
@@ -380,27 +398,46 @@ fn discard_if_failed<T>(client: Object, outcome: &Result<T, PaymentsError>) {
     }
 }
 
-async fn debit_on(
-    client: &mut Object,
-    key: &str,
-    account: &str,
-    cents: i64,
-) -> Result<DebitOutcome, PaymentsError> {
+async fn debit_on(client: &mut Object, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
+    let Debit {
+        key,
+        order,
+        account,
+        cents,
+    } = debit;
     let transaction = client.transaction().await?;
     let insert = transaction.prepare_cached(sql::INSERT_ENTRY).await?;
     let kind = EntryKind::Debit;
     let inserted = transaction
-        .query_opt(&insert, &[&key, &account, &kind.code(), &cents])
+        .query_opt(&insert, &[&key, &account, &kind.code(), &cents, &order])
         .await?;
     if inserted.is_none() {
-        let existing = existing_entry(&transaction, key).await?;
-        transaction.commit().await?;
-        let outcome = match existing.kind {
-            EntryKind::Void => DebitOutcome::Voided,
-            _ if existing.is_replay_of(kind, account, cents) => DebitOutcome::Debited,
-            _ => return Err(conflict(key, &existing, kind, account, cents)),
+        // The key has an entry (a replay, a void, a conflict), or another
+        // key paid this order. A voided key whose order another key paid is
+        // answered with the payer: the caller learns where its money went.
+        let by_key = entry_on(&transaction, sql::SELECT_ENTRY, &[&key]).await?;
+        let outcome = match by_key {
+            Some(existing) if existing.kind != EntryKind::Void => {
+                if !existing.is_replay_of(kind, account, cents, Some(order)) {
+                    return Err(conflict(key, &existing, kind, account, cents));
+                }
+                DebitOutcome::Debited
+            }
+            voided => match entry_on(&transaction, sql::SELECT_ORDER, &[&account, &order]).await? {
+                Some(paid) => DebitOutcome::OrderPaid { key: paid.key },
+                None if voided.is_some() => DebitOutcome::Voided,
+                None => return Err(vanished(key)),
+            },
         };
-        tracing::debug!(key, account, cents, ?outcome, "debit replayed");
+        transaction.commit().await?;
+        tracing::debug!(
+            key,
+            order,
+            account,
+            cents,
+            ?outcome,
+            "debit not taken again"
+        );
         return Ok(outcome);
     }
     let take = transaction.prepare_cached(sql::DEBIT_ACCOUNT).await?;
@@ -436,12 +473,18 @@ async fn credit_on(
     let insert = transaction.prepare_cached(sql::INSERT_ENTRY).await?;
     let kind = EntryKind::Credit;
     let inserted = transaction
-        .query_opt(&insert, &[&key, &account, &kind.code(), &cents])
+        .query_opt(
+            &insert,
+            &[&key, &account, &kind.code(), &cents, &None::<&str>],
+        )
         .await?;
     if inserted.is_none() {
-        let existing = existing_entry(&transaction, key).await?;
+        // Credits name no order, so only the key can have conflicted.
+        let existing = entry_on(&transaction, sql::SELECT_ENTRY, &[&key])
+            .await?
+            .ok_or_else(|| vanished(key))?;
         transaction.commit().await?;
-        if !existing.is_replay_of(kind, account, cents) {
+        if !existing.is_replay_of(kind, account, cents, None) {
             return Err(conflict(key, &existing, kind, account, cents));
         }
         tracing::debug!(key, account, cents, "credit replayed");
@@ -487,18 +530,23 @@ fn positive(cents: i64) -> Result<(), PaymentsError> {
     }
 }
 
-/// The entry that made our insert a no-op. It was committed before the
-/// insert returned (the insert waits for an uncommitted one) and entries are
-/// never deleted, so it is visible to this statement's snapshot.
-async fn existing_entry(
+/// The entry (by `query`: its key, or its account and order) that made our
+/// insert a no-op. It was committed before the insert returned (the insert
+/// waits for an uncommitted one) and entries are never deleted, so it is
+/// visible to this statement's snapshot (READ COMMITTED: a new one per
+/// statement).
+async fn entry_on(
     transaction: &deadpool_postgres::Transaction<'_>,
-    key: &str,
-) -> Result<LedgerEntry, PaymentsError> {
-    let read = transaction.prepare_cached(sql::SELECT_ENTRY).await?;
-    match transaction.query_opt(&read, &[&key]).await? {
-        Some(row) => LedgerEntry::from_row(&row),
-        None => Err(vanished(key)),
-    }
+    query: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<LedgerEntry>, PaymentsError> {
+    let read = transaction.prepare_cached(query).await?;
+    transaction
+        .query_opt(&read, params)
+        .await?
+        .as_ref()
+        .map(LedgerEntry::from_row)
+        .transpose()
 }
 
 /// An entry that conflicted on insert but cannot be read: impossible unless

@@ -15,6 +15,13 @@
 //!   call with the same key and the same request gets the same answer and
 //!   moves no money. The same key with a different request is
 //!   [`PaymentsError::KeyConflict`], a bug in the caller.
+//! - **One debit per merchant order.** Every debit names the merchant's order
+//!   it pays for (for a Send, the client's idempotency key); at most one debit
+//!   per (account, order) ever succeeds. A debit under a new key for an order
+//!   already paid is refused with [`DebitOutcome::OrderPaid`], naming the key
+//!   that paid it, and moves nothing. This is what keeps "one Send, one debit"
+//!   true across cells: a Send's idempotency row lives in one cell, but only
+//!   the payment system sees every cell's debits of a sender.
 //! - **Every call may fail with [`PaymentsError::Unavailable`]**: at scale the
 //!   payment system is sharded by user on its own and may be slow or down.
 //!   Callers retry with the same key; an `Unavailable` debit whose outcome
@@ -27,7 +34,8 @@
 //! 1. A balance never goes negative.
 //! 2. One entry per key: a key moves money at most once.
 //! 3. A voided key can never be debited.
-//! 4. Conservation: every balance equals its credits minus its debits.
+//! 4. One debit per (account, merchant order).
+//! 5. Conservation: every balance equals its credits minus its debits.
 
 mod error;
 pub mod ledger;
@@ -49,14 +57,13 @@ pub use ledger::{AccountDiscrepancy, EntryKind, EntryTotals, LedgerAudit, Ledger
 /// `Send`), not object-safe; hold an `Arc<P>` or a cheap `Clone` like
 /// [`PgLedger`] to share one.
 pub trait Payments: Send + Sync + 'static {
-    /// Debits `cents` from `account` once per key. The balance never goes
-    /// negative: a debit that does not fit is refused with
-    /// [`DebitOutcome::InsufficientFunds`] and leaves the key unused.
+    /// Takes `debit.cents` from `debit.account` once per key, and at most
+    /// once per (account, order). The balance never goes negative: a debit
+    /// that does not fit is refused with [`DebitOutcome::InsufficientFunds`]
+    /// and leaves the key and the order unused.
     fn debit(
         &self,
-        key: &str,
-        account: &str,
-        cents: i64,
+        debit: Debit<'_>,
     ) -> impl Future<Output = Result<DebitOutcome, PaymentsError>> + Send;
 
     /// Credits `cents` to `account` once per key (creates the account if
@@ -78,8 +85,24 @@ pub trait Payments: Send + Sync + 'static {
     ) -> impl Future<Output = Result<DebitResolution, PaymentsError>> + Send;
 }
 
-/// The answer to [`Payments::debit`].
+/// What [`Payments::debit`] is asked to take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Debit<'a> {
+    /// The idempotency key of this debit (`send:<envelope id>`): a retry
+    /// with it is answered from the first call.
+    pub key: &'a str,
+    /// The merchant's order the debit pays for (a Send's idempotency key):
+    /// the payment system pays one order of an account once, whatever the
+    /// key, so two envelopes can never be paid by one Send.
+    pub order: &'a str,
+    /// The payer.
+    pub account: &'a str,
+    /// Positive cents.
+    pub cents: i64,
+}
+
+/// The answer to [`Payments::debit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DebitOutcome {
     /// The money was taken, by this call or an earlier one with the same key.
     Debited,
@@ -91,6 +114,12 @@ pub enum DebitOutcome {
     },
     /// The key was voided by [`Payments::resolve_debit`]: refused, for good.
     Voided,
+    /// The order was already paid by the debit under `key`: refused, nothing
+    /// was written, and this call's key stays unused.
+    OrderPaid {
+        /// The key of the debit that paid the order (`send:<envelope id>`).
+        key: String,
+    },
 }
 
 /// The answer to [`Payments::resolve_debit`]; final for the key.
@@ -106,11 +135,9 @@ pub enum DebitResolution {
 impl<P: Payments> Payments for Arc<P> {
     fn debit(
         &self,
-        key: &str,
-        account: &str,
-        cents: i64,
+        debit: Debit<'_>,
     ) -> impl Future<Output = Result<DebitOutcome, PaymentsError>> + Send {
-        P::debit(self, key, account, cents)
+        P::debit(self, debit)
     }
 
     fn credit(

@@ -3,19 +3,27 @@
 //! parameters ([`crate::EntryKind::code`]), never spelled out, except the
 //! void's 3 where the query only ever writes a void.
 
-/// Claims `$1` for one operation; returns a row only if this call inserted it.
-pub(crate) const INSERT_ENTRY: &str = "INSERT INTO entries (key, account, kind, amount_cents) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING RETURNING key";
+/// Claims key `$1` (and, for a debit, account `$2`'s order `$5`) for one
+/// operation; returns a row only if this call inserted it. No conflict
+/// target: a conflict on either unique index (the key, or the account's
+/// order) is a no-op the caller reads back.
+pub(crate) const INSERT_ENTRY: &str = "INSERT INTO entries \
+     (key, account, kind, amount_cents, merchant_order) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING key";
 
 /// Voids `$1` unless it already has an entry.
 pub(crate) const VOID_KEY: &str = "INSERT INTO entries (key, account, kind, amount_cents) \
      VALUES ($1, '', 3, 0) ON CONFLICT (key) DO NOTHING";
 
 pub(crate) const SELECT_ENTRY: &str =
-    "SELECT key, account, kind, amount_cents FROM entries WHERE key = $1";
+    "SELECT key, account, kind, amount_cents, merchant_order FROM entries WHERE key = $1";
 
-pub(crate) const SELECT_ENTRIES: &str =
-    "SELECT key, account, kind, amount_cents FROM entries WHERE key = ANY($1) ORDER BY key";
+/// The debit that paid account `$1`'s order `$2`, if any.
+pub(crate) const SELECT_ORDER: &str = "SELECT key, account, kind, amount_cents, merchant_order \
+     FROM entries WHERE account = $1 AND merchant_order = $2";
+
+pub(crate) const SELECT_ENTRIES: &str = "SELECT key, account, kind, amount_cents, merchant_order \
+     FROM entries WHERE key = ANY($1) ORDER BY key";
 
 /// Takes `$2` from `$1` only if it fits: 0 rows means insufficient funds (or
 /// no account). Under READ COMMITTED a concurrent debit holding the row lock

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use redcell_harness::TestDb;
 use redcell_payments::{
-    DebitOutcome, DebitResolution, EntryKind, EntryTotals, LedgerEntry, Payments, PaymentsError,
-    PgLedger,
+    Debit, DebitOutcome, DebitResolution, EntryKind, EntryTotals, LedgerEntry, Payments,
+    PaymentsError, PgLedger,
 };
 use tokio::sync::Barrier;
 
@@ -38,6 +38,17 @@ async fn stack() -> Stack {
 /// The ledger's own consistency: no account differs from its entries.
 async fn assert_consistent(ledger: &PgLedger) {
     assert_eq!(ledger.discrepancies().await.unwrap(), vec![]);
+}
+
+/// A Send's debit as a cell asks for it, for a Send whose order (its
+/// idempotency key) is named like the debit's key: one order per key.
+fn send_debit<'a>(key: &'a str, account: &'a str, cents: i64) -> Debit<'a> {
+    Debit {
+        key,
+        order: key,
+        account,
+        cents,
+    }
 }
 
 fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, PaymentsError>) -> bool {
@@ -73,7 +84,7 @@ async fn the_migrations_runner_applies_the_ledger_schema() {
     let applied = redcell_migrations::apply(&mut client, redcell_migrations::LEDGER)
         .await
         .unwrap();
-    assert_eq!(applied, vec![1]);
+    assert_eq!(applied, vec![1, 2]);
     let again = redcell_migrations::apply(&mut client, redcell_migrations::LEDGER)
         .await
         .unwrap();
@@ -85,6 +96,8 @@ async fn the_migrations_runner_applies_the_ledger_schema() {
         "INSERT INTO entries (key, account, kind, amount_cents) VALUES ('k', 'a', 1, 0)",
         "INSERT INTO entries (key, account, kind, amount_cents) VALUES ('k', '', 3, 5)",
         "INSERT INTO entries (key, account, kind, amount_cents) VALUES ('k', 'a', 4, 5)",
+        "INSERT INTO entries (key, account, kind, amount_cents, merchant_order) \
+         VALUES ('k', 'a', 2, 5, 'o')",
     ] {
         assert!(
             client.batch_execute(bad).await.is_err(),
@@ -108,20 +121,26 @@ async fn a_debit_takes_exactly_its_amount_once_per_key() {
         .unwrap();
     assert_eq!(ledger.balance("alice").await.unwrap(), 10_000);
 
-    let outcome = ledger.debit("send:e1", "alice", 2_500).await.unwrap();
+    let outcome = ledger
+        .debit(send_debit("send:e1", "alice", 2_500))
+        .await
+        .unwrap();
     assert_eq!(outcome, DebitOutcome::Debited);
     assert_eq!(ledger.balance("alice").await.unwrap(), 7_500);
 
     // The caller's retry after a lost answer: same answer, no second debit.
     for _ in 0..3 {
-        let replay = ledger.debit("send:e1", "alice", 2_500).await.unwrap();
+        let replay = ledger
+            .debit(send_debit("send:e1", "alice", 2_500))
+            .await
+            .unwrap();
         assert_eq!(replay, DebitOutcome::Debited);
     }
     assert_eq!(ledger.balance("alice").await.unwrap(), 7_500);
 
     // The same key for anything else is a caller bug, and moves nothing.
     for (account, cents) in [("alice", 2_000), ("bob", 2_500)] {
-        let conflict = ledger.debit("send:e1", account, cents).await;
+        let conflict = ledger.debit(send_debit("send:e1", account, cents)).await;
         assert!(
             matches!(&conflict, Err(PaymentsError::KeyConflict { key }) if key == "send:e1"),
             "{conflict:?}"
@@ -145,6 +164,7 @@ async fn a_debit_takes_exactly_its_amount_once_per_key() {
             account: "alice".to_owned(),
             kind: EntryKind::Debit,
             amount_cents: 2_500,
+            order: Some("send:e1".to_owned()),
         })
     );
     assert_eq!(ledger.entries_count_by_prefix("").await.unwrap(), 2);
@@ -164,7 +184,10 @@ async fn insufficient_funds_writes_nothing_and_leaves_the_key_free() {
         .await
         .unwrap();
 
-    let refused = ledger.debit("send:e2", "carol", 1_001).await.unwrap();
+    let refused = ledger
+        .debit(send_debit("send:e2", "carol", 1_001))
+        .await
+        .unwrap();
     assert_eq!(
         refused,
         DebitOutcome::InsufficientFunds {
@@ -175,7 +198,10 @@ async fn insufficient_funds_writes_nothing_and_leaves_the_key_free() {
     assert_eq!(ledger.balance("carol").await.unwrap(), 1_000);
 
     // An account the ledger has never seen has nothing, and stays unseen.
-    let stranger = ledger.debit("send:e3", "nobody", 1).await.unwrap();
+    let stranger = ledger
+        .debit(send_debit("send:e3", "nobody", 1))
+        .await
+        .unwrap();
     assert_eq!(
         stranger,
         DebitOutcome::InsufficientFunds { balance_cents: 0 }
@@ -186,7 +212,10 @@ async fn insufficient_funds_writes_nothing_and_leaves_the_key_free() {
 
     // The refused key was not burned: once funded, the same debit goes through.
     ledger.deposit("deposit:carol:2", "carol", 1).await.unwrap();
-    let now = ledger.debit("send:e2", "carol", 1_001).await.unwrap();
+    let now = ledger
+        .debit(send_debit("send:e2", "carol", 1_001))
+        .await
+        .unwrap();
     assert_eq!(now, DebitOutcome::Debited);
     assert_eq!(ledger.balance("carol").await.unwrap(), 0);
     assert_consistent(&ledger).await;
@@ -210,7 +239,9 @@ async fn concurrent_debits_never_overdraw() {
             let start = Arc::clone(&start);
             tokio::spawn(async move {
                 start.wait().await;
-                ledger.debit(&format!("send:d{i:02}"), "dave", AMOUNT).await
+                ledger
+                    .debit(send_debit(&format!("send:d{i:02}"), "dave", AMOUNT))
+                    .await
             })
         })
         .collect();
@@ -224,7 +255,9 @@ async fn concurrent_debits_never_overdraw() {
                     "refused at {balance_cents}"
                 );
             }
-            DebitOutcome::Voided => panic!("nothing was voided"),
+            other @ (DebitOutcome::Voided | DebitOutcome::OrderPaid { .. }) => {
+                panic!("every debit has its own order and nothing was voided: {other:?}")
+            }
         }
     }
 
@@ -290,7 +323,10 @@ async fn resolve_debit_voids_an_unknown_key_for_good() {
     assert_eq!((void.kind, void.amount_cents), (EntryKind::Void, 0));
 
     // The late debit is refused and takes nothing; asking again is stable.
-    let late = ledger.debit("send:e5", "frank", 1_000).await.unwrap();
+    let late = ledger
+        .debit(send_debit("send:e5", "frank", 1_000))
+        .await
+        .unwrap();
     assert_eq!(late, DebitOutcome::Voided);
     assert_eq!(ledger.balance("frank").await.unwrap(), 5_000);
     assert_eq!(
@@ -302,7 +338,10 @@ async fn resolve_debit_voids_an_unknown_key_for_good() {
     assert!(matches!(credit, Err(PaymentsError::KeyConflict { .. })));
 
     // A debit that did happen is reported as such, and stays in place.
-    let debited = ledger.debit("send:e6", "frank", 1_000).await.unwrap();
+    let debited = ledger
+        .debit(send_debit("send:e6", "frank", 1_000))
+        .await
+        .unwrap();
     assert_eq!(debited, DebitOutcome::Debited);
     for _ in 0..2 {
         assert_eq!(
@@ -353,7 +392,11 @@ async fn a_random_mix_of_operations_conserves_money() {
             }
             3..=6 => {
                 let key = format!("send:{n}");
-                match ledger.debit(&key, account, cents).await.unwrap() {
+                match ledger
+                    .debit(send_debit(&key, account, cents))
+                    .await
+                    .unwrap()
+                {
                     DebitOutcome::Debited => {
                         debited += cents;
                         let balance = balances.get_mut(account).unwrap();
@@ -365,7 +408,9 @@ async fn a_random_mix_of_operations_conserves_money() {
                         assert!(balance_cents < cents);
                         assert_eq!(balance_cents, balances[account]);
                     }
-                    DebitOutcome::Voided => panic!("nothing was voided"),
+                    other @ (DebitOutcome::Voided | DebitOutcome::OrderPaid { .. }) => {
+                        panic!("every debit has its own order and nothing was voided: {other:?}")
+                    }
                 }
             }
             7..=8 => {
@@ -381,7 +426,10 @@ async fn a_random_mix_of_operations_conserves_money() {
                 let (key, kind, account, cents) = &requests[pick];
                 match kind {
                     EntryKind::Debit => {
-                        let replay = ledger.debit(key, account, *cents).await.unwrap();
+                        let replay = ledger
+                            .debit(send_debit(key, account, *cents))
+                            .await
+                            .unwrap();
                         assert_eq!(replay, DebitOutcome::Debited);
                     }
                     _ => ledger.credit(key, account, *cents).await.unwrap(),
@@ -426,13 +474,190 @@ async fn a_random_mix_of_operations_conserves_money() {
     }
 }
 
+/// DESIGN §4 "never a second debit", across cells: a Send retried into a
+/// second cell debits under a second key for the same order, and must be
+/// refused, naming the key that paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_paid_once_whatever_the_key() {
+    let Stack { ledger, db: _db } = stack().await;
+    ledger.deposit("deposit:kim", "kim", 10_000).await.unwrap();
+    ledger.deposit("deposit:lee", "lee", 1_000).await.unwrap();
+    let debit = |key, order, account, cents| Debit {
+        key,
+        order,
+        account,
+        cents,
+    };
+
+    let first = debit("send:a", "order-1", "kim", 1_000);
+    assert_eq!(ledger.debit(first).await.unwrap(), DebitOutcome::Debited);
+    // Another envelope paying the same order: refused, nothing written, and
+    // the answer names the debit that paid.
+    let second = ledger
+        .debit(debit("send:b", "order-1", "kim", 1_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        second,
+        DebitOutcome::OrderPaid {
+            key: "send:a".to_owned()
+        }
+    );
+    // Whatever its amount: the order is the Send, not the money.
+    let other_amount = ledger
+        .debit(debit("send:b", "order-1", "kim", 7))
+        .await
+        .unwrap();
+    assert_eq!(
+        other_amount,
+        DebitOutcome::OrderPaid {
+            key: "send:a".to_owned()
+        }
+    );
+    assert_eq!(ledger.entry("send:b").await.unwrap(), None);
+    assert_eq!(ledger.balance("kim").await.unwrap(), 9_000);
+    // The refused key stays free for an order of its own.
+    assert_eq!(
+        ledger
+            .debit(debit("send:b", "order-2", "kim", 500))
+            .await
+            .unwrap(),
+        DebitOutcome::Debited
+    );
+    // The first debit's replay is still a replay; with another order it is
+    // a different operation under the same key: a caller bug.
+    assert_eq!(ledger.debit(first).await.unwrap(), DebitOutcome::Debited);
+    let reordered = ledger.debit(debit("send:a", "order-9", "kim", 1_000)).await;
+    assert!(
+        matches!(&reordered, Err(PaymentsError::KeyConflict { key }) if key == "send:a"),
+        "{reordered:?}"
+    );
+    // Orders are the account's: another sender's order-1 is another order.
+    assert_eq!(
+        ledger
+            .debit(debit("send:c", "order-1", "lee", 1_000))
+            .await
+            .unwrap(),
+        DebitOutcome::Debited
+    );
+
+    // A refusal for balance leaves the order free, like the key.
+    let poor = ledger
+        .debit(debit("send:d", "order-3", "lee", 1))
+        .await
+        .unwrap();
+    assert_eq!(poor, DebitOutcome::InsufficientFunds { balance_cents: 0 });
+    ledger.deposit("deposit:lee:2", "lee", 1).await.unwrap();
+    assert_eq!(
+        ledger
+            .debit(debit("send:e", "order-3", "lee", 1))
+            .await
+            .unwrap(),
+        DebitOutcome::Debited
+    );
+
+    // A voided key: refused for good, and if its order was paid under
+    // another key, the answer names that one (where the money went).
+    for key in ["send:v1", "send:v2"] {
+        assert_eq!(
+            ledger.resolve_debit(key).await.unwrap(),
+            DebitResolution::Voided
+        );
+    }
+    assert_eq!(
+        ledger
+            .debit(debit("send:v1", "order-1", "kim", 1_000))
+            .await
+            .unwrap(),
+        DebitOutcome::OrderPaid {
+            key: "send:a".to_owned()
+        }
+    );
+    assert_eq!(
+        ledger
+            .debit(debit("send:v2", "order-4", "kim", 1_000))
+            .await
+            .unwrap(),
+        DebitOutcome::Voided
+    );
+    // ... and a void does not take the order.
+    assert_eq!(
+        ledger
+            .debit(debit("send:f", "order-4", "kim", 1_000))
+            .await
+            .unwrap(),
+        DebitOutcome::Debited
+    );
+
+    assert_eq!(ledger.balance("kim").await.unwrap(), 7_500);
+    assert_eq!(ledger.balance("lee").await.unwrap(), 0);
+    let sends = ledger.totals_by_prefix("send:").await.unwrap();
+    assert_eq!(
+        (sends.debits, sends.debited_cents, sends.voids),
+        (5, 3_501, 2)
+    );
+    assert_eq!(ledger.total_balance().await.unwrap(), 7_500);
+    assert_consistent(&ledger).await;
+}
+
+/// Two cells racing to pay one Send: every key but one is refused, and the
+/// refusals name the winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_debits_of_one_order_under_many_keys_take_it_once() {
+    const RACERS: usize = 20;
+    let Stack { ledger, db: _db } = stack().await;
+    ledger.deposit("deposit:max", "max", 100_000).await.unwrap();
+    let start = Arc::new(Barrier::new(RACERS));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let ledger = ledger.clone();
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                let key = format!("send:r{i:02}");
+                start.wait().await;
+                let outcome = ledger
+                    .debit(Debit {
+                        key: &key,
+                        order: "new-year",
+                        account: "max",
+                        cents: 888,
+                    })
+                    .await;
+                (key, outcome)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut payers = Vec::new();
+    for task in tasks {
+        let (key, outcome) = task.await.unwrap();
+        match outcome.unwrap() {
+            DebitOutcome::Debited => winners.push(key),
+            DebitOutcome::OrderPaid { key } => payers.push(key),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(payers.len(), RACERS - 1);
+    assert!(
+        payers.iter().all(|payer| *payer == winners[0]),
+        "{payers:?}"
+    );
+    assert_eq!(ledger.balance("max").await.unwrap(), 100_000 - 888);
+    let sends = ledger.totals_by_prefix("send:").await.unwrap();
+    assert_eq!((sends.debits, sends.debited_cents), (1, 888));
+    assert_consistent(&ledger).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_amounts_are_refused_before_anything_is_written() {
     let Stack { ledger, db: _db } = stack().await;
     ledger.deposit("deposit:gina", "gina", 100).await.unwrap();
 
     for cents in [0, -5, i64::MIN] {
-        let debit = ledger.debit(&format!("send:{cents}"), "gina", cents).await;
+        let debit = ledger
+            .debit(send_debit(&format!("send:{cents}"), "gina", cents))
+            .await;
         assert!(
             matches!(debit, Err(PaymentsError::InvalidAmount(c)) if c == cents),
             "{debit:?}"
@@ -469,7 +694,7 @@ async fn an_unreachable_ledger_is_unavailable_not_a_panic() {
     let ledger =
         PgLedger::connect(&format!("postgres://postgres@127.0.0.1:{port}/ledger"), 2).unwrap();
 
-    let debit = ledger.debit("send:x", "alice", 100).await;
+    let debit = ledger.debit(send_debit("send:x", "alice", 100)).await;
     assert!(is_unavailable(&debit), "{debit:?}");
     assert!(debit.unwrap_err().is_retryable());
     let credit = ledger.credit("claim:x:1", "alice", 100).await;
@@ -481,7 +706,7 @@ async fn an_unreachable_ledger_is_unavailable_not_a_panic() {
     assert!(is_unavailable(&ledger.entry("send:x").await));
 
     // Bad input is still bad input, told before any connection is tried.
-    let invalid = ledger.debit("send:y", "alice", 0).await;
+    let invalid = ledger.debit(send_debit("send:y", "alice", 0)).await;
     assert!(
         matches!(invalid, Err(PaymentsError::InvalidAmount(0))),
         "{invalid:?}"
@@ -512,7 +737,7 @@ async fn debit_killed_mid_transaction(
         .unwrap();
     let debit = tokio::spawn({
         let ledger = stack.ledger.clone();
-        async move { ledger.debit(key, account, cents).await }
+        async move { ledger.debit(send_debit(key, account, cents)).await }
     });
 
     let admin = stack.db.connect().await.unwrap();
@@ -563,14 +788,17 @@ async fn a_debit_killed_mid_transaction_leaves_nothing_and_is_retried_or_resolve
     // replaces the dead connection. Exactly one debit results.
     let mut retries = 0;
     let outcome = loop {
-        match ledger.debit("send:e8", "ivy", 250).await {
+        match ledger.debit(send_debit("send:e8", "ivy", 250)).await {
             Err(PaymentsError::Unavailable(_)) if retries < 20 => retries += 1,
             other => break other.unwrap(),
         }
     };
     assert_eq!(outcome, DebitOutcome::Debited);
     assert_eq!(
-        ledger.debit("send:e8", "ivy", 250).await.unwrap(),
+        ledger
+            .debit(send_debit("send:e8", "ivy", 250))
+            .await
+            .unwrap(),
         DebitOutcome::Debited
     );
     assert_eq!(ledger.balance("ivy").await.unwrap(), 750);
@@ -584,7 +812,10 @@ async fn a_debit_killed_mid_transaction_leaves_nothing_and_is_retried_or_resolve
         DebitResolution::Voided
     );
     assert_eq!(
-        ledger.debit("send:e9", "ivy", 300).await.unwrap(),
+        ledger
+            .debit(send_debit("send:e9", "ivy", 300))
+            .await
+            .unwrap(),
         DebitOutcome::Voided
     );
     assert_eq!(ledger.balance("ivy").await.unwrap(), 750);

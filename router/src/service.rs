@@ -7,7 +7,7 @@ use std::{
 };
 
 use redcell_cell::{
-    error::NOTHING_WRITTEN_METADATA,
+    error::{NOTHING_WRITTEN_METADATA, PAID_ENVELOPE_METADATA},
     service::{INTERNAL_METADATA, SUFFIX_METADATA, USER_METADATA},
 };
 use redcell_proto::v1::{
@@ -52,6 +52,18 @@ enum Reply {
     Grab(pb::GrabResponse),
     Open(pb::OpenResponse),
     Get(Box<pb::GetResponse>),
+}
+
+/// Why a Send to one cell did not return an envelope.
+enum SendFailure {
+    /// Nothing was written and no money moved: another cell may take it.
+    NothingWritten(Status),
+    /// The Send's idempotency key already paid for this envelope, which
+    /// lives in another cell (the client retried after its first cell left
+    /// the pool): that cell's replay is the answer.
+    PaidFor(String),
+    /// The client's answer.
+    Final(Status),
 }
 
 impl RouterService {
@@ -170,7 +182,6 @@ impl RouterService {
     }
 
     /// Sends to one cell: its servers in order while they cannot be reached.
-    /// `Err((status, nothing_written))`.
     async fn send_to_cell(
         &self,
         cell: &Cell,
@@ -178,29 +189,76 @@ impl RouterService {
         user: &UserId,
         trace: &TraceParent,
         message: &pb::SendRequest,
-    ) -> Result<pb::SendResponse, (Status, bool)> {
+    ) -> Result<pb::SendResponse, SendFailure> {
         let key = format!("{}/{}", user.as_str(), message.idempotency_key);
         let servers = route::servers_for(cell, &key, |server| self.directory.is_serving(server));
         let mut last = Status::unavailable(format!("cell {} has no server", cell.name));
         for server in servers {
             let mut request = self
                 .outgoing(user, trace, message.clone())
-                .map_err(|status| (status, false))?;
+                .map_err(SendFailure::Final)?;
             let suffix_value = MetadataValue::try_from(suffix.to_string())
-                .map_err(|_| (Status::internal("suffix"), false))?;
+                .map_err(|_| SendFailure::Final(Status::internal("suffix")))?;
             request.metadata_mut().insert(SUFFIX_METADATA, suffix_value);
-            let mut client = self.client(server).map_err(|status| (status, false))?;
+            let mut client = self.client(server).map_err(SendFailure::Final)?;
             match client.send(request).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if never_reached(&status) => last = status,
-                Err(status) => {
-                    let nothing_written = status.metadata().get(NOTHING_WRITTEN_METADATA).is_some();
-                    return Err((from_cell(status), nothing_written));
-                }
+                Err(status) => return Err(send_failure(status)),
             }
         }
         // No server of the cell could be reached: nothing was written.
-        Err((from_cell(last), true))
+        Err(SendFailure::NothingWritten(from_cell(last)))
+    }
+
+    /// Asks the cell of `envelope_id` for the Send that paid for it: its
+    /// idempotency row replays the envelope (or finishes its payment), and
+    /// refuses a reused key with different contents. If that cell is down,
+    /// the client gets `UNAVAILABLE` and retries; no other cell may take the
+    /// Send, its order is paid.
+    async fn send_to_paid_envelope(
+        &self,
+        topology: &Topology,
+        envelope_id: &str,
+        user: &UserId,
+        trace: &TraceParent,
+        message: &pb::SendRequest,
+    ) -> Result<pb::SendResponse, Status> {
+        let unroutable = |reason: String| {
+            tracing::error!(envelope_id, %reason, "a paid Send names an envelope no cell holds");
+            Status::internal("the envelope this idempotency key paid for cannot be found")
+        };
+        let id: EnvelopeId = envelope_id
+            .parse()
+            .map_err(|error: redcell_topology::IdError| unroutable(error.to_string()))?;
+        let cell = topology
+            .route(&id)
+            .map_err(|error| unroutable(error.to_string()))?;
+        match self
+            .send_to_cell(cell, id.suffix(), user, trace, message)
+            .await
+        {
+            Ok(response) => Ok(response),
+            Err(SendFailure::NothingWritten(status) | SendFailure::Final(status)) => Err(status),
+            Err(SendFailure::PaidFor(other)) => Err(unroutable(format!(
+                "its cell {} says the key paid for {other}",
+                cell.name
+            ))),
+        }
+    }
+}
+
+/// What a cell's error on a Send means for the router.
+fn send_failure(status: Status) -> SendFailure {
+    if let Some(paid) = status.metadata().get(PAID_ENVELOPE_METADATA)
+        && let Ok(envelope_id) = paid.to_str()
+    {
+        return SendFailure::PaidFor(envelope_id.to_owned());
+    }
+    if status.metadata().get(NOTHING_WRITTEN_METADATA).is_some() {
+        SendFailure::NothingWritten(from_cell(status))
+    } else {
+        SendFailure::Final(from_cell(status))
     }
 }
 
@@ -266,12 +324,18 @@ impl RedEnvelope for RouterService {
                 .await
             {
                 Ok(response) => return Ok(Response::new(response)),
-                Err((status, true)) => {
+                Err(SendFailure::NothingWritten(status)) => {
                     self.directory.suspect(&cell.name);
                     excluded.push(cell.name.clone());
                     last = Some(status);
                 }
-                Err((status, false)) => return Err(status),
+                Err(SendFailure::PaidFor(envelope_id)) => {
+                    return self
+                        .send_to_paid_envelope(&topology, &envelope_id, &user, &trace, &message)
+                        .await
+                        .map(Response::new);
+                }
+                Err(SendFailure::Final(status)) => return Err(status),
             }
         }
         Err(last.unwrap_or_else(|| {

@@ -3,23 +3,27 @@
 //! 1. an existing (sender, idempotency key) returns its envelope: never a
 //!    second envelope, never a second debit;
 //! 2. the envelope is written `PENDING_PAYMENT` with its idempotency row;
-//! 3. the sender is debited through [`Payments`] under the key `send:<id>`;
+//! 3. the sender is debited through [`Payments`] under the key `send:<id>`,
+//!    for the merchant order named by the idempotency key;
 //! 4. debited -> `ACTIVE`; refused for balance -> the pending rows are deleted
 //!    (nothing stays written) and the caller gets `FAILED_PRECONDITION`; the
-//!    payment system unreachable -> the envelope stays pending, the caller gets
-//!    `UNAVAILABLE`, and a retry with the same key (or the recovery worker)
-//!    finishes it.
+//!    order already paid for another envelope (the client's retry of a Send
+//!    that another cell took) -> the pending rows are deleted and the caller
+//!    gets `ALREADY_EXISTS` naming that envelope, which the router asks its
+//!    own cell for; the payment system unreachable -> the envelope stays
+//!    pending, the caller gets `UNAVAILABLE`, and a retry with the same key
+//!    (or the recovery worker) finishes it.
 
 use std::time::SystemTime;
 
-use redcell_payments::{DebitOutcome, Payments};
+use redcell_payments::{Debit, DebitOutcome, Payments};
 use redcell_proto::v1 as pb;
 use redcell_topology::Suffix;
 
 use crate::{
     allocation,
     context::CellContext,
-    envelope::{Envelope, Status, debit_key},
+    envelope::{Envelope, Status, debit_key, envelope_of_debit_key},
     error::CellError,
     request::{self, SendCommand, UserId},
     store::{self, Inserted},
@@ -71,7 +75,7 @@ pub async fn send<P: Payments>(
         .await
         .map_err(|error| before_writing(error.into()))?;
     match inserted {
-        Inserted::New => pay(cell, envelope).await,
+        Inserted::New => pay(cell, envelope, &command.idempotency_key).await,
         Inserted::Existing(existing) => replay(cell, &command, &existing).await,
     }
 }
@@ -112,25 +116,31 @@ async fn replay<P: Payments>(
         ));
     }
     match envelope.status {
-        Status::PendingPayment => pay(cell, envelope).await,
-        Status::Cancelled => Err(CellError::FailedPrecondition(format!(
-            "envelope {id} was cancelled: its payment did not go through"
-        ))),
+        // A cancelled envelope's debit key is void, so asking again moves no
+        // money; it tells whether its order was paid for another envelope
+        // meanwhile (then that one is the answer) or not at all.
+        Status::PendingPayment | Status::Cancelled => {
+            pay(cell, envelope, &command.idempotency_key).await
+        }
         Status::Active | Status::Exhausted | Status::Expired => Ok(envelope),
     }
 }
 
+/// Debits the sender for `envelope`, as the payment of the merchant order
+/// `order` (the Send's idempotency key), and records the outcome.
 async fn pay<P: Payments>(
     cell: &CellContext<P>,
     mut envelope: Envelope,
+    order: &str,
 ) -> Result<Envelope, CellError> {
     let outcome = cell
         .payments
-        .debit(
-            &debit_key(&envelope.id),
-            &envelope.sender,
-            envelope.total_cents,
-        )
+        .debit(Debit {
+            key: &debit_key(&envelope.id),
+            order,
+            account: &envelope.sender,
+            cents: envelope.total_cents,
+        })
         .await?;
     let client = cell.pool.get().await.map_err(crate::db::DbError::from)?;
     match outcome {
@@ -157,6 +167,18 @@ async fn pay<P: Payments>(
                 "insufficient balance: {} cents needed, {balance_cents} available",
                 envelope.total_cents
             )))
+        }
+        DebitOutcome::OrderPaid { key } => {
+            // The ledger wrote nothing for this envelope, and never will (its
+            // order is paid): like a refusal for balance, nothing stays.
+            drop(client);
+            store::delete_pending(&cell.pool, &envelope.id).await?;
+            let paid = envelope_of_debit_key(&key).ok_or_else(|| {
+                CellError::Internal(format!("order {order} paid by unknown key {key}"))
+            })?;
+            Err(CellError::AlreadyPaid {
+                envelope_id: paid.to_owned(),
+            })
         }
         DebitOutcome::Voided => {
             store::resolve_pending(&**client, &envelope.id, Status::Cancelled).await?;

@@ -17,7 +17,7 @@ use std::{
 };
 
 use redcell_payments::{
-    DebitOutcome, DebitResolution, EntryKind, Payments, PaymentsError, PgLedger,
+    Debit, DebitOutcome, DebitResolution, EntryKind, Payments, PaymentsError, PgLedger,
 };
 use redcell_proto::v1 as pb;
 use tokio::{sync::watch, time::Instant};
@@ -251,17 +251,13 @@ struct DebitThenFail<P> {
 }
 
 impl<P: Payments> Payments for DebitThenFail<P> {
-    async fn debit(
-        &self,
-        key: &str,
-        account: &str,
-        cents: i64,
-    ) -> Result<DebitOutcome, PaymentsError> {
+    async fn debit(&self, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
         self.faults.debit_calls.fetch_add(1, Ordering::SeqCst);
-        let outcome = self.inner.debit(key, account, cents).await?;
+        let outcome = self.inner.debit(debit).await?;
         if self.faults.take_failure() {
             return Err(PaymentsError::Unavailable(format!(
-                "test: the answer to debit {key} ({outcome:?}) was lost"
+                "test: the answer to debit {} ({outcome:?}) was lost",
+                debit.key
             )));
         }
         Ok(outcome)
@@ -284,19 +280,15 @@ struct FailBeforeDebit<P> {
 }
 
 impl<P: Payments> Payments for FailBeforeDebit<P> {
-    async fn debit(
-        &self,
-        key: &str,
-        account: &str,
-        cents: i64,
-    ) -> Result<DebitOutcome, PaymentsError> {
+    async fn debit(&self, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
         self.faults.debit_calls.fetch_add(1, Ordering::SeqCst);
         if self.faults.take_failure() {
             return Err(PaymentsError::Unavailable(format!(
-                "test: debit {key} never reached the ledger"
+                "test: debit {} never reached the ledger",
+                debit.key
             )));
         }
-        self.inner.debit(key, account, cents).await
+        self.inner.debit(debit).await
     }
 
     async fn credit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
@@ -317,13 +309,8 @@ struct GatedCredits<P> {
 }
 
 impl<P: Payments> Payments for GatedCredits<P> {
-    async fn debit(
-        &self,
-        key: &str,
-        account: &str,
-        cents: i64,
-    ) -> Result<DebitOutcome, PaymentsError> {
-        self.inner.debit(key, account, cents).await
+    async fn debit(&self, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
+        self.inner.debit(debit).await
     }
 
     async fn credit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
@@ -879,10 +866,28 @@ async fn recovery_cancels_a_send_whose_debit_never_happened() {
 
     // A late debit under the key can no longer take the money.
     assert_eq!(
-        stack.ledger.debit(&key, "payer", 10_000).await.unwrap(),
+        stack
+            .ledger
+            .debit(Debit {
+                key: &key,
+                order: "never-paid",
+                account: "payer",
+                cents: 10_000
+            })
+            .await
+            .unwrap(),
         DebitOutcome::Voided
     );
-    // A retry of the Send learns it was cancelled; nothing opens.
+    // A retry of the Send asks the payment system whether its order was paid
+    // for another envelope meanwhile (a retry in another cell): while the
+    // debits still fail, it cannot know, and says so (retryable)...
+    let status = send(&stack, "payer", send_request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(stored_status(&stack, &id).await, CANCELLED);
+    // ... then learns it was cancelled; nothing opens.
+    faults.debit_failures.store(0, Ordering::SeqCst);
     let status = send(&stack, "payer", send_request).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("cancelled"), "{status:?}");

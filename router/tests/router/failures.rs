@@ -137,7 +137,8 @@ async fn a_failed_cell_gets_no_new_envelopes_and_still_serves_its_old_ones() {
 }
 
 /// The cell the router prefers for a new envelope of `sender` with `key` in
-/// the north when every cell is usable (the router's draw, DESIGN §6).
+/// the north under the current topology, when every cell it keeps in the
+/// mint pool is healthy (the router's draw, DESIGN §6).
 fn preferred_cell(stack: &Stack, sender: &str, key: &str) -> String {
     let topology = stack.router.topology.load();
     let north = topology.region_digit("north").unwrap();
@@ -835,10 +836,10 @@ async fn a_send_that_failed_after_its_debit_is_not_retried_in_another_cell() {
 
 /// DESIGN §4: "The same idempotency key returns the same envelope, never a
 /// second debit", and UNAVAILABLE is retryable. A client that retries the
-/// Send above with the same key while n2 is down must not be debited again.
+/// Send above with the same key while n2 is down reaches another cell (n2
+/// left the pool), whose debit the ledger refuses: the order is paid. The
+/// retry is `UNAVAILABLE` until n2 is back, then returns n2's envelope.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG (open): a retry with the same idempotency key is minted in another cell \
-            while the first cell is down, and debits the sender a second time"]
 async fn a_retried_send_is_not_debited_twice_while_its_first_cell_is_down() {
     let mut stack = Builder {
         own_database: vec!["n2"],
@@ -859,16 +860,103 @@ async fn a_retried_send_is_not_debited_twice_while_its_first_cell_is_down() {
         .send(lucky(1_000, 2, "twice"))
         .await
         .map(tonic::Response::into_inner);
-    let retry = describe(&stack, &retry);
+    let retry_answer = describe(&stack, &retry);
+    let status = retry.expect_err("n2 holds the paid envelope and is down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     restart_n2_and_resolve(&mut stack, &sender).await;
     let debits = debits_of(&stack, &sender).await;
-    eprintln!("first answer {first}; retry answered {retry}; debits {debits:?}");
+    eprintln!("first answer {first}; retry answered {retry_answer}; debits {debits:?}");
     assert_eq!(
         debits.len(),
         1,
         "one idempotency key debited the sender {} times (first answer {first}, \
-         retry with the same key {retry}): {debits:?}",
+         retry with the same key {retry_answer}): {debits:?}",
         debits.len()
     );
+    let paid = debits[0].strip_prefix("send:").unwrap().to_owned();
+    assert_eq!(stack.cell_of(&paid), "n2");
+    // The cell that took the retry kept nothing of it.
+    for cell in ["n1", "n3"] {
+        assert_eq!(
+            stack.envelope_ids_in(cell).await,
+            Vec::<String>::new(),
+            "{cell}"
+        );
+    }
+    // Once n2 is back, the retry is answered with n2's envelope, even while
+    // n2 is not the cell the router would mint the key in.
+    let again = stack
+        .client(&sender)
+        .send(lucky(1_000, 2, "twice"))
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope
+        .unwrap();
+    assert_eq!(again.id, paid);
+    assert_eq!(debits_of(&stack, &sender).await, debits);
+    let opened = stack.open_as("receiver", &paid).await.unwrap();
+    assert_eq!(opened.status(), pb::ShareStatus::Available);
+    stack.check_money().await;
+}
+
+/// The same guard without a crash: an operator fails the cell holding a
+/// Send's envelope, and the client's retry with the same key (a lost answer)
+/// is minted in another cell. That cell's debit is refused by the ledger (the
+/// order is paid), it keeps nothing, and the router answers from the
+/// envelope's own cell: the same envelope, one debit. A reuse of the key
+/// with other contents is refused there, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_minted_in_another_cell_returns_the_envelope_its_key_paid_for() {
+    let mut stack = Builder::default().start().await;
+    let sender = (0..1000)
+        .map(|index| format!("retrier-{index}"))
+        .find(|sender| preferred_cell(&stack, sender, "lost-answer") == "n2")
+        .unwrap();
+    stack.fund(&sender, 3_000).await;
+    let first = stack
+        .client(&sender)
+        .send(lucky(1_000, 4, "lost-answer"))
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope
+        .unwrap();
+    assert_eq!(stack.cell_of(&first.id), "n2");
+    let failed = topology_text(&stack.layout(), &[("n2", "failed")], "{}", "{}");
+    stack.rewrite_topology(&failed).await;
+    let elsewhere = preferred_cell(&stack, &sender, "lost-answer");
+    assert_ne!(elsewhere, "n2");
+    let before = stack.envelope_ids_in(&elsewhere).await;
+
+    for _ in 0..3 {
+        let retry = stack
+            .client(&sender)
+            .send(lucky(1_000, 4, "lost-answer"))
+            .await
+            .unwrap()
+            .into_inner()
+            .envelope
+            .unwrap();
+        assert_eq!(retry.id, first.id);
+        assert_eq!(retry.total_cents, 1_000);
+    }
+    let reused = stack
+        .client(&sender)
+        .send(lucky(999, 4, "lost-answer"))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::InvalidArgument, "{reused:?}");
+    assert!(
+        reused.message().starts_with("idempotency_key: "),
+        "{reused:?}"
+    );
+    assert_eq!(stack.envelope_ids_in(&elsewhere).await, before);
+    assert_eq!(
+        debits_of(&stack, &sender).await,
+        vec![format!("send:{}", first.id)]
+    );
+    let amounts = open_all(&stack, &first.id, "opener", 4).await;
+    assert_eq!(amounts.iter().sum::<i64>(), 1_000);
     stack.check_money().await;
 }

@@ -6,9 +6,17 @@
 //! reports `SERVING` (its servers report `NOT_SERVING` while their order DB is
 //! down) and it is not suspect. Existing envelopes are routed to their cell
 //! whatever its health: only its cell has them.
+//!
+//! **Answers are believed at once, silence only when it lasts.** A server that
+//! answers `NOT_SERVING`, or whose connection is refused, is down from that
+//! check on: it said so. A check that times out says nothing about the server
+//! (it may only be slow, or the router's own machine busy), so a server leaves
+//! the pool after [`MISSED_CHECKS_TO_FALL`] timeouts in a row, not at the
+//! first: one slow round under load must not empty a region's pool. Any
+//! `SERVING` answer puts it back.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -25,11 +33,58 @@ use crate::topology::TopologyHandle;
 /// The service a logic server's health is asked for.
 const CELL_SERVICE: &str = "redcell.v1.RedEnvelope";
 
+/// Health checks in a row that must time out before a server that was
+/// `SERVING` counts as down (HAProxy's `fall`). At the default 1 s interval, a
+/// server that silently stopped answering leaves the pool within ~3 s.
+pub const MISSED_CHECKS_TO_FALL: u32 = 3;
+
+/// What one health check learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// The server answered `SERVING`.
+    Serving,
+    /// The server answered otherwise, or could not be connected to: down.
+    Down,
+    /// No answer within the timeout: maybe down, maybe slow.
+    Silent,
+}
+
+/// A server's health as the router tracks it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ServerHealth {
+    serving: bool,
+    /// Timed-out checks in a row since the last answer.
+    silent: u32,
+}
+
+impl ServerHealth {
+    /// The health after `check`.
+    fn after(self, check: Check) -> ServerHealth {
+        match check {
+            Check::Serving => ServerHealth {
+                serving: true,
+                silent: 0,
+            },
+            Check::Down => ServerHealth {
+                serving: false,
+                silent: 0,
+            },
+            Check::Silent => {
+                let silent = self.silent.saturating_add(1);
+                ServerHealth {
+                    serving: self.serving && silent < MISSED_CHECKS_TO_FALL,
+                    silent,
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Directory {
     channels: Mutex<HashMap<String, Channel>>,
-    /// Server addresses last seen SERVING.
-    serving: RwLock<HashSet<String>>,
+    /// The health of every server checked so far (absent: never answered).
+    health: RwLock<HashMap<String, ServerHealth>>,
     /// Cells that failed a Send, until the instant given.
     suspects: Mutex<HashMap<String, Instant>>,
     connect_timeout: Duration,
@@ -40,7 +95,7 @@ impl Directory {
     pub fn new(connect_timeout: Duration, suspect_for: Duration) -> Directory {
         Directory {
             channels: Mutex::default(),
-            serving: RwLock::default(),
+            health: RwLock::default(),
             suspects: Mutex::default(),
             connect_timeout,
             suspect_for,
@@ -66,9 +121,9 @@ impl Directory {
     }
 
     pub fn is_serving(&self, address: &str) -> bool {
-        self.serving
+        self.health
             .read()
-            .map(|serving| serving.contains(address))
+            .map(|health| health.get(address).is_some_and(|server| server.serving))
             .unwrap_or(false)
     }
 
@@ -113,11 +168,11 @@ impl Directory {
             let channel = self.channel(address);
             let address = address.clone();
             checks.spawn(async move {
-                let up = match channel {
+                let result = match channel {
                     Ok(channel) => check(channel, timeout).await,
-                    Err(_) => false,
+                    Err(_) => Check::Down,
                 };
-                (address, up)
+                (address, result)
             });
         }
         let mut results = Vec::with_capacity(servers.len());
@@ -126,19 +181,22 @@ impl Directory {
                 results.push(result);
             }
         }
-        if let Ok(mut serving) = self.serving.write() {
-            for (address, up) in results {
-                let was = serving.contains(&address);
-                if up && !was {
+        if let Ok(mut health) = self.health.write() {
+            for (address, result) in results {
+                let was = health.get(&address).copied().unwrap_or_default();
+                let now = was.after(result);
+                if now.serving && !was.serving {
                     tracing::info!(server = %address, "server SERVING");
-                    serving.insert(address);
-                } else if !up && was {
-                    tracing::warn!(server = %address, "server not serving");
-                    serving.remove(&address);
+                } else if !now.serving && was.serving {
+                    tracing::warn!(server = %address, check = ?result, "server not serving");
+                } else if result == Check::Silent && now.serving {
+                    tracing::warn!(server = %address, silent = now.silent, "health check timed out");
                 }
+                health.insert(address, now);
             }
+            // Servers that left the topology are forgotten.
+            health.retain(|address, _| servers.contains(address));
         }
-        // Channels of servers that left the topology are dropped.
         if let Ok(mut channels) = self.channels.lock() {
             channels.retain(|address, _| servers.contains(address));
         }
@@ -162,13 +220,54 @@ impl Directory {
     }
 }
 
-async fn check(channel: Channel, timeout: Duration) -> bool {
+async fn check(channel: Channel, timeout: Duration) -> Check {
     let mut client = HealthClient::new(channel);
     let request = HealthCheckRequest {
         service: CELL_SERVICE.to_owned(),
     };
     match tokio::time::timeout(timeout, client.check(request)).await {
-        Ok(Ok(response)) => response.into_inner().status() == ServingStatus::Serving,
-        _ => false,
+        Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving => Check::Serving,
+        // NOT_SERVING, an unknown service, a refused connection: an answer.
+        Ok(_) => Check::Down,
+        Err(_elapsed) => Check::Silent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_count_at_once_and_silence_only_when_it_lasts() {
+        let up = ServerHealth::default().after(Check::Serving);
+        assert!(up.serving);
+        assert!(!up.after(Check::Down).serving, "NOT_SERVING is believed");
+
+        let mut health = up;
+        for missed in 1..MISSED_CHECKS_TO_FALL {
+            health = health.after(Check::Silent);
+            assert!(health.serving, "still serving after {missed} timeouts");
+        }
+        health = health.after(Check::Silent);
+        assert!(
+            !health.serving,
+            "down after {MISSED_CHECKS_TO_FALL} timeouts"
+        );
+        assert!(
+            health.after(Check::Serving).serving,
+            "an answer brings it back"
+        );
+
+        // An answer in between starts the count again.
+        let mut flaky = up;
+        for _ in 0..10 {
+            flaky = flaky
+                .after(Check::Silent)
+                .after(Check::Silent)
+                .after(Check::Serving);
+            assert!(flaky.serving);
+        }
+        // A server never seen serving stays out while it is silent.
+        assert!(!ServerHealth::default().after(Check::Silent).serving);
     }
 }

@@ -43,7 +43,8 @@ pub struct RouterArgs {
     /// Requests in flight in this router before load shedding.
     #[arg(long, default_value_t = 10_000)]
     pub max_in_flight: usize,
-    /// Deadline of every call to a cell, in milliseconds.
+    /// Deadline of one client call (all its calls to cells, retries included),
+    /// in milliseconds; a shorter `grpc-timeout` from the client wins.
     #[arg(long, default_value_t = 2_000)]
     pub cell_timeout_ms: u64,
     /// Milliseconds between health checks of every logic server.

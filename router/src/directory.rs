@@ -34,8 +34,8 @@ use crate::topology::TopologyHandle;
 const CELL_SERVICE: &str = "redcell.v1.RedEnvelope";
 
 /// Health checks in a row that must time out before a server that was
-/// `SERVING` counts as down (HAProxy's `fall`). At the default 1 s interval, a
-/// server that silently stopped answering leaves the pool within ~3 s.
+/// `SERVING` counts as down (HAProxy's `fall`). At the default 500 ms interval, a
+/// server that silently stopped answering leaves the pool within ~1.5 s.
 pub const MISSED_CHECKS_TO_FALL: u32 = 3;
 
 /// What one health check learned.

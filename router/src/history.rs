@@ -15,7 +15,10 @@ use redcell_proto::v1::{self as pb, cell_internal_client::CellInternalClient};
 use redcell_topology::HistoryMode;
 use tonic::Status;
 
-use crate::{auth::UserId, route, service::RouterService, traceparent::TraceParent};
+use crate::{
+    route,
+    service::{Caller, RouterService},
+};
 
 /// Entries per page when the caller asks for 0, and the most per page.
 const DEFAULT_PAGE: u32 = 20;
@@ -88,13 +91,13 @@ pub fn merge(slices: Vec<Vec<pb::HistoryEntry>>, limit: usize) -> (Vec<pb::Histo
 pub struct History;
 
 impl History {
-    pub async fn serve(
+    pub(crate) async fn serve(
         &self,
         router: &RouterService,
-        user: &UserId,
-        trace: &TraceParent,
+        caller: &Caller,
         request: pb::HistoryRequest,
     ) -> Result<pb::HistoryResponse, Status> {
+        let user = &caller.user;
         let topology = router.topology.load();
         let cursor = match request.page_token.as_str() {
             "" => None,
@@ -164,13 +167,19 @@ impl History {
             for server in &servers {
                 attempts.push((
                     router.directory.channel(server)?,
-                    router.outgoing(user, trace, message.clone())?,
+                    router.outgoing(caller, message.clone())?,
                 ));
             }
-            // The cell's servers in order, the next one on UNAVAILABLE.
+            // The cell's servers in order, the next one on UNAVAILABLE, each
+            // with what is left of the call's deadline.
+            let deadline = caller.deadline;
             calls.spawn(async move {
                 let mut last = Status::unavailable("cell has no server");
-                for (channel, request) in attempts {
+                for (channel, mut request) in attempts {
+                    let Some(left) = deadline.remaining() else {
+                        break;
+                    };
+                    request.set_timeout(left);
                     match CellInternalClient::new(channel).cell_history(request).await {
                         Err(status) if status.code() == tonic::Code::Unavailable => last = status,
                         other => return other,

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod deadline;
 pub mod directory;
 pub mod history;
 pub mod limits;

@@ -1,10 +1,7 @@
 //! The client API (`redcell.v1.RedEnvelope`) as the router serves it: admit the
 //! caller (token, rate limit), then route to a cell (DESIGN.md §6).
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use redcell_cell::{
     error::{NOTHING_WRITTEN_METADATA, PAID_ENVELOPE_METADATA},
@@ -18,6 +15,7 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
     auth::{Authenticator, UserId},
+    deadline::Deadline,
     directory::Directory,
     history::History,
     limits::UserRateLimiter,
@@ -39,6 +37,15 @@ pub struct RouterService {
     pub(crate) region: RegionDigit,
     pub(crate) cell_timeout: Duration,
     pub(crate) history: History,
+}
+
+/// Who is calling, in which trace, and until when: what every request to a
+/// cell made for this call carries.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) user: UserId,
+    pub(crate) trace: TraceParent,
+    pub(crate) deadline: Deadline,
 }
 
 /// An idempotent call on an existing envelope.
@@ -67,26 +74,28 @@ enum SendFailure {
 }
 
 impl RouterService {
-    /// Authenticates the caller and charges their rate limit.
-    fn admit<T>(&self, request: &Request<T>) -> Result<UserId, Status> {
-        let user = self.auth.authenticate(request.metadata())?;
+    /// Authenticates the caller and charges their rate limit; the call's
+    /// deadline starts now.
+    fn admit<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let metadata = request.metadata();
+        let user = self.auth.authenticate(metadata)?;
         self.limiter.check(user.as_str())?;
-        Ok(user)
+        Ok(Caller {
+            user,
+            trace: TraceParent::from_metadata(metadata),
+            deadline: Deadline::for_call(self.cell_timeout, metadata),
+        })
     }
 
     /// A request to a cell: the caller, the internal credential, the trace
-    /// context (a child of the caller's), and the deadline.
-    pub(crate) fn outgoing<T>(
-        &self,
-        user: &UserId,
-        trace: &TraceParent,
-        message: T,
-    ) -> Result<Request<T>, Status> {
+    /// context (a child of the caller's), and what is left of the deadline.
+    pub(crate) fn outgoing<T>(&self, caller: &Caller, message: T) -> Result<Request<T>, Status> {
+        let left = caller.deadline.left_for("a cell was asked")?;
         let mut request = Request::new(message);
         let metadata = request.metadata_mut();
         metadata.insert(
             USER_METADATA,
-            MetadataValue::try_from(user.as_str())
+            MetadataValue::try_from(caller.user.as_str())
                 .map_err(|_| Status::internal("user id is not metadata"))?,
         );
         metadata.insert(
@@ -94,8 +103,8 @@ impl RouterService {
             MetadataValue::try_from(&*self.internal_token)
                 .map_err(|_| Status::internal("bad internal token"))?,
         );
-        trace.child().inject(metadata);
-        request.set_timeout(self.cell_timeout);
+        caller.trace.child().inject(metadata);
+        request.set_timeout(left);
         Ok(request)
     }
 
@@ -107,8 +116,7 @@ impl RouterService {
     /// rendezvous order on `UNAVAILABLE`, within the call's deadline.
     async fn existing(
         &self,
-        user: &UserId,
-        trace: &TraceParent,
+        caller: &Caller,
         envelope_id: &str,
         call: Call,
     ) -> Result<Reply, Status> {
@@ -124,24 +132,23 @@ impl RouterService {
         let servers = route::servers_for(cell, envelope_id, |server| {
             self.directory.is_serving(server)
         });
-        let deadline = Instant::now() + self.cell_timeout;
         let mut last = Status::unavailable(format!("cell {} has no server", cell.name));
         for server in servers {
-            if Instant::now() >= deadline {
+            if caller.deadline.remaining().is_none() {
                 break;
             }
             let mut client = self.client(server)?;
             let result = match &call {
                 Call::Grab(message) => client
-                    .grab(self.outgoing(user, trace, message.clone())?)
+                    .grab(self.outgoing(caller, message.clone())?)
                     .await
                     .map(|response| Reply::Grab(response.into_inner())),
                 Call::Open(message) => client
-                    .open(self.outgoing(user, trace, message.clone())?)
+                    .open(self.outgoing(caller, message.clone())?)
                     .await
                     .map(|response| Reply::Open(response.into_inner())),
                 Call::Get(message) => client
-                    .get(self.outgoing(user, trace, message.clone())?)
+                    .get(self.outgoing(caller, message.clone())?)
                     .await
                     .map(|response| Reply::Get(Box::new(response.into_inner()))),
             };
@@ -186,16 +193,15 @@ impl RouterService {
         &self,
         cell: &Cell,
         suffix: Suffix,
-        user: &UserId,
-        trace: &TraceParent,
+        caller: &Caller,
         message: &pb::SendRequest,
     ) -> Result<pb::SendResponse, SendFailure> {
-        let key = format!("{}/{}", user.as_str(), message.idempotency_key);
+        let key = format!("{}/{}", caller.user.as_str(), message.idempotency_key);
         let servers = route::servers_for(cell, &key, |server| self.directory.is_serving(server));
         let mut last = Status::unavailable(format!("cell {} has no server", cell.name));
         for server in servers {
             let mut request = self
-                .outgoing(user, trace, message.clone())
+                .outgoing(caller, message.clone())
                 .map_err(SendFailure::Final)?;
             let suffix_value = MetadataValue::try_from(suffix.to_string())
                 .map_err(|_| SendFailure::Final(Status::internal("suffix")))?;
@@ -220,8 +226,7 @@ impl RouterService {
         &self,
         topology: &Topology,
         envelope_id: &str,
-        user: &UserId,
-        trace: &TraceParent,
+        caller: &Caller,
         message: &pb::SendRequest,
     ) -> Result<pb::SendResponse, Status> {
         let unroutable = |reason: String| {
@@ -234,10 +239,7 @@ impl RouterService {
         let cell = topology
             .route(&id)
             .map_err(|error| unroutable(error.to_string()))?;
-        match self
-            .send_to_cell(cell, id.suffix(), user, trace, message)
-            .await
-        {
+        match self.send_to_cell(cell, id.suffix(), caller, message).await {
             Ok(response) => Ok(response),
             Err(SendFailure::NothingWritten(status) | SendFailure::Final(status)) => Err(status),
             Err(SendFailure::PaidFor(other)) => Err(unroutable(format!(
@@ -297,13 +299,14 @@ impl RedEnvelope for RouterService {
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        let user = self.admit(&request)?;
-        let trace = TraceParent::from_metadata(request.metadata());
+        let caller = self.admit(&request)?;
         let topology = self.topology.load();
         let region = self.sender_region(&request, &topology)?;
         let message = request.into_inner();
-        let draw =
-            route::stable_hash(&[user.as_str().as_bytes(), message.idempotency_key.as_bytes()]);
+        let draw = route::stable_hash(&[
+            caller.user.as_str().as_bytes(),
+            message.idempotency_key.as_bytes(),
+        ]);
         let mut excluded: Vec<String> = Vec::new();
         let mut last = None;
         // The first cell, and once more another one if the first failed before
@@ -319,10 +322,7 @@ impl RedEnvelope for RouterService {
             let Some(cell) = topology.cells().get(index) else {
                 break;
             };
-            match self
-                .send_to_cell(cell, suffix, &user, &trace, &message)
-                .await
-            {
+            match self.send_to_cell(cell, suffix, &caller, &message).await {
                 Ok(response) => return Ok(Response::new(response)),
                 Err(SendFailure::NothingWritten(status)) => {
                     self.directory.suspect(&cell.name);
@@ -331,7 +331,7 @@ impl RedEnvelope for RouterService {
                 }
                 Err(SendFailure::PaidFor(envelope_id)) => {
                     return self
-                        .send_to_paid_envelope(&topology, &envelope_id, &user, &trace, &message)
+                        .send_to_paid_envelope(&topology, &envelope_id, &caller, &message)
                         .await
                         .map(Response::new);
                 }
@@ -350,14 +350,10 @@ impl RedEnvelope for RouterService {
         &self,
         request: Request<pb::GrabRequest>,
     ) -> Result<Response<pb::GrabResponse>, Status> {
-        let user = self.admit(&request)?;
-        let trace = TraceParent::from_metadata(request.metadata());
+        let caller = self.admit(&request)?;
         let message = request.into_inner();
         let id = message.envelope_id.clone();
-        match self
-            .existing(&user, &trace, &id, Call::Grab(message))
-            .await?
-        {
+        match self.existing(&caller, &id, Call::Grab(message)).await? {
             Reply::Grab(reply) => Ok(Response::new(reply)),
             _ => Err(Status::internal("mismatched reply")),
         }
@@ -367,14 +363,10 @@ impl RedEnvelope for RouterService {
         &self,
         request: Request<pb::OpenRequest>,
     ) -> Result<Response<pb::OpenResponse>, Status> {
-        let user = self.admit(&request)?;
-        let trace = TraceParent::from_metadata(request.metadata());
+        let caller = self.admit(&request)?;
         let message = request.into_inner();
         let id = message.envelope_id.clone();
-        match self
-            .existing(&user, &trace, &id, Call::Open(message))
-            .await?
-        {
+        match self.existing(&caller, &id, Call::Open(message)).await? {
             Reply::Open(reply) => Ok(Response::new(reply)),
             _ => Err(Status::internal("mismatched reply")),
         }
@@ -384,14 +376,10 @@ impl RedEnvelope for RouterService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let user = self.admit(&request)?;
-        let trace = TraceParent::from_metadata(request.metadata());
+        let caller = self.admit(&request)?;
         let message = request.into_inner();
         let id = message.envelope_id.clone();
-        match self
-            .existing(&user, &trace, &id, Call::Get(message))
-            .await?
-        {
+        match self.existing(&caller, &id, Call::Get(message)).await? {
             Reply::Get(reply) => Ok(Response::new(*reply)),
             _ => Err(Status::internal("mismatched reply")),
         }
@@ -401,11 +389,10 @@ impl RedEnvelope for RouterService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        let user = self.admit(&request)?;
-        let trace = TraceParent::from_metadata(request.metadata());
+        let caller = self.admit(&request)?;
         let response = self
             .history
-            .serve(self, &user, &trace, request.into_inner())
+            .serve(self, &caller, request.into_inner())
             .await?;
         Ok(Response::new(response))
     }

@@ -452,6 +452,8 @@ struct Recorded {
     user: Option<String>,
     internal: Option<String>,
     authorization: bool,
+    /// The deadline the router gave the cell (`grpc-timeout`).
+    timeout: Option<Duration>,
 }
 
 /// A stand-in logic server that records the metadata routers send it.
@@ -478,6 +480,7 @@ impl Recorder {
             user: text(USER_METADATA),
             internal: text(INTERNAL_METADATA),
             authorization: metadata.get("authorization").is_some(),
+            timeout: redcell_router::deadline::client_timeout(metadata),
         };
         self.calls.lock().unwrap().push(recorded);
     }
@@ -596,8 +599,8 @@ fn only_call(recorder: &Recorder) -> Recorded {
     call
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trace_context_user_and_credential_reach_the_cell() {
+/// A stack whose cell n1 is the recording server, SERVING for the router.
+async fn stack_with_recorder_as_n1() -> (Stack, RecordingServer) {
     let mut stack = Builder::default().start().await;
     let recording = start_recorder().await;
     assert_eq!(CELLS[0].0, "n1");
@@ -618,6 +621,41 @@ async fn trace_context_user_and_credential_reach_the_cell() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stack.cell_of(N1_ENVELOPE), "n1");
+    (stack, recording)
+}
+
+fn grab_n1() -> pb::GrabRequest {
+    pb::GrabRequest {
+        envelope_id: N1_ENVELOPE.into(),
+    }
+}
+
+/// The cell gets what is left of the call's deadline: the router's budget
+/// (10 s in the test stack), or the client's own `grpc-timeout` if shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_deadline_reaches_the_cell() {
+    let (stack, recording) = stack_with_recorder_as_n1().await;
+    stack.client("alice").grab(grab_n1()).await.unwrap();
+    let own = only_call(&recording.recorder).timeout.unwrap();
+    assert!(
+        own <= Duration::from_secs(10) && own > Duration::from_secs(5),
+        "{own:?}"
+    );
+    for client_timeout in [Duration::from_millis(1_500), Duration::from_secs(60)] {
+        let mut request = tonic::Request::new(grab_n1());
+        request.set_timeout(client_timeout);
+        stack.client("alice").grab(request).await.unwrap();
+        let sent = only_call(&recording.recorder).timeout.unwrap();
+        assert!(
+            sent <= client_timeout.min(Duration::from_secs(10)) && sent > Duration::ZERO,
+            "client {client_timeout:?}: the cell got {sent:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_user_and_credential_reach_the_cell() {
+    let (stack, recording) = stack_with_recorder_as_n1().await;
     let grab = || pb::GrabRequest {
         envelope_id: N1_ENVELOPE.into(),
     };

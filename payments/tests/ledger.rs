@@ -482,79 +482,56 @@ async fn an_order_is_paid_once_whatever_the_key() {
     let Stack { ledger, db: _db } = stack().await;
     ledger.deposit("deposit:kim", "kim", 10_000).await.unwrap();
     ledger.deposit("deposit:lee", "lee", 1_000).await.unwrap();
-    let debit = |key, order, account, cents| Debit {
-        key,
-        order,
-        account,
-        cents,
+    let debit = |key, order, account, cents| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .debit(Debit {
+                    key,
+                    order,
+                    account,
+                    cents,
+                })
+                .await
+        }
+    };
+    let paid_by = |key: &str| DebitOutcome::OrderPaid {
+        key: key.to_owned(),
     };
 
     let first = debit("send:a", "order-1", "kim", 1_000);
-    assert_eq!(ledger.debit(first).await.unwrap(), DebitOutcome::Debited);
+    assert_eq!(first.await.unwrap(), DebitOutcome::Debited);
     // Another envelope paying the same order: refused, nothing written, and
-    // the answer names the debit that paid.
-    let second = ledger
-        .debit(debit("send:b", "order-1", "kim", 1_000))
-        .await
-        .unwrap();
-    assert_eq!(
-        second,
-        DebitOutcome::OrderPaid {
-            key: "send:a".to_owned()
-        }
-    );
-    // Whatever its amount: the order is the Send, not the money.
-    let other_amount = ledger
-        .debit(debit("send:b", "order-1", "kim", 7))
-        .await
-        .unwrap();
-    assert_eq!(
-        other_amount,
-        DebitOutcome::OrderPaid {
-            key: "send:a".to_owned()
-        }
-    );
+    // the answer names the debit that paid. Whatever its amount: the order
+    // is the Send, not the money.
+    for cents in [1_000, 7] {
+        let second = debit("send:b", "order-1", "kim", cents).await.unwrap();
+        assert_eq!(second, paid_by("send:a"), "{cents}");
+    }
     assert_eq!(ledger.entry("send:b").await.unwrap(), None);
     assert_eq!(ledger.balance("kim").await.unwrap(), 9_000);
     // The refused key stays free for an order of its own.
-    assert_eq!(
-        ledger
-            .debit(debit("send:b", "order-2", "kim", 500))
-            .await
-            .unwrap(),
-        DebitOutcome::Debited
-    );
+    let own = debit("send:b", "order-2", "kim", 500).await.unwrap();
+    assert_eq!(own, DebitOutcome::Debited);
     // The first debit's replay is still a replay; with another order it is
     // a different operation under the same key: a caller bug.
-    assert_eq!(ledger.debit(first).await.unwrap(), DebitOutcome::Debited);
-    let reordered = ledger.debit(debit("send:a", "order-9", "kim", 1_000)).await;
+    let replay = debit("send:a", "order-1", "kim", 1_000).await.unwrap();
+    assert_eq!(replay, DebitOutcome::Debited);
+    let reordered = debit("send:a", "order-9", "kim", 1_000).await;
     assert!(
         matches!(&reordered, Err(PaymentsError::KeyConflict { key }) if key == "send:a"),
         "{reordered:?}"
     );
     // Orders are the account's: another sender's order-1 is another order.
-    assert_eq!(
-        ledger
-            .debit(debit("send:c", "order-1", "lee", 1_000))
-            .await
-            .unwrap(),
-        DebitOutcome::Debited
-    );
+    let other_account = debit("send:c", "order-1", "lee", 1_000).await.unwrap();
+    assert_eq!(other_account, DebitOutcome::Debited);
 
     // A refusal for balance leaves the order free, like the key.
-    let poor = ledger
-        .debit(debit("send:d", "order-3", "lee", 1))
-        .await
-        .unwrap();
+    let poor = debit("send:d", "order-3", "lee", 1).await.unwrap();
     assert_eq!(poor, DebitOutcome::InsufficientFunds { balance_cents: 0 });
     ledger.deposit("deposit:lee:2", "lee", 1).await.unwrap();
-    assert_eq!(
-        ledger
-            .debit(debit("send:e", "order-3", "lee", 1))
-            .await
-            .unwrap(),
-        DebitOutcome::Debited
-    );
+    let funded = debit("send:e", "order-3", "lee", 1).await.unwrap();
+    assert_eq!(funded, DebitOutcome::Debited);
 
     // A voided key: refused for good, and if its order was paid under
     // another key, the answer names that one (where the money went).
@@ -564,30 +541,13 @@ async fn an_order_is_paid_once_whatever_the_key() {
             DebitResolution::Voided
         );
     }
-    assert_eq!(
-        ledger
-            .debit(debit("send:v1", "order-1", "kim", 1_000))
-            .await
-            .unwrap(),
-        DebitOutcome::OrderPaid {
-            key: "send:a".to_owned()
-        }
-    );
-    assert_eq!(
-        ledger
-            .debit(debit("send:v2", "order-4", "kim", 1_000))
-            .await
-            .unwrap(),
-        DebitOutcome::Voided
-    );
+    let void_paid = debit("send:v1", "order-1", "kim", 1_000).await.unwrap();
+    assert_eq!(void_paid, paid_by("send:a"));
+    let void_unpaid = debit("send:v2", "order-4", "kim", 1_000).await.unwrap();
+    assert_eq!(void_unpaid, DebitOutcome::Voided);
     // ... and a void does not take the order.
-    assert_eq!(
-        ledger
-            .debit(debit("send:f", "order-4", "kim", 1_000))
-            .await
-            .unwrap(),
-        DebitOutcome::Debited
-    );
+    let after_void = debit("send:f", "order-4", "kim", 1_000).await.unwrap();
+    assert_eq!(after_void, DebitOutcome::Debited);
 
     assert_eq!(ledger.balance("kim").await.unwrap(), 7_500);
     assert_eq!(ledger.balance("lee").await.unwrap(), 0);

@@ -819,19 +819,36 @@ async fn a_send_that_failed_after_its_debit_is_not_retried_in_another_cell() {
         stack.usable_for_new("n2")
     })
     .await;
-    let retry = stack
-        .client(&sender)
-        .send(lucky(1_000, 2, "once"))
+    retry_returns_the_paid_envelope(&stack, &sender, "once", paid, &debits).await;
+    stack.check_money().await;
+}
+
+/// The client's retry of `lucky(1_000, 2, key)` returns the envelope `paid`
+/// without debiting the sender again, and that envelope opens.
+async fn retry_returns_the_paid_envelope(
+    stack: &Stack,
+    sender: &str,
+    key: &str,
+    paid: &str,
+    debits: &[String],
+) {
+    let retry = sent_envelope(stack, sender, lucky(1_000, 2, key)).await;
+    assert_eq!(retry.id, paid);
+    assert_eq!(debits_of(stack, sender).await, debits);
+    let opened = stack.open_as("receiver", paid).await.unwrap();
+    assert_eq!(opened.status(), pb::ShareStatus::Available);
+}
+
+/// The envelope a Send through the router returned (panics on an error).
+async fn sent_envelope(stack: &Stack, sender: &str, request: pb::SendRequest) -> pb::Envelope {
+    stack
+        .client(sender)
+        .send(request)
         .await
         .unwrap()
         .into_inner()
         .envelope
-        .unwrap();
-    assert_eq!(retry.id, paid);
-    assert_eq!(debits_of(&stack, &sender).await, debits);
-    let opened = stack.open_as("receiver", paid).await.unwrap();
-    assert_eq!(opened.status(), pb::ShareStatus::Available);
-    stack.check_money().await;
+        .unwrap()
 }
 
 /// DESIGN §4: "The same idempotency key returns the same envelope, never a
@@ -885,18 +902,7 @@ async fn a_retried_send_is_not_debited_twice_while_its_first_cell_is_down() {
     }
     // Once n2 is back, the retry is answered with n2's envelope, even while
     // n2 is not the cell the router would mint the key in.
-    let again = stack
-        .client(&sender)
-        .send(lucky(1_000, 2, "twice"))
-        .await
-        .unwrap()
-        .into_inner()
-        .envelope
-        .unwrap();
-    assert_eq!(again.id, paid);
-    assert_eq!(debits_of(&stack, &sender).await, debits);
-    let opened = stack.open_as("receiver", &paid).await.unwrap();
-    assert_eq!(opened.status(), pb::ShareStatus::Available);
+    retry_returns_the_paid_envelope(&stack, &sender, "twice", &paid, &debits).await;
     stack.check_money().await;
 }
 
@@ -914,14 +920,7 @@ async fn a_retry_minted_in_another_cell_returns_the_envelope_its_key_paid_for() 
         .find(|sender| preferred_cell(&stack, sender, "lost-answer") == "n2")
         .unwrap();
     stack.fund(&sender, 3_000).await;
-    let first = stack
-        .client(&sender)
-        .send(lucky(1_000, 4, "lost-answer"))
-        .await
-        .unwrap()
-        .into_inner()
-        .envelope
-        .unwrap();
+    let first = sent_envelope(&stack, &sender, lucky(1_000, 4, "lost-answer")).await;
     assert_eq!(stack.cell_of(&first.id), "n2");
     let failed = topology_text(&stack.layout(), &[("n2", "failed")], "{}", "{}");
     stack.rewrite_topology(&failed).await;
@@ -930,14 +929,7 @@ async fn a_retry_minted_in_another_cell_returns_the_envelope_its_key_paid_for() 
     let before = stack.envelope_ids_in(&elsewhere).await;
 
     for _ in 0..3 {
-        let retry = stack
-            .client(&sender)
-            .send(lucky(1_000, 4, "lost-answer"))
-            .await
-            .unwrap()
-            .into_inner()
-            .envelope
-            .unwrap();
+        let retry = sent_envelope(&stack, &sender, lucky(1_000, 4, "lost-answer")).await;
         assert_eq!(retry.id, first.id);
         assert_eq!(retry.total_cents, 1_000);
     }

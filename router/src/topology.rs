@@ -110,9 +110,29 @@ impl TopologyHandle {
     }
 
     /// Polls the file every `interval` and rereads it on SIGHUP, until cancelled.
-    pub async fn watch(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    ///
+    /// The SIGHUP handler is installed when this is called, not when the
+    /// returned future first runs: the router calls it before it serves, so a
+    /// SIGHUP sent once the router answers can never meet the default action
+    /// (terminate). Call it inside the tokio runtime.
+    pub fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        if let Err(error) = &hangup {
+            tracing::warn!(%error, "no SIGHUP handler: cells.yaml is reread by the file watch only");
+        }
+        self.watch_with(interval, hangup.ok(), cancel)
+    }
+
+    async fn watch_with(
+        self: Arc<Self>,
+        interval: Duration,
+        mut hangup: Option<tokio::signal::unix::Signal>,
+        cancel: CancellationToken,
+    ) {
         loop {
             let forced = tokio::select! {
                 () = cancel.cancelled() => return,

@@ -5,7 +5,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hdrhistogram::Histogram;
 use redcell_cell::service::AsUser;
 use redcell_cell::{CellConfig, OpenStrategy, reconcile};
 use redcell_payments::PgLedger;
@@ -13,6 +12,8 @@ use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use redcell_topology::Topology;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+use crate::{bench, latency::Latencies};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -44,28 +45,13 @@ struct Outcome {
     opens: u64,
     shares_taken: u64,
     elapsed: Duration,
-    latency: Histogram<u64>,
+    latency: Latencies,
     errors: u64,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
-    let strategies = match args.strategy {
-        Some(strategy) => vec![strategy],
-        None => vec![OpenStrategy::Lane, OpenStrategy::Rowlock],
-    };
-    let server = redcell_harness::shared()
-        .await
-        .map_err(|error| error.to_string())?;
-    let orders_script = redcell_migrations::script(redcell_migrations::ORDER_DB);
-    let ledger_script = redcell_migrations::script(redcell_migrations::LEDGER);
-    server
-        .ensure_template("bench_orders", &[&orders_script])
-        .await
-        .map_err(|e| e.to_string())?;
-    server
-        .ensure_template("bench_ledger", &[&ledger_script])
-        .await
-        .map_err(|e| e.to_string())?;
+    let strategies = bench::strategies(args.strategy);
+    let server = bench::postgres().await?;
     println!(
         "cell-hot: {} envelopes x {} shares, {} users each, concurrency {}, db pool {}",
         args.envelopes, args.shares, args.users, args.concurrency, args.db_pool
@@ -73,16 +59,16 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut outcomes = Vec::new();
     for strategy in strategies {
         let orders = server
-            .clone_database("bench_orders")
+            .clone_database(bench::ORDERS_TEMPLATE)
             .await
             .map_err(|e| e.to_string())?;
         let ledger_db = server
-            .clone_database("bench_ledger")
+            .clone_database(bench::LEDGER_TEMPLATE)
             .await
             .map_err(|e| e.to_string())?;
         outcomes.push(run_strategy(&args, strategy, &orders.dsn, &ledger_db.dsn).await?);
     }
-    let limit = single_row_update_limit(server, args.db_pool).await?;
+    let limit = crate::pg_limit::single_row_update_limit(server, args.db_pool).await?;
     println!();
     println!(
         "| strategy | opens | shares taken | errors | elapsed s | opens/s | shares/s | p50 ms | p99 ms | p999 ms |"
@@ -90,7 +76,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for outcome in &outcomes {
         let seconds = outcome.elapsed.as_secs_f64();
-        let ms = |quantile| outcome.latency.value_at_quantile(quantile) as f64 / 1000.0;
+        let ms = |quantile| outcome.latency.ms(quantile);
         println!(
             "| {:?} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
             outcome.strategy,
@@ -110,63 +96,6 @@ pub async fn run(args: Args) -> Result<(), String> {
         args.db_pool, limit
     );
     Ok(())
-}
-
-/// PostgreSQL's own single-row update rate on this machine and server settings:
-/// the ceiling of any strategy that commits once per Open of one envelope.
-async fn single_row_update_limit(
-    server: &redcell_harness::PgServer,
-    clients: usize,
-) -> Result<f64, String> {
-    let database = "bench_limit";
-    server
-        .create_database(database)
-        .await
-        .map_err(|e| e.to_string())?;
-    let client = server.connect(database).await.map_err(|e| e.to_string())?;
-    client
-        .batch_execute("CREATE TABLE hot (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO hot VALUES (1, 0);")
-        .await
-        .map_err(|e| e.to_string())?;
-    let script = std::env::temp_dir().join(format!("redcell-pgbench-{}.sql", std::process::id()));
-    std::fs::write(&script, "UPDATE hot SET v = v + 1 WHERE id = 1;\n")
-        .map_err(|e| e.to_string())?;
-    let binaries = redcell_harness::PgBinaries::locate(&redcell_harness::BinarySearch::from_env())
-        .map_err(|e| e.to_string())?;
-    let output = tokio::process::Command::new(binaries.bindir().join("pgbench"))
-        .args([
-            "-n",
-            "-j",
-            "2",
-            "-T",
-            "5",
-            "-h",
-            server.host(),
-            "-U",
-            "postgres",
-        ])
-        .arg("-c")
-        .arg(clients.to_string())
-        .arg("-p")
-        .arg(server.port().to_string())
-        .arg("-f")
-        .arg(&script)
-        .arg(database)
-        .output()
-        .await
-        .map_err(|e| format!("pgbench: {e}"))?;
-    let _ = std::fs::remove_file(&script);
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find_map(|line| line.strip_prefix("tps = "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|number| number.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "pgbench printed no tps: {text} {}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })
 }
 
 async fn run_strategy(
@@ -250,13 +179,12 @@ async fn run_strategy(
             }));
         }
     }
-    let mut latency =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut latency = Latencies::new()?;
     let (mut opens, mut shares_taken, mut errors) = (0, 0, 0);
     for task in tasks {
         let (took, result) = task.await.map_err(|e| e.to_string())?;
         opens += 1;
-        latency.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        latency.record(took);
         match result {
             Ok(pb::ShareStatus::Available) => shares_taken += 1,
             Ok(_) => {}

@@ -8,10 +8,17 @@
 //! money invariants are reconciled after each (a fast run that loses a cent is
 //! a failed run). Latencies go into HDR histograms.
 //!
-//! The router-driven benchmark (`loadgen` against `router`) comes with the
-//! router; this one isolates the cell, where the contention is.
+//! `loadgen router` is the client's view: Sends and Opens through a router in
+//! front of several cells (HS256 bearer tokens, mint-pool routing, sticky
+//! lanes), again per strategy of the cells in the same run, reconciled over
+//! every cell afterwards. `cell-hot` isolates the cell, where the contention
+//! is; `router` adds what the front door costs.
 
+mod bench;
 mod cell_hot;
+mod latency;
+mod pg_limit;
+mod through_router;
 
 use std::process::ExitCode;
 
@@ -28,6 +35,9 @@ struct Cli {
 enum Command {
     /// Hot envelopes against one in-process cell: lane vs rowlock, same run.
     CellHot(cell_hot::Args),
+    /// Sends and Opens through a router in front of several cells: lane vs
+    /// rowlock cells, same run.
+    Router(through_router::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +51,7 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Command::CellHot(args) => runtime.block_on(cell_hot::run(args)),
+        Command::Router(args) => runtime.block_on(through_router::run(args)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

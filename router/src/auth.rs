@@ -219,6 +219,28 @@ pub fn mint_hs256(key: &[u8], sub: &str, ttl_secs: u64) -> Result<String, MintEr
     )?)
 }
 
+/// The client's side of [`Authenticator`]: an interceptor that sends
+/// `authorization: Bearer <token>` with every call (Rust clients of the
+/// router: loadgen, tests).
+#[derive(Debug, Clone)]
+pub struct BearerToken(tonic::metadata::AsciiMetadataValue);
+
+impl BearerToken {
+    /// `None` if the token cannot be metadata (not visible ASCII).
+    pub fn new(token: &str) -> Option<BearerToken> {
+        format!("Bearer {token}").parse().ok().map(BearerToken)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
 #[derive(Serialize)]
 struct MintedClaims<'a> {
     sub: &'a str,

@@ -14,13 +14,14 @@ use redcell_proto::v1::{
     self as pb, cell_internal_client::CellInternalClient, red_envelope_client::RedEnvelopeClient,
     red_envelope_server::RedEnvelope, red_envelope_server::RedEnvelopeServer,
 };
-use redcell_router::{auth::mint_hs256, traceparent::TraceParent};
+use redcell_router::{
+    auth::{BearerToken, mint_hs256},
+    traceparent::TraceParent,
+};
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::oneshot};
 use tonic::{
     Code, Request, Response, Status,
-    metadata::AsciiMetadataValue,
-    service::Interceptor,
     transport::{Channel, server::TcpIncoming},
 };
 
@@ -294,22 +295,8 @@ async fn only_a_valid_token_gets_through_and_its_sub_is_the_user() {
     stack.check_money().await;
 }
 
-/// Sends `authorization: Bearer <token>` for one user.
-#[derive(Clone)]
-struct Bearer(AsciiMetadataValue);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-fn bearer(user: &str) -> Bearer {
-    let token = mint_hs256(HS_KEY, user, 3600).unwrap();
-    Bearer(format!("Bearer {token}").parse().unwrap())
+fn bearer(user: &str) -> BearerToken {
+    BearerToken::new(&mint_hs256(HS_KEY, user, 3600).unwrap()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,7 +46,7 @@ fn bad_configuration_exits_78_naming_the_flag_without_binding() {
     let broken = dir.path().join("broken.yaml");
     std::fs::write(&broken, TOPOLOGY.replace("status: active", "status: dead")).unwrap();
     let key = dir.path().join("hs.key");
-    std::fs::write(&key, b"a-development-key-of-32-bytes-or-more!!").unwrap();
+    std::fs::write(&key, HS256_KEY).unwrap();
     let short_key = dir.path().join("short.key");
     std::fs::write(&short_key, b"short").unwrap();
     let token = "router-internal-token-0123456789";
@@ -97,60 +97,92 @@ fn bad_configuration_exits_78_naming_the_flag_without_binding() {
     }
 }
 
-/// Waits until the router at `channel` answers its health check SERVING.
-async fn wait_serving(channel: &tonic::transport::Channel) -> bool {
-    for _ in 0..200 {
-        let request = HealthCheckRequest {
-            service: "redcell.v1.RedEnvelope".into(),
-        };
-        if let Ok(response) = HealthClient::new(channel.clone()).check(request).await
-            && response.into_inner().status == 1
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+/// The development key of the routers these tests start.
+const HS256_KEY: &[u8] = b"a-development-key-of-32-bytes-or-more!!";
+
+/// A `router` process on the bundled topology (copied into a temp dir, so a
+/// test may rewrite it), region north, with `extra` flags; `serving` says
+/// whether it answered its health check SERVING.
+struct RouterProcess {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    channel: tonic::transport::Channel,
+    serving: bool,
 }
 
-fn signal(child: &std::process::Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal}");
+impl RouterProcess {
+    async fn start(extra: &[&str]) -> RouterProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let topology = dir.path().join("cells.yaml");
+        std::fs::write(&topology, TOPOLOGY).unwrap();
+        let key = dir.path().join("hs.key");
+        std::fs::write(&key, HS256_KEY).unwrap();
+        let listen = free_address();
+        let child = Command::new(env!("CARGO_BIN_EXE_router"))
+            .args(args(
+                &topology,
+                &key,
+                listen,
+                "north",
+                "router-internal-token-0123456789",
+            ))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let channel = tonic::transport::Channel::from_shared(format!("http://{listen}"))
+            .unwrap()
+            .connect_lazy();
+        let mut serving = false;
+        for _ in 0..200 {
+            let request = HealthCheckRequest {
+                service: "redcell.v1.RedEnvelope".into(),
+            };
+            if let Ok(response) = HealthClient::new(channel.clone()).check(request).await
+                && response.into_inner().status == 1
+            {
+                serving = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        RouterProcess {
+            dir,
+            child,
+            channel,
+            serving,
+        }
+    }
+
+    fn topology_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("cells.yaml")
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal}");
+    }
+
+    /// SIGTERM, then the exit status.
+    async fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        tokio::task::spawn_blocking(move || self.child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+    }
 }
 
 /// With a file watch that would not look again for an hour, SIGHUP alone
 /// makes the router reread cells.yaml: the degrade switch it carries applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rereads_the_topology() {
-    const KEY: &[u8] = b"a-development-key-of-32-bytes-or-more!!";
-    let dir = tempfile::tempdir().unwrap();
-    let topology = dir.path().join("cells.yaml");
-    std::fs::write(&topology, TOPOLOGY).unwrap();
-    let key = dir.path().join("hs.key");
-    std::fs::write(&key, KEY).unwrap();
-    let listen = free_address();
-    let mut arguments = args(
-        &topology,
-        &key,
-        listen,
-        "north",
-        "router-internal-token-0123456789",
-    );
-    arguments.extend(["--reload-interval-ms".to_owned(), "3600000".to_owned()]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_router"))
-        .args(arguments)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{listen}"))
-        .unwrap()
-        .connect_lazy();
-    let serving = wait_serving(&channel).await;
-    let token = redcell_router::auth::mint_hs256(KEY, "alice", 600).unwrap();
+    let router = RouterProcess::start(&["--reload-interval-ms", "3600000"]).await;
+    let token = redcell_router::auth::mint_hs256(HS256_KEY, "alice", 600).unwrap();
     let history = || {
         let mut request = tonic::Request::new(pb::HistoryRequest {
             direction: pb::HistoryDirection::Sent.into(),
@@ -160,7 +192,7 @@ async fn sighup_rereads_the_topology() {
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let mut client = RedEnvelopeClient::new(channel.clone());
+        let mut client = RedEnvelopeClient::new(router.channel.clone());
         async move { client.history(request).await }
     };
     // No cell runs here: the page is empty and partial, but served.
@@ -168,9 +200,9 @@ async fn sighup_rereads_the_topology() {
 
     let switched_off = TOPOLOGY.replace("\ndegrade: {}", "\ndegrade: {history: off}");
     assert_ne!(switched_off, TOPOLOGY);
-    std::fs::write(&topology, &switched_off).unwrap();
+    std::fs::write(router.topology_path(), &switched_off).unwrap();
     let unwatched = history().await;
-    signal(&child, "-HUP");
+    router.signal("-HUP");
     let mut after = None;
     for _ in 0..200 {
         match history().await {
@@ -181,11 +213,8 @@ async fn sighup_rereads_the_topology() {
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    signal(&child, "-TERM");
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let serving = router.serving;
+    let exit = router.stop().await;
 
     assert!(serving, "the router never answered its health check");
     let before = before.unwrap().into_inner();
@@ -198,33 +227,9 @@ async fn sighup_rereads_the_topology() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_health_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let topology = dir.path().join("cells.yaml");
-    std::fs::write(&topology, TOPOLOGY).unwrap();
-    let key = dir.path().join("hs.key");
-    std::fs::write(&key, b"a-development-key-of-32-bytes-or-more!!").unwrap();
-    let listen = free_address();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_router"))
-        .args(args(
-            &topology,
-            &key,
-            listen,
-            "north",
-            "router-internal-token-0123456789",
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{listen}"))
-        .unwrap()
-        .connect_lazy();
-    let serving = wait_serving(&channel).await;
-    signal(&child, "-TERM");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let router = RouterProcess::start(&[]).await;
+    let serving = router.serving;
+    let status = router.stop().await;
     assert!(serving, "the router never answered its health check");
     assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
 }

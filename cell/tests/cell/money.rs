@@ -911,6 +911,79 @@ async fn recovery_cancels_a_send_whose_debit_never_happened() {
     assert_eq!((report.pending_payments, report.held_cents), (0, 0));
 }
 
+/// A Send cancelled here (its debit never happened) whose client retried it
+/// into another cell meanwhile, which paid the order: a later retry that
+/// reaches this cell again must name that envelope (`ALREADY_EXISTS`,
+/// `x-redcell-paid-envelope`), not answer "cancelled" while the money is
+/// spent. The other cell is the test, paying the order in the ledger under
+/// an envelope ID of cell n2, as n2's Send would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_send_whose_order_another_cell_paid_names_that_envelope() {
+    let faults = Faults::failing_debits(1);
+    let hold = faults.clone();
+    let mut stack = StackBuilder {
+        recovery_grace: Duration::from_secs(1),
+        ..StackBuilder::default()
+    }
+    .start_with(move |ledger| FailBeforeDebit {
+        inner: ledger,
+        faults: hold,
+    })
+    .await;
+    stack.fund("payer", 10_000).await;
+    let send_request = request(pb::EnvelopeKind::Lucky, 4_000, 4, "raced");
+    let status = send(&stack, "payer", send_request.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let id = envelope_of_key(&stack, "payer", "raced").await.unwrap();
+    faults.let_recovery_resolve();
+    wait_status(&stack, &id, |status| status != PENDING_PAYMENT).await;
+    assert_eq!(stored_status(&stack, &id).await, CANCELLED);
+
+    // Cell n2 (suffixes 500-999) took the retry and paid the order.
+    let in_n2 = format!("{}{}", &id[..19], "742");
+    assert_ne!(in_n2, id);
+    let paid = stack
+        .ledger
+        .debit(Debit {
+            key: &format!("send:{in_n2}"),
+            order: "raced",
+            account: "payer",
+            cents: 4_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(paid, DebitOutcome::Debited);
+
+    let status = send(&stack, "payer", send_request).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_eq!(
+        status.message(),
+        format!("idempotency_key: already paid for envelope {in_n2}")
+    );
+    let named = status
+        .metadata()
+        .get(redcell_cell::error::PAID_ENVELOPE_METADATA)
+        .map(|value| value.to_str().unwrap().to_owned());
+    assert_eq!(named.as_deref(), Some(in_n2.as_str()));
+    // Nothing changed here: the envelope stays cancelled, unpaid, unopened.
+    assert_eq!(stored_status(&stack, &id).await, CANCELLED);
+    assert_eq!(table_count(&stack, "envelopes").await, 1);
+    assert_eq!(table_count(&stack, "claims").await, 0);
+    assert_eq!(balance(&stack, "payer").await, 6_000);
+
+    // n2's envelope is not in this cell's books: refund it as n2 would at
+    // expiry, so conservation over this cell and the ledger holds again.
+    stack
+        .ledger
+        .credit(&format!("refund:{in_n2}"), "payer", 4_000)
+        .await
+        .unwrap();
+    let report = stack.check_money().await;
+    assert_eq!((report.pending_payments, report.held_cents), (0, 0));
+}
+
 /// An Open that arrives while the envelope is still `PENDING_PAYMENT` is
 /// refused; once recovery made it `ACTIVE`, Opens must succeed (the lane must
 /// not keep serving the unpaid state it loaded).

@@ -713,30 +713,51 @@ async fn round_of_opens(
 // ---------------------------------------------------------------------------
 // 4. Recovery of PENDING_PAYMENT.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_activates_a_send_whose_debit_happened() {
-    let faults = Faults::failing_debits(usize::MAX);
-    let hold = faults.clone();
+/// `payer`, funded with `funds`, sends `send_request` to a cell whose payment
+/// system is `faulty` around the real ledger, with recovery after 1 s: the
+/// Send fails `UNAVAILABLE` and leaves its envelope `PENDING_PAYMENT`.
+/// Returns the stack and that envelope's ID.
+async fn a_send_left_pending<P, F>(
+    faulty: F,
+    funds: i64,
+    send_request: &pb::SendRequest,
+) -> (Stack, String)
+where
+    P: Payments + Clone,
+    F: FnOnce(PgLedger) -> P,
+{
     let mut stack = StackBuilder {
         recovery_grace: Duration::from_secs(1),
         ..StackBuilder::default()
     }
-    .start_with(move |ledger| DebitThenFail {
-        inner: ledger,
-        faults: hold,
-    })
+    .start_with(faulty)
     .await;
-    stack.fund("payer", 15_000).await;
-    let send_request = request(pb::EnvelopeKind::Lucky, 10_000, 5, "pay-once");
-
+    stack.fund("payer", funds).await;
     let status = send(&stack, "payer", send_request.clone())
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let id = envelope_of_key(&stack, "payer", "pay-once")
+    let id = envelope_of_key(&stack, "payer", &send_request.idempotency_key)
         .await
         .expect("the pending envelope is recorded");
     assert_eq!(stored_status(&stack, &id).await, PENDING_PAYMENT);
+    (stack, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_activates_a_send_whose_debit_happened() {
+    let faults = Faults::failing_debits(usize::MAX);
+    let hold = faults.clone();
+    let send_request = request(pb::EnvelopeKind::Lucky, 10_000, 5, "pay-once");
+    let (stack, id) = a_send_left_pending(
+        move |ledger| DebitThenFail {
+            inner: ledger,
+            faults: hold,
+        },
+        15_000,
+        &send_request,
+    )
+    .await;
     let debit = stack.ledger.entry(&format!("send:{id}")).await.unwrap();
     assert_eq!(
         debit.map(|entry| (entry.kind, entry.account, entry.amount_cents)),
@@ -827,27 +848,17 @@ async fn a_send_retry_finishes_a_send_whose_debit_answer_was_lost() {
 async fn recovery_cancels_a_send_whose_debit_never_happened() {
     let faults = Faults::failing_debits(usize::MAX);
     let hold = faults.clone();
-    let mut stack = StackBuilder {
-        recovery_grace: Duration::from_secs(1),
-        ..StackBuilder::default()
-    }
-    .start_with(move |ledger| FailBeforeDebit {
-        inner: ledger,
-        faults: hold,
-    })
-    .await;
-    stack.fund("payer", 10_000).await;
     let send_request = request(pb::EnvelopeKind::Lucky, 10_000, 5, "never-paid");
-
-    let status = send(&stack, "payer", send_request.clone())
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let id = envelope_of_key(&stack, "payer", "never-paid")
-        .await
-        .unwrap();
+    let (stack, id) = a_send_left_pending(
+        move |ledger| FailBeforeDebit {
+            inner: ledger,
+            faults: hold,
+        },
+        10_000,
+        &send_request,
+    )
+    .await;
     let key = format!("send:{id}");
-    assert_eq!(stored_status(&stack, &id).await, PENDING_PAYMENT);
     assert_eq!(stack.ledger.entry(&key).await.unwrap(), None);
     let report = stack.check_money().await;
     assert_eq!((report.pending_payments, report.held_cents), (1, 0));
@@ -921,22 +932,16 @@ async fn recovery_cancels_a_send_whose_debit_never_happened() {
 async fn a_cancelled_send_whose_order_another_cell_paid_names_that_envelope() {
     let faults = Faults::failing_debits(1);
     let hold = faults.clone();
-    let mut stack = StackBuilder {
-        recovery_grace: Duration::from_secs(1),
-        ..StackBuilder::default()
-    }
-    .start_with(move |ledger| FailBeforeDebit {
-        inner: ledger,
-        faults: hold,
-    })
-    .await;
-    stack.fund("payer", 10_000).await;
     let send_request = request(pb::EnvelopeKind::Lucky, 4_000, 4, "raced");
-    let status = send(&stack, "payer", send_request.clone())
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let id = envelope_of_key(&stack, "payer", "raced").await.unwrap();
+    let (stack, id) = a_send_left_pending(
+        move |ledger| FailBeforeDebit {
+            inner: ledger,
+            faults: hold,
+        },
+        10_000,
+        &send_request,
+    )
+    .await;
     faults.let_recovery_resolve();
     wait_status(&stack, &id, |status| status != PENDING_PAYMENT).await;
     assert_eq!(stored_status(&stack, &id).await, CANCELLED);

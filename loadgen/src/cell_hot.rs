@@ -1,19 +1,19 @@
 //! The hot-envelope workload against one cell, per open strategy.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::sync::Arc;
 
 use redcell_cell::service::AsUser;
 use redcell_cell::{CellConfig, OpenStrategy, reconcile};
 use redcell_payments::PgLedger;
 use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use redcell_topology::Topology;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
-use crate::{bench, latency::Latencies};
+use crate::{
+    bench,
+    phase::{Call, Phase, timed},
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -42,11 +42,8 @@ const BENCH_INTERNAL_TOKEN: &str = "loadgen-internal-token-0123456789";
 
 struct Outcome {
     strategy: OpenStrategy,
-    opens: u64,
+    opens: Phase,
     shares_taken: u64,
-    elapsed: Duration,
-    latency: Latencies,
-    errors: u64,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
@@ -75,16 +72,16 @@ pub async fn run(args: Args) -> Result<(), String> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for outcome in &outcomes {
-        let seconds = outcome.elapsed.as_secs_f64();
-        let ms = |quantile| outcome.latency.ms(quantile);
+        let seconds = outcome.opens.elapsed.as_secs_f64();
+        let ms = |quantile| outcome.opens.latency.ms(quantile);
         println!(
             "| {:?} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
             outcome.strategy,
-            outcome.opens,
+            outcome.opens.calls,
             outcome.shares_taken,
-            outcome.errors,
+            outcome.opens.errors,
             seconds,
-            outcome.opens as f64 / seconds,
+            outcome.opens.rate(),
             outcome.shares_taken as f64 / seconds,
             ms(0.5),
             ms(0.99),
@@ -154,44 +151,24 @@ async fn run_strategy(
         );
     }
 
-    let limit = Arc::new(Semaphore::new(args.concurrency));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
+    let mut opens = Vec::new();
     for user in 0..args.users {
+        let client = client(&channel, &format!("user{user}"))?;
         for envelope in &envelopes {
-            let permit = limit
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut client = client(&channel, &format!("user{user}"))?;
+            let mut client = client.clone();
             let request = pb::OpenRequest {
                 envelope_id: envelope.clone(),
             };
-            tasks.push(tokio::spawn(async move {
-                let begun = Instant::now();
-                let result = client.open(request).await;
-                drop(permit);
-                (
-                    begun.elapsed(),
-                    result.map(|response| response.into_inner().status()),
-                )
-            }));
+            let call: Call<pb::ShareStatus> =
+                Box::pin(async move { Ok(client.open(request).await?.into_inner().status()) });
+            opens.push(call);
         }
     }
-    let mut latency = Latencies::new()?;
-    let (mut opens, mut shares_taken, mut errors) = (0, 0, 0);
-    for task in tasks {
-        let (took, result) = task.await.map_err(|e| e.to_string())?;
-        opens += 1;
-        latency.record(took);
-        match result {
-            Ok(pb::ShareStatus::Available) => shares_taken += 1,
-            Ok(_) => {}
-            Err(_) => errors += 1,
-        }
-    }
-    let elapsed = started.elapsed();
+    let (opens, statuses) = timed(args.concurrency, opens).await?;
+    let shares_taken = statuses
+        .iter()
+        .filter(|status| **status == pb::ShareStatus::Available)
+        .count() as u64;
 
     // A benchmark that loses money is a failed benchmark.
     let (mut orders, connection) = tokio_postgres_connect(orders_dsn).await?;
@@ -221,9 +198,6 @@ async fn run_strategy(
         strategy,
         opens,
         shares_taken,
-        elapsed,
-        latency,
-        errors,
     })
 }
 

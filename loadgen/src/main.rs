@@ -18,6 +18,7 @@ mod bench;
 mod cell_hot;
 mod latency;
 mod pg_limit;
+mod phase;
 mod through_router;
 
 use std::process::ExitCode;

@@ -11,10 +11,7 @@
 //! every cell, plus conservation over the ledger): a fast run that loses a
 //! cent, or takes a share too many or too few, is a failed run.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use redcell_cell::{CellConfig, OpenStrategy, reconcile};
 use redcell_payments::PgLedger;
@@ -24,10 +21,13 @@ use redcell_router::{
     auth::{Authenticator, BearerToken, VerifierKey, mint_hs256},
 };
 use redcell_topology::Topology;
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tokio::{net::TcpListener, task::JoinSet};
 use tonic::{Status, service::interceptor::InterceptedService, transport::Channel};
 
-use crate::{bench, latency::Latencies};
+use crate::{
+    bench,
+    phase::{Call, Phase, timed},
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -58,14 +58,6 @@ pub struct Args {
 /// internal token (cells serve routers only, as in production).
 const HS256_KEY: &[u8] = b"loadgen-router-bench-hs256-key-0123456789";
 const INTERNAL_TOKEN: &str = "loadgen-internal-token-0123456789";
-
-/// One phase's numbers.
-struct Phase {
-    calls: u64,
-    errors: u64,
-    elapsed: Duration,
-    latency: Latencies,
-}
 
 struct Outcome {
     strategy: OpenStrategy,
@@ -104,12 +96,12 @@ pub async fn run(args: Args) -> Result<(), String> {
         println!(
             "| {strategy:?} | {} | {:.0} | {:.1} | {:.1} | {} | {shares_taken} | {} | {:.0} | {:.1} | {:.1} | {:.1} |",
             sends.calls,
-            sends.calls as f64 / sends.elapsed.as_secs_f64(),
+            sends.rate(),
             sends.latency.ms(0.5),
             sends.latency.ms(0.99),
             opens.calls,
             sends.errors + opens.errors,
-            opens.calls as f64 / opens.elapsed.as_secs_f64(),
+            opens.rate(),
             opens.latency.ms(0.5),
             opens.latency.ms(0.99),
             opens.latency.ms(0.999),
@@ -337,56 +329,6 @@ fn client(router: &Channel, user: &str) -> Result<RouterClient, String> {
     let token = mint_hs256(HS256_KEY, user, 3600).map_err(|e| e.to_string())?;
     let bearer = BearerToken::new(&token).ok_or("the token is not metadata")?;
     Ok(RedEnvelopeClient::with_interceptor(router.clone(), bearer))
-}
-
-/// A call to time.
-type Call<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
-
-/// Runs `calls` concurrently (at most `concurrency` at once) and times each.
-async fn timed<T: Send + 'static>(
-    concurrency: usize,
-    calls: Vec<Call<T>>,
-) -> Result<(Phase, Vec<T>), String> {
-    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(calls.len());
-    for call in calls {
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| e.to_string())?;
-        tasks.push(tokio::spawn(async move {
-            let begun = Instant::now();
-            let result = call.await;
-            drop(permit);
-            (begun.elapsed(), result)
-        }));
-    }
-    let mut latency = Latencies::new()?;
-    let mut answers = Vec::new();
-    let mut errors = 0;
-    let calls = tasks.len() as u64;
-    for task in tasks {
-        let (took, result) = task.await.map_err(|e| e.to_string())?;
-        latency.record(took);
-        match result {
-            Ok(answer) => answers.push(answer),
-            Err(status) => {
-                errors += 1;
-                if errors <= 3 {
-                    eprintln!("router: call failed: {status}");
-                }
-            }
-        }
-    }
-    let phase = Phase {
-        calls,
-        errors,
-        elapsed: started.elapsed(),
-        latency,
-    };
-    Ok((phase, answers))
 }
 
 async fn run_strategy(

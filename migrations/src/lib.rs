@@ -21,11 +21,18 @@ pub struct Migration {
 }
 
 /// A cell's order database: envelopes, claims, the settlement outbox.
-pub const ORDER_DB: &[Migration] = &[Migration {
-    version: 1,
-    name: "orders",
-    sql: include_str!("../sql/orders/0001_orders.sql"),
-}];
+pub const ORDER_DB: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "orders",
+        sql: include_str!("../sql/orders/0001_orders.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "exact_split_and_recovery",
+        sql: include_str!("../sql/orders/0002_exact_split_and_recovery.sql"),
+    },
+];
 
 /// The built-in ledger (the payment system's stand-in).
 pub const LEDGER: &[Migration] = &[

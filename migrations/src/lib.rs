@@ -9,8 +9,14 @@
 //!
 //! [`script`] renders the same migrations as one SQL text, bookkeeping included,
 //! for test templates: a test database is migrated exactly like a real one.
+//!
+//! [`check_current`] is the read-only side, for servers at start: a database
+//! is current when it holds exactly the embedded migrations of its [`Schema`],
+//! each with its embedded checksum. The version a binary expects is the last of
+//! its embedded list, never a number typed elsewhere, so adding a migration
+//! moves every check with it.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Row, types::FromSql};
 
 /// One schema change; `version`s start at 1 and increase by one.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +54,43 @@ pub const LEDGER: &[Migration] = &[
     },
 ];
 
-/// Why migrating failed.
+/// The two kinds of database redcell migrates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// A cell's order DB ([`ORDER_DB`]).
+    Orders,
+    /// The built-in ledger ([`LEDGER`]).
+    Ledger,
+}
+
+impl Schema {
+    pub fn migrations(self) -> &'static [Migration] {
+        match self {
+            Schema::Orders => ORDER_DB,
+            Schema::Ledger => LEDGER,
+        }
+    }
+
+    /// The version this binary expects: its newest embedded migration.
+    pub fn expected_version(self) -> i32 {
+        newest(self.migrations())
+    }
+}
+
+impl std::fmt::Display for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Schema::Orders => "order DB",
+            Schema::Ledger => "ledger",
+        })
+    }
+}
+
+fn newest(migrations: &[Migration]) -> i32 {
+    migrations.last().map_or(0, |m| m.version)
+}
+
+/// Why migrating failed, or why a database is not the one a binary expects.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error(
@@ -68,8 +110,48 @@ pub enum MigrateError {
         name: &'static str,
         source: tokio_postgres::Error,
     },
+    /// The database has none of these migrations (no `schema_migrations`).
+    #[error("the {schema} schema was never migrated (this binary expects version {expected})")]
+    NeverMigrated { schema: Schema, expected: i32 },
+    /// The database lacks migrations this binary has.
+    #[error(
+        "the {schema} schema is at version {applied}, this binary expects version {expected}; migrate it"
+    )]
+    Behind {
+        schema: Schema,
+        applied: i32,
+        expected: i32,
+    },
+    /// A bookkeeping row does not have the type the runner wrote.
+    #[error("schema_migrations.{column} is unreadable: {source}")]
+    Column {
+        column: &'static str,
+        source: tokio_postgres::Error,
+    },
     #[error("reading migration state failed: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+}
+
+impl MigrateError {
+    /// True when the database answered and is not the one the binary expects
+    /// (as opposed to a database that could not be asked).
+    pub fn is_mismatch(&self) -> bool {
+        match self {
+            MigrateError::Changed { .. }
+            | MigrateError::Newer(_)
+            | MigrateError::NeverMigrated { .. }
+            | MigrateError::Behind { .. }
+            | MigrateError::Column { .. } => true,
+            MigrateError::Failed { .. } | MigrateError::Postgres(_) => false,
+        }
+    }
+}
+
+/// `row.try_get(column)`: a bookkeeping table that drifted is an error naming
+/// the column, never a panic.
+fn column<'a, T: FromSql<'a>>(row: &'a Row, column: &'static str) -> Result<T, MigrateError> {
+    row.try_get(column)
+        .map_err(|source| MigrateError::Column { column, source })
 }
 
 const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -102,11 +184,13 @@ pub async fn apply(
             .execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
             .await?;
         transaction.batch_execute(BOOKKEEPING).await?;
-        let newest: Option<i32> = transaction
-            .query_one("SELECT max(version) FROM schema_migrations", &[])
-            .await?
-            .get(0);
-        let known = migrations.last().map_or(0, |m| m.version);
+        let newest: Option<i32> = column(
+            &transaction
+                .query_one("SELECT max(version) AS version FROM schema_migrations", &[])
+                .await?,
+            "version",
+        )?;
+        let known = self::newest(migrations);
         if let Some(newest) = newest.filter(|newest| *newest > known) {
             return Err(MigrateError::Newer(newest));
         }
@@ -119,7 +203,7 @@ pub async fn apply(
         let now = checksum(migration.sql);
         match existing {
             Some(row) => {
-                let applied: i64 = row.get(0);
+                let applied: i64 = column(&row, "checksum")?;
                 if applied != now {
                     return Err(MigrateError::Changed {
                         version: migration.version,
@@ -155,18 +239,83 @@ pub async fn apply(
 
 /// The newest version applied to a database (0 for none).
 pub async fn current_version(client: &Client) -> Result<i32, MigrateError> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if !exists {
+    if !bookkeeping_exists(client).await? {
         return Ok(0);
     }
-    let newest: Option<i32> = client
-        .query_one("SELECT max(version) FROM schema_migrations", &[])
-        .await?
-        .get(0);
+    let newest: Option<i32> = column(
+        &client
+            .query_one("SELECT max(version) AS version FROM schema_migrations", &[])
+            .await?,
+        "version",
+    )?;
     Ok(newest.unwrap_or(0))
+}
+
+async fn bookkeeping_exists(client: &Client) -> Result<bool, MigrateError> {
+    column(
+        &client
+            .query_one(
+                "SELECT to_regclass('schema_migrations') IS NOT NULL AS exists",
+                &[],
+            )
+            .await?,
+        "exists",
+    )
+}
+
+/// Checks, without changing anything, that the database holds exactly the
+/// embedded migrations of `schema` with their embedded checksums; returns the
+/// version. A database that never saw a migration, one that lacks some, one
+/// with a migration this binary does not know, and one whose applied text
+/// differs are each refused with what to do ([`MigrateError::is_mismatch`]).
+pub async fn check_current(client: &Client, schema: Schema) -> Result<i32, MigrateError> {
+    let expected = schema.expected_version();
+    if !bookkeeping_exists(client).await? {
+        return Err(MigrateError::NeverMigrated { schema, expected });
+    }
+    let rows = client
+        .query(
+            "SELECT version, checksum FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await?;
+    let mut applied = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let version: i32 = column(row, "version")?;
+        let checksum: i64 = column(row, "checksum")?;
+        applied.push((version, checksum));
+    }
+    let Some(&(newest, _)) = applied.last() else {
+        return Err(MigrateError::NeverMigrated { schema, expected });
+    };
+    if newest > expected {
+        return Err(MigrateError::Newer(newest));
+    }
+    for migration in schema.migrations() {
+        let now = checksum(migration.sql);
+        match applied
+            .iter()
+            .find(|(version, _)| *version == migration.version)
+        {
+            None => {
+                return Err(MigrateError::Behind {
+                    schema,
+                    applied: newest,
+                    expected,
+                });
+            }
+            Some(&(_, was)) if was != now => {
+                return Err(MigrateError::Changed {
+                    version: migration.version,
+                    name: migration.name,
+                    applied: was,
+                    now,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(newest)
 }
 
 /// All migrations as one SQL script with their bookkeeping rows, equivalent to

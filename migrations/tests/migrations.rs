@@ -3,7 +3,15 @@
 //! and a database newer than the binary, and `script` equals `apply`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use redcell_migrations::{MigrateError, Migration, ORDER_DB, apply, current_version, script};
+use redcell_migrations::{
+    LEDGER, MigrateError, Migration, ORDER_DB, Schema, apply, check_current, current_version,
+    script,
+};
+
+/// Every version of a list, in order (what a first `apply` applies).
+fn versions(migrations: &[Migration]) -> Vec<i32> {
+    migrations.iter().map(|m| m.version).collect()
+}
 
 const V1: Migration = Migration {
     version: 1,
@@ -50,7 +58,12 @@ async fn concurrent_runners_apply_each_migration_once() {
     for run in runs {
         applied.extend(run.await.unwrap());
     }
-    assert_eq!(applied, vec![1], "exactly one runner applied version 1");
+    applied.sort_unstable();
+    assert_eq!(
+        applied,
+        versions(ORDER_DB),
+        "each migration applied by exactly one runner"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,10 +91,139 @@ async fn script_matches_apply() {
     let client = server.connect("migrate_script").await.unwrap();
     client.batch_execute(&script(ORDER_DB)).await.unwrap();
     let mut client = client;
-    assert_eq!(current_version(&client).await.unwrap(), 1);
+    assert_eq!(
+        current_version(&client).await.unwrap(),
+        Schema::Orders.expected_version()
+    );
     assert_eq!(
         apply(&mut client, ORDER_DB).await.unwrap(),
         Vec::<i32>::new(),
         "nothing left to apply"
     );
+}
+
+/// What a server checks at start: only a database holding exactly the embedded
+/// migrations, each with its embedded text, is current; every other state is
+/// refused by name, without changing the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_current_accepts_only_the_embedded_migrations() {
+    let expected = Schema::Orders.expected_version();
+    assert_eq!(expected, ORDER_DB.last().unwrap().version);
+    assert_eq!(
+        Schema::Ledger.expected_version(),
+        LEDGER.last().unwrap().version
+    );
+
+    let mut client = fresh_database("check_current").await;
+    match check_current(&client, Schema::Orders).await {
+        Err(error @ MigrateError::NeverMigrated { .. }) => {
+            assert!(error.is_mismatch());
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "the order DB schema was never migrated (this binary expects version {expected})"
+                )
+            );
+        }
+        other => panic!("expected NeverMigrated, got {other:?}"),
+    }
+    assert_eq!(
+        current_version(&client).await.unwrap(),
+        0,
+        "checking wrote nothing"
+    );
+
+    // Behind: the first migration only.
+    apply(&mut client, &ORDER_DB[..1]).await.unwrap();
+    match check_current(&client, Schema::Orders).await {
+        Err(error @ MigrateError::Behind { applied: 1, .. }) => {
+            assert!(error.is_mismatch());
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "the order DB schema is at version 1, this binary expects version {expected}; migrate it"
+                )
+            );
+        }
+        other if expected > 1 => panic!("expected Behind, got {other:?}"),
+        other => assert_eq!(other.unwrap(), 1),
+    }
+
+    apply(&mut client, ORDER_DB).await.unwrap();
+    assert_eq!(
+        check_current(&client, Schema::Orders).await.unwrap(),
+        expected
+    );
+    // The wrong schema: an order DB is not a ledger (other texts).
+    let ledger = check_current(&client, Schema::Ledger).await;
+    assert!(
+        ledger.as_ref().is_err_and(MigrateError::is_mismatch),
+        "{ledger:?}"
+    );
+
+    // A migration this binary does not know.
+    client
+        .execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, 'future', 0)",
+            &[&(expected + 1)],
+        )
+        .await
+        .unwrap();
+    match check_current(&client, Schema::Orders).await {
+        Err(MigrateError::Newer(version)) => assert_eq!(version, expected + 1),
+        other => panic!("expected Newer, got {other:?}"),
+    }
+    client
+        .execute(
+            "DELETE FROM schema_migrations WHERE version = $1",
+            &[&(expected + 1)],
+        )
+        .await
+        .unwrap();
+
+    // An applied migration whose text differs from the embedded one.
+    client
+        .execute(
+            "UPDATE schema_migrations SET checksum = checksum + 1 WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    match check_current(&client, Schema::Orders).await {
+        Err(error @ MigrateError::Changed { version: 1, .. }) => assert!(error.is_mismatch()),
+        other => panic!("expected Changed, got {other:?}"),
+    }
+}
+
+/// A bookkeeping table whose columns drifted is an error naming the column,
+/// not a panic of the runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_bookkeeping_column_is_named_not_a_panic() {
+    let mut client = fresh_database("migrate_drifted").await;
+    apply(&mut client, &[V1]).await.unwrap();
+    client
+        .batch_execute("ALTER TABLE schema_migrations ALTER COLUMN checksum TYPE text")
+        .await
+        .unwrap();
+    match apply(&mut client, &[V1, V2]).await {
+        Err(
+            error @ MigrateError::Column {
+                column: "checksum", ..
+            },
+        ) => {
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("schema_migrations.checksum is unreadable: "),
+                "{error}"
+            );
+        }
+        other => panic!("expected Column, got {other:?}"),
+    }
+    match check_current(&client, Schema::Orders).await {
+        Err(MigrateError::Column {
+            column: "checksum", ..
+        }) => {}
+        other => panic!("expected Column, got {other:?}"),
+    }
 }

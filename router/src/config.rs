@@ -35,23 +35,27 @@ pub struct RouterArgs {
     #[arg(long, env = "REDCELL_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: String,
     /// Requests per second per user (token bucket refill).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "REDCELL_ROUTER_RATE_PER_USER", default_value_t = 50)]
     pub rate_per_user: u32,
     /// Burst per user (token bucket size).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "REDCELL_ROUTER_RATE_BURST", default_value_t = 100)]
     pub rate_burst: u32,
     /// Requests in flight in this router before load shedding.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "REDCELL_ROUTER_MAX_IN_FLIGHT", default_value_t = 10_000)]
     pub max_in_flight: usize,
     /// Deadline of one client call (all its calls to cells, retries included),
     /// in milliseconds; a shorter `grpc-timeout` from the client wins.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, env = "REDCELL_ROUTER_CELL_TIMEOUT_MS", default_value_t = 2_000)]
     pub cell_timeout_ms: u64,
     /// Milliseconds between health checks of every logic server.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, env = "REDCELL_ROUTER_HEALTH_INTERVAL_MS", default_value_t = 500)]
     pub health_interval_ms: u64,
     /// Milliseconds between checks of the topology file.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(
+        long,
+        env = "REDCELL_ROUTER_RELOAD_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
     pub reload_interval_ms: u64,
     /// Log as JSON lines.
     #[arg(long, env = "REDCELL_LOG_JSON")]

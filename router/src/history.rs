@@ -11,8 +11,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
 use redcell_proto::v1::{self as pb, cell_internal_client::CellInternalClient};
 use redcell_topology::HistoryMode;
+use sha2::{Digest, Sha256};
 use tonic::Status;
 
 use crate::{
@@ -24,6 +27,20 @@ use crate::{
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;
 
+/// The latest instant a cursor may name (9999-12-31T23:59:59Z): far beyond
+/// any entry, and small enough that no conversion of it can overflow.
+const MAX_CURSOR_SECS: u64 = 253_402_300_799;
+
+/// The label the page-token key is derived under (see [`PageTokenKey`]).
+const PAGE_TOKEN_LABEL: &[u8] = b"redcell router: history page tokens v1";
+
+/// The one answer to a page token this router cannot use: whatever is wrong
+/// with it (edited, truncated, another user's, another router fleet's) the
+/// client learns only that it must start again from the first page.
+fn bad_page_token() -> Status {
+    Status::invalid_argument("page_token: not a token this service issued for this listing")
+}
+
 /// Where the next page starts: strictly older than (`at`, `id`); `page` counts
 /// pages served, for the `pages: N` degrade switch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +51,8 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// `secs.nanos.id.page`, opaque to clients.
+    /// `secs.nanos.id.page`: the cursor's plain text (clients see it only
+    /// inside a MACed page token, [`PageTokenKey::seal`]).
     pub fn encode(&self) -> String {
         let since = self.at.duration_since(UNIX_EPOCH).unwrap_or_default();
         format!(
@@ -46,20 +64,106 @@ impl Cursor {
         )
     }
 
-    pub fn decode(token: &str) -> Option<Cursor> {
-        let mut parts = token.split('.');
+    /// The cursor of `text`, or `None`: total over every input (no
+    /// arithmetic that can overflow, every field bounded).
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let mut parts = text.split('.');
         let secs: u64 = parts.next()?.parse().ok()?;
         let nanos: u32 = parts.next()?.parse().ok().filter(|n| *n < 1_000_000_000)?;
         let id = parts.next()?;
         let page: u32 = parts.next()?.parse().ok()?;
-        if parts.next().is_some() || id.len() != 22 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        if parts.next().is_some()
+            || secs > MAX_CURSOR_SECS
+            || id.len() != 22
+            || !id.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         Some(Cursor {
-            at: UNIX_EPOCH + Duration::new(secs, nanos),
+            at: UNIX_EPOCH.checked_add(Duration::new(secs, nanos))?,
             id: id.to_owned(),
             page,
         })
+    }
+}
+
+/// The key page tokens are MACed with. Routers are stateless and a client's
+/// next page may reach any replica, so every replica must hold the same key
+/// without another secret to distribute: it is derived from the internal
+/// token (which every router of a deployment already shares, since cells
+/// check it) as HMAC-SHA256(internal token, [`PAGE_TOKEN_LABEL`]). The label
+/// keeps the two uses apart: the MAC key reveals nothing about the token.
+/// Rotating the internal token invalidates outstanding page tokens; their
+/// clients get `INVALID_ARGUMENT page_token` and start from the first page.
+#[derive(Clone)]
+pub struct PageTokenKey(HmacSha256);
+
+impl std::fmt::Debug for PageTokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageTokenKey([redacted])")
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+impl PageTokenKey {
+    pub fn derive(internal_token: &str) -> PageTokenKey {
+        let derived: [u8; 32] = match HmacSha256::new_from_slice(internal_token.as_bytes()) {
+            Ok(mac) => mac
+                .chain_update(PAGE_TOKEN_LABEL)
+                .finalize()
+                .into_bytes()
+                .into(),
+            // Not reached: HMAC takes keys of every length (RFC 2104 hashes
+            // long ones). Kept total all the same.
+            Err(_) => Sha256::digest([PAGE_TOKEN_LABEL, internal_token.as_bytes()].concat()).into(),
+        };
+        // A 32-byte HMAC key, zero-padded to SHA-256's block as RFC 2104 does.
+        let mut block = [0_u8; 64];
+        block[..32].copy_from_slice(&derived);
+        PageTokenKey(HmacSha256::new(&block.into()))
+    }
+
+    /// The MAC over a cursor's text, bound to the listing it pages (the
+    /// caller and the direction): a token is good for that listing only.
+    fn mac(&self, user: &str, direction: i32, cursor: &str) -> HmacSha256 {
+        let mut mac = self.0.clone();
+        mac.update(&(user.len() as u64).to_be_bytes());
+        mac.update(user.as_bytes());
+        mac.update(&direction.to_be_bytes());
+        mac.update(cursor.as_bytes());
+        mac
+    }
+
+    /// `base64url(cursor text) "." base64url(HMAC-SHA256)`.
+    pub fn seal(&self, user: &str, direction: i32, cursor: &Cursor) -> String {
+        let text = cursor.encode();
+        let tag = self.mac(user, direction, &text).finalize().into_bytes();
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(text.as_bytes()),
+            URL_SAFE_NO_PAD.encode(tag)
+        )
+    }
+
+    /// The cursor of a token [`seal`](Self::seal)ed for this listing, or
+    /// `INVALID_ARGUMENT page_token`. The MAC is checked (in constant time)
+    /// before anything in the token is believed.
+    pub fn open(&self, user: &str, direction: i32, token: &str) -> Result<Cursor, Status> {
+        let (payload, tag) = token.split_once('.').ok_or_else(bad_page_token)?;
+        // A cursor's text is under 64 bytes; refuse big inputs undecoded.
+        if payload.len() > 128 || tag.len() != 43 {
+            return Err(bad_page_token());
+        }
+        let text = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| bad_page_token())?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| bad_page_token())?;
+        let text = String::from_utf8(text).map_err(|_| bad_page_token())?;
+        self.mac(user, direction, &text)
+            .verify_slice(&tag)
+            .map_err(|_| bad_page_token())?;
+        Cursor::decode(&text).ok_or_else(bad_page_token)
     }
 }
 
@@ -87,10 +191,17 @@ pub fn merge(slices: Vec<Vec<pb::HistoryEntry>>, limit: usize) -> (Vec<pb::Histo
     (all, more)
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct History;
+/// History as the router serves it, with the key of its page tokens.
+#[derive(Debug, Clone)]
+pub struct History {
+    key: PageTokenKey,
+}
 
 impl History {
+    pub fn new(key: PageTokenKey) -> History {
+        History { key }
+    }
+
     pub(crate) async fn serve(
         &self,
         router: &RouterService,
@@ -99,13 +210,8 @@ impl History {
     ) -> Result<pb::HistoryResponse, Status> {
         let user = &caller.user;
         let topology = router.topology.load();
-        let cursor = match request.page_token.as_str() {
-            "" => None,
-            token => Some(Cursor::decode(token).ok_or_else(|| {
-                Status::invalid_argument("page_token: not a token this service issued")
-            })?),
-        };
-        let page = cursor.as_ref().map_or(0, |cursor| cursor.page);
+        // Shedding first: while History is off, nothing of the request is
+        // even looked at.
         let pages_allowed = match topology.history_mode() {
             HistoryMode::Off => {
                 return Err(Status::unavailable(
@@ -115,6 +221,11 @@ impl History {
             HistoryMode::Pages(pages) => Some(pages),
             HistoryMode::On => None,
         };
+        let cursor = match request.page_token.as_str() {
+            "" => None,
+            token => Some(self.key.open(user.as_str(), request.direction, token)?),
+        };
+        let page = cursor.as_ref().map_or(0, |cursor| cursor.page);
         if pages_allowed.is_some_and(|pages| page >= pages) {
             return Ok(pb::HistoryResponse {
                 entries: Vec::new(),
@@ -205,12 +316,12 @@ impl History {
         let next_page_token = match entries.last() {
             Some(last) if more && !last_allowed => {
                 let (at, id) = sort_key(last);
-                Cursor {
+                let next = Cursor {
                     at,
                     id,
                     page: page + 1,
-                }
-                .encode()
+                };
+                self.key.seal(user.as_str(), request.direction, &next)
             }
             _ => String::new(),
         };
@@ -280,8 +391,75 @@ mod tests {
             "1.2.2601221000000000001003",
             "1.2000000000.2601221000000000001003.1",
             "1.2.2601221000000000001003.1.9",
+            // Found from outside: `UNIX_EPOCH + Duration` overflowed and
+            // panicked the call.
+            "18446744073709551615.0.2601221000000000001003.0",
+            "9223372036854775807.999999999.2601221000000000001003.0",
+            "253402300800.0.2601221000000000001003.0",
         ] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }
+        let last = format!("{MAX_CURSOR_SECS}.999999999.2601221000000000001003.0");
+        assert!(Cursor::decode(&last).is_some());
+    }
+
+    #[test]
+    fn page_tokens_are_sealed_for_their_listing_and_refuse_every_edit() {
+        let key = PageTokenKey::derive("internal-test-token-0123456789");
+        let cursor = Cursor {
+            at: UNIX_EPOCH + Duration::new(1_700_000_000, 123),
+            id: "2601221000000000001003".into(),
+            page: 4,
+        };
+        let sent = pb::HistoryDirection::Sent as i32;
+        let received = pb::HistoryDirection::Received as i32;
+        let token = key.seal("alice", sent, &cursor);
+        assert!(!token.contains("2601221000000000001003"), "opaque: {token}");
+        assert_eq!(key.open("alice", sent, &token).unwrap(), cursor);
+        // Another replica derives the same key from the same internal token.
+        let replica = PageTokenKey::derive("internal-test-token-0123456789");
+        assert_eq!(replica.open("alice", sent, &token).unwrap(), cursor);
+
+        let mut refused = vec![
+            PageTokenKey::derive("another-internal-token-000000").seal("alice", sent, &cursor),
+            key.seal("bob", sent, &cursor),
+            key.seal("alice", received, &cursor),
+            format!("{token}x"),
+            format!("x{token}"),
+            token.replace('.', ""),
+            format!("{token}.{token}"),
+            "18446744073709551615.0.2601221000000000001003.0".to_owned(),
+        ];
+        // The page number reset in the cursor text, the MAC kept.
+        let (_, tag) = token.split_once('.').unwrap();
+        let reset = cursor.encode().replace(".4", ".0");
+        refused.push(format!("{}.{tag}", URL_SAFE_NO_PAD.encode(reset)));
+        // Every single character changed.
+        for at in 0..token.len() {
+            let mut bytes = token.clone().into_bytes();
+            bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+            refused.push(String::from_utf8(bytes).unwrap());
+        }
+        for bad in refused {
+            let status = key.open("alice", sent, &bad).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(status.message().starts_with("page_token:"), "{status:?}");
+        }
+        // A MACed cursor with an overflowing time is refused too (a key
+        // leak must not turn into a panic).
+        let mac = key.mac(
+            "alice",
+            sent,
+            "18446744073709551615.0.2601221000000000001003.0",
+        );
+        let forged = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode("18446744073709551615.0.2601221000000000001003.0"),
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
+        assert_eq!(
+            key.open("alice", sent, &forged).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

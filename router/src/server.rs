@@ -12,7 +12,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::{
     config::RouterConfig,
     directory::Directory,
-    history::History,
+    history::{History, PageTokenKey},
     limits::{UserRateLimiter, global_limit_layer},
     service::RouterService,
     topology::TopologyHandle,
@@ -70,7 +70,7 @@ pub fn start(
         internal_token: Arc::from(config.internal_token.as_str()),
         region: config.region,
         cell_timeout: config.cell_timeout,
-        history: History,
+        history: History::new(PageTokenKey::derive(&config.internal_token)),
     };
     let serve = async move {
         let tracker = TaskTracker::new();

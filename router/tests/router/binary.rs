@@ -233,3 +233,52 @@ async fn serves_health_and_stops_on_sigterm() {
     assert!(serving, "the router never answered its health check");
     assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
 }
+
+/// Every flag has an environment fallback (README): each of these, set to 0
+/// in the environment only, is read and refused naming its flag. The router
+/// is given a port already in use, so a binary that ignored the variable
+/// would get past validation and fail to bind (exit 1) instead of hanging.
+#[test]
+fn every_tuning_flag_has_an_environment_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("cells.yaml");
+    std::fs::write(&topology, TOPOLOGY).unwrap();
+    let key = dir.path().join("hs.key");
+    std::fs::write(&key, HS256_KEY).unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    for (variable, flag) in [
+        ("REDCELL_ROUTER_RATE_PER_USER", "--rate-per-user"),
+        ("REDCELL_ROUTER_RATE_BURST", "--rate-burst"),
+        ("REDCELL_ROUTER_MAX_IN_FLIGHT", "--max-in-flight"),
+        ("REDCELL_ROUTER_CELL_TIMEOUT_MS", "--cell-timeout-ms"),
+        ("REDCELL_ROUTER_HEALTH_INTERVAL_MS", "--health-interval-ms"),
+        ("REDCELL_ROUTER_RELOAD_INTERVAL_MS", "--reload-interval-ms"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_router"))
+            .args(args(
+                &topology,
+                &key,
+                listen,
+                "north",
+                "router-internal-token-0123456789",
+            ))
+            .env(variable, "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{variable}=0: {stderr}");
+        assert!(
+            stderr.contains(&format!("router: {flag}: must be at least 1")),
+            "{variable}=0 names {flag}: {stderr}"
+        );
+        // The help names the variable too.
+        let help = Command::new(env!("CARGO_BIN_EXE_router"))
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.contains(variable), "--help names {variable}");
+    }
+    drop(taken);
+}

@@ -528,3 +528,108 @@ async fn the_history_degrade_switch_is_honoured_on_reload() {
     );
     stack.check_money().await;
 }
+
+/// `token` with its page number set to `page`, as a client editing it would:
+/// a sealed token (`base64url(cursor).tag`) gets its cursor text rewritten
+/// and its tag kept; a plain `secs.nanos.id.page` token gets its last field
+/// replaced.
+fn with_page(token: &str, page: u32) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let edit = |text: &str| {
+        let (head, _) = text.rsplit_once('.').unwrap();
+        format!("{head}.{page}")
+    };
+    if let Some((payload, tag)) = token.split_once('.')
+        && let Ok(text) = URL_SAFE_NO_PAD.decode(payload)
+        && let Ok(text) = String::from_utf8(text)
+        && text.split('.').count() == 4
+    {
+        return format!("{}.{tag}", URL_SAFE_NO_PAD.encode(edit(&text)));
+    }
+    edit(token)
+}
+
+fn assert_bad_page_token<T: std::fmt::Debug>(result: Result<T, tonic::Status>, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    assert!(
+        status.message().contains("page_token"),
+        "{what}: names the field: {status:?}"
+    );
+}
+
+/// Found from outside: a page token with an overflowing timestamp panicked the
+/// router (the client saw CANCELLED), and a token's page number could be reset
+/// by hand to read past `degrade: {history: {pages: N}}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_tokens_are_total_and_tamper_evident() {
+    let mut stack = Builder::default().start().await;
+    let mut envelopes = Vec::new();
+    for index in 0..7 {
+        let key = format!("sealed-{index}");
+        envelopes.push(send_from(&mut stack, "alice", None, &key, 300, 2).await);
+    }
+    let mut alice = stack.client("alice");
+    let sent = pb::HistoryDirection::Sent;
+    let id = &envelopes[0].id;
+
+    // Overflowing or out-of-range times, as plain text: refused, and the router
+    // still serves (the same connection answers the next call).
+    for token in [
+        format!("18446744073709551615.0.{id}.0"),
+        format!("9223372036854775807.999999999.{id}.0"),
+        format!("18446744073709551615.999999999.{id}.4294967295"),
+    ] {
+        assert_bad_page_token(
+            alice.history(history_request(sent, &token, 2)).await,
+            &format!("overflowing {token}"),
+        );
+    }
+
+    // Valid tokens still page through everything.
+    let pages = all_pages(&mut alice, sent, "", 2).await;
+    assert_eq!(page_sizes(&pages), [2, 2, 2, 1]);
+    check_sent(&stack, "alice", &pages, &envelopes).await;
+
+    // Capped at two pages: the second page's token is not handed out, and
+    // resetting the page number of the first page's token is refused, as is
+    // a token for another listing (bob's, or alice's RECEIVED).
+    set_degrade(&mut stack, "{history: {pages: 2}}").await;
+    let first = alice
+        .history(history_request(sent, "", 2))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = alice
+        .history(history_request(sent, &first.next_page_token, 2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.entries.len(), 2);
+    assert!(second.degraded, "the last page allowed: {second:?}");
+    assert!(second.next_page_token.is_empty());
+    let reset = with_page(&first.next_page_token, 0);
+    assert_ne!(reset, first.next_page_token);
+    assert_bad_page_token(
+        alice.history(history_request(sent, &reset, 2)).await,
+        &format!("page number reset: {reset}"),
+    );
+    assert_bad_page_token(
+        stack
+            .client("bob")
+            .history(history_request(sent, &first.next_page_token, 2))
+            .await,
+        "alice's token used by bob",
+    );
+    assert_bad_page_token(
+        alice
+            .history(history_request(
+                pb::HistoryDirection::Received,
+                &first.next_page_token,
+                2,
+            ))
+            .await,
+        "a SENT token used for RECEIVED",
+    );
+    stack.check_money().await;
+}

@@ -6,7 +6,10 @@ use std::time::SystemTime;
 use redcell_proto::v1 as pb;
 use redcell_topology::EnvelopeId;
 
-use crate::{allocation::Seed, request::Kind};
+use crate::{
+    allocation::{self, Seed, SplitVersion},
+    request::Kind,
+};
 
 /// Envelope states (DESIGN.md §5):
 /// `PENDING_PAYMENT -> ACTIVE -> (EXHAUSTED | EXPIRED)`, or
@@ -68,6 +71,8 @@ pub struct Envelope {
     pub greeting: String,
     pub recipients: Vec<String>,
     pub seed: Seed,
+    /// The LUCKY rule it was sent under: its seed replays that split.
+    pub split_version: SplitVersion,
     /// Optimistic-concurrency version: every write bumps it.
     pub version: i64,
     pub created_at: SystemTime,
@@ -78,6 +83,19 @@ impl Envelope {
     /// The LIST partition of this envelope's rows: the ID's day of month.
     pub fn day(&self) -> i16 {
         partition_day(&self.id)
+    }
+
+    /// The amount of share number `sequence` when `remaining_cents` are left
+    /// for `remaining_count` shares, by this envelope's kind, rule and seed.
+    pub fn share(&self, sequence: u32, remaining_cents: i64, remaining_count: u32) -> i64 {
+        allocation::share(
+            self.kind.split_rule(),
+            self.split_version,
+            &self.seed,
+            sequence,
+            remaining_cents,
+            remaining_count,
+        )
     }
 
     /// Whether `user` may take a share at all (EXCLUSIVE names one recipient).

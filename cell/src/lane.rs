@@ -31,7 +31,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    allocation,
     envelope::{Claim, Envelope, Status},
     error::CellError,
     share::{OpenResult, ShareStatus},
@@ -464,13 +463,7 @@ impl Lane {
                 }
                 let envelope = &state.envelope;
                 let sequence = envelope.count - remaining_count + 1;
-                let amount = allocation::share(
-                    envelope.kind.split_rule(),
-                    &envelope.seed,
-                    sequence,
-                    remaining_cents,
-                    remaining_count,
-                );
+                let amount = envelope.share(sequence, remaining_cents, remaining_count);
                 remaining_cents -= amount;
                 remaining_count -= 1;
                 claims.push(NewClaim {

@@ -10,7 +10,6 @@ use deadpool_postgres::Pool;
 use redcell_topology::EnvelopeId;
 
 use crate::{
-    allocation,
     db::DbError,
     envelope::{Status, partition_day},
     error::CellError,
@@ -18,8 +17,11 @@ use crate::{
     store,
 };
 
-const LOCK_ENVELOPE: &str = "SELECT id, sender, kind, status, total_cents, count, remaining_cents, remaining_count, \
-     greeting, recipients, seed, version, created_at, expires_at FROM envelopes WHERE day = $1 AND id = $2 FOR UPDATE";
+const LOCK_ENVELOPE: &str = concat!(
+    "SELECT ",
+    store::envelope_columns!(),
+    " FROM envelopes WHERE day = $1 AND id = $2 FOR UPDATE"
+);
 const SELECT_OWN_CLAIM: &str =
     "SELECT amount_cents, seq FROM claims WHERE day = $1 AND envelope_id = $2 AND user_id = $3";
 const DB_EXPIRED: &str = "SELECT $1::timestamptz <= now()";
@@ -73,13 +75,7 @@ pub async fn open(pool: &Pool, id: &EnvelopeId, user: &str) -> Result<OpenResult
         return Ok(OpenResult::refused(status));
     }
     let sequence = envelope.count - envelope.remaining_count + 1;
-    let amount = allocation::share(
-        envelope.kind.split_rule(),
-        &envelope.seed,
-        sequence,
-        envelope.remaining_cents,
-        envelope.remaining_count,
-    );
+    let amount = envelope.share(sequence, envelope.remaining_cents, envelope.remaining_count);
     let remaining_count = envelope.remaining_count - 1;
     let status = if remaining_count == 0 {
         Status::Exhausted

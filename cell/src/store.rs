@@ -6,35 +6,58 @@
 //! envelope's remaining cents and count, guarded by the version the lane read.
 //! A stale writer (another server, an expiry) changes nothing and learns why.
 
-use std::ops::Range;
+use std::{
+    ops::Range,
+    time::{Duration, SystemTime},
+};
 
 use deadpool_postgres::Pool;
 use redcell_topology::{EnvelopeId, MintDate};
-use tokio_postgres::GenericClient;
-use tokio_postgres::Row;
+use tokio_postgres::{GenericClient, Row, row::RowIndex, types::FromSql};
 
 use crate::{
+    allocation::SplitVersion,
     db::DbError,
     envelope::{Claim, Envelope, Status, partition_day},
     request::Kind,
 };
 
+/// The envelope columns [`envelope_from_row`] decodes (by name, so a query may
+/// add its own columns in any order). Every read of an envelope selects them
+/// through this macro: one list, not one per query.
+macro_rules! envelope_columns {
+    () => {
+        "id, sender, kind, status, total_cents, count, remaining_cents, remaining_count, \
+         greeting, recipients, seed, split_rule, version, created_at, expires_at"
+    };
+}
+pub(crate) use envelope_columns;
+
 const INSERT_SEND_REQUEST: &str = "INSERT INTO send_requests (sender, idempotency_key, envelope_id) VALUES ($1, $2, $3) \
      ON CONFLICT (sender, idempotency_key) DO NOTHING";
 const FIND_SEND_REQUEST: &str =
     "SELECT envelope_id FROM send_requests WHERE sender = $1 AND idempotency_key = $2";
+/// The database's clock stamps the envelope: every later comparison that
+/// touches its money (expiry, recovery's grace) is made by the same clock.
 const INSERT_ENVELOPE: &str = "INSERT INTO envelopes (day, id, sender, kind, status, total_cents, count, remaining_cents, \
-     remaining_count, greeting, recipients, seed, version, created_at, expires_at) \
-     VALUES ($1, $2, $3, $4, 1, $5, $6, $5, $6, $7, $8, $9, 0, $10, $11)";
-const SELECT_ENVELOPE: &str = "SELECT id, sender, kind, status, total_cents, count, remaining_cents, remaining_count, \
-     greeting, recipients, seed, version, created_at, expires_at FROM envelopes WHERE day = $1 AND id = $2";
+     remaining_count, greeting, recipients, seed, split_rule, version, created_at, expires_at) \
+     VALUES ($1, $2, $3, $4, 1, $5, $6, $5, $6, $7, $8, $9, $10, 0, now(), now() + make_interval(secs => $11)) \
+     RETURNING created_at, expires_at";
+const SELECT_ENVELOPE: &str = concat!(
+    "SELECT ",
+    envelope_columns!(),
+    " FROM envelopes WHERE day = $1 AND id = $2"
+);
 const SELECT_CLAIMS: &str = "SELECT user_id, amount_cents, seq, opened_at FROM claims WHERE day = $1 AND envelope_id = $2 ORDER BY seq";
 const SELECT_CLAIMS_PAGE: &str = "SELECT user_id, amount_cents, seq, opened_at FROM claims \
      WHERE day = $1 AND envelope_id = $2 AND seq > $3 ORDER BY seq LIMIT $4";
 const SET_STATUS_FROM_PENDING: &str = "UPDATE envelopes SET status = $3, version = version + 1 \
      WHERE day = $1 AND id = $2 AND status = 1 RETURNING version";
-const DELETE_PENDING_ENVELOPE: &str =
-    "DELETE FROM envelopes WHERE day = $1 AND id = $2 AND status = 1";
+/// A Send's envelope that will never be paid, with the states it may be in:
+/// pending; or, for a refusal for balance, also cancelled by a retry that
+/// raced the refusal into the voided key.
+const DELETE_UNPAID_ENVELOPE: &str =
+    "DELETE FROM envelopes WHERE day = $1 AND id = $2 AND status = ANY($3)";
 const DELETE_SEND_REQUEST: &str = "DELETE FROM send_requests WHERE envelope_id = $1";
 const ALLOCATE_SEQUENCES: &str = "INSERT INTO id_blocks (mint_date, next_seq) VALUES ($1, $2) \
      ON CONFLICT (mint_date) DO UPDATE SET next_seq = id_blocks.next_seq + EXCLUDED.next_seq RETURNING next_seq";
@@ -51,15 +74,21 @@ const INSERT_CLAIM_TRANSFERS: &str = "INSERT INTO transfers (key, kind, envelope
 /// Outcome of inserting a new envelope.
 #[derive(Debug)]
 pub enum Inserted {
-    New,
+    /// Written, stamped by the database's clock.
+    New {
+        created_at: SystemTime,
+        expires_at: SystemTime,
+    },
     /// The sender's idempotency key already names this envelope.
     Existing(String),
 }
 
-/// Inserts a `PENDING_PAYMENT` envelope and its idempotency row, atomically.
+/// Inserts a `PENDING_PAYMENT` envelope and its idempotency row, atomically;
+/// it expires `ttl` after the database's `now()`.
 pub async fn insert_pending(
     pool: &Pool,
     envelope: &Envelope,
+    ttl: Duration,
     idempotency_key: &str,
 ) -> Result<Inserted, DbError> {
     let mut client = pool.get().await?;
@@ -75,11 +104,11 @@ pub async fn insert_pending(
         let existing = transaction
             .query_one(FIND_SEND_REQUEST, &[&envelope.sender, &idempotency_key])
             .await?;
-        return Ok(Inserted::Existing(existing.get(0)));
+        return Ok(Inserted::Existing(column(&existing, 0)?));
     }
     let count = count_i32(envelope.count);
-    transaction
-        .execute(
+    let stamped = transaction
+        .query_one(
             INSERT_ENVELOPE,
             &[
                 &envelope.day(),
@@ -91,13 +120,16 @@ pub async fn insert_pending(
                 &envelope.greeting,
                 &envelope.recipients,
                 &envelope.seed.as_slice(),
-                &envelope.created_at,
-                &envelope.expires_at,
+                &envelope.split_version.code(),
+                &ttl.as_secs_f64(),
             ],
         )
         .await?;
     transaction.commit().await?;
-    Ok(Inserted::New)
+    Ok(Inserted::New {
+        created_at: column(&stamped, 0)?,
+        expires_at: column(&stamped, 1)?,
+    })
 }
 
 pub async fn find_send_request(
@@ -109,7 +141,7 @@ pub async fn find_send_request(
     let row = client
         .query_opt(FIND_SEND_REQUEST, &[&sender, &key])
         .await?;
-    Ok(row.map(|row| row.get(0)))
+    row.map(|row| column(&row, 0)).transpose()
 }
 
 /// Moves a `PENDING_PAYMENT` envelope to `ACTIVE` or `CANCELLED`; returns the new
@@ -125,16 +157,36 @@ pub async fn resolve_pending(
             &[&partition_day(id), &id.to_string(), &to.code()],
         )
         .await?;
-    Ok(row.map(|row| row.get(0)))
+    row.map(|row| column(&row, 0)).transpose()
 }
 
-/// Removes a pending envelope whose debit was refused (nothing stays written).
-pub async fn delete_pending(pool: &Pool, id: &EnvelopeId) -> Result<(), DbError> {
+/// Why a Send's envelope is forgotten (see [`delete_unpaid`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpaid {
+    /// Refused for balance, its debit key voided: pending, or cancelled by a
+    /// racing retry whose debit met the void. Deleting it frees the Send's
+    /// idempotency key for a retry after a top-up.
+    RefusedForBalance,
+    /// Its order was paid for another envelope: only while still pending (a
+    /// cancelled one stays, as recovery left it).
+    OrderPaidElsewhere,
+}
+
+/// Removes the envelope of a Send that will never be paid, and its
+/// idempotency row (nothing stays written).
+pub async fn delete_unpaid(pool: &Pool, id: &EnvelopeId, why: Unpaid) -> Result<(), DbError> {
+    let statuses: &[i16] = match why {
+        Unpaid::RefusedForBalance => &[Status::PendingPayment.code(), Status::Cancelled.code()],
+        Unpaid::OrderPaidElsewhere => &[Status::PendingPayment.code()],
+    };
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
     let text = id.to_string();
     let deleted = transaction
-        .execute(DELETE_PENDING_ENVELOPE, &[&partition_day(id), &text])
+        .execute(
+            DELETE_UNPAID_ENVELOPE,
+            &[&partition_day(id), &text, &statuses],
+        )
         .await?;
     if deleted == 1 {
         transaction.execute(DELETE_SEND_REQUEST, &[&text]).await?;
@@ -205,7 +257,7 @@ pub async fn allocate_sequences(
     let row = client
         .query_one(ALLOCATE_SEQUENCES, &[&key, &i64::from(count)])
         .await?;
-    let end: i64 = row.get(0);
+    let end: i64 = column(&row, 0)?;
     let end = u64::try_from(end).map_err(|_| DbError::Other(format!("negative sequence {end}")))?;
     Ok(end.saturating_sub(u64::from(count))..end)
 }
@@ -265,11 +317,19 @@ pub async fn commit_opens(
     let Some(updated) = updated else {
         let why = transaction.query_opt(WHY_NOT_UPDATED, &[&day, &id]).await?;
         transaction.rollback().await?;
-        return Ok(match why {
-            Some(row) if row.get::<_, i64>(0) != envelope.version => CommitOutcome::Stale,
-            Some(row) if row.get::<_, i16>(1) != Status::Active.code() => CommitOutcome::NotActive,
-            Some(row) if row.get::<_, bool>(2) => CommitOutcome::Expired,
-            _ => CommitOutcome::Stale,
+        let Some(why) = why else {
+            return Ok(CommitOutcome::Stale);
+        };
+        let (version, status, expired): (i64, i16, bool) =
+            (column(&why, 0)?, column(&why, 1)?, column(&why, 2)?);
+        return Ok(if version != envelope.version {
+            CommitOutcome::Stale
+        } else if status != Status::Active.code() {
+            CommitOutcome::NotActive
+        } else if expired {
+            CommitOutcome::Expired
+        } else {
+            CommitOutcome::Stale
         });
     };
     let users: Vec<&str> = claims.iter().map(|claim| claim.user.as_str()).collect();
@@ -285,52 +345,68 @@ pub async fn commit_opens(
         .execute(INSERT_CLAIM_TRANSFERS, &[&id, &users, &sequences, &amounts])
         .await?;
     transaction.commit().await?;
-    Ok(CommitOutcome::Committed(updated.get(0)))
+    Ok(CommitOutcome::Committed(column(&updated, 0)?))
 }
 
 fn count_i32(count: u32) -> i32 {
     i32::try_from(count).unwrap_or(i32::MAX)
 }
 
+/// `row.try_get(index)` with an error that names the column: a schema that
+/// drifted from the code is an error of the request or worker, never a panic,
+/// and never mistaken for an unavailable database.
+pub(crate) fn column<'a, I, T>(row: &'a Row, index: I) -> Result<T, DbError>
+where
+    I: RowIndex + std::fmt::Display + Copy,
+    T: FromSql<'a>,
+{
+    row.try_get(index)
+        .map_err(|error| DbError::Other(format!("column {index} of the order DB: {error}")))
+}
+
 fn corrupt(what: &str, value: impl std::fmt::Debug) -> DbError {
     DbError::Other(format!("corrupt {what} in order DB: {value:?}"))
 }
 
+/// Decodes the [`envelope_columns!`] of a row, by name.
 pub fn envelope_from_row(row: &Row) -> Result<Envelope, DbError> {
-    let id: String = row.try_get(0).map_err(DbError::from)?;
-    let kind: i16 = row.try_get(2).map_err(DbError::from)?;
-    let status: i16 = row.try_get(3).map_err(DbError::from)?;
-    let count: i32 = row.try_get(5).map_err(DbError::from)?;
-    let remaining_count: i32 = row.try_get(7).map_err(DbError::from)?;
-    let seed: Vec<u8> = row.try_get(10).map_err(DbError::from)?;
+    let id: String = column(row, "id")?;
+    let kind: i16 = column(row, "kind")?;
+    let status: i16 = column(row, "status")?;
+    let count: i32 = column(row, "count")?;
+    let remaining_count: i32 = column(row, "remaining_count")?;
+    let seed: Vec<u8> = column(row, "seed")?;
+    let split: i16 = column(row, "split_rule")?;
     Ok(Envelope {
         id: id.parse().map_err(|_| corrupt("envelope id", &id))?,
-        sender: row.try_get(1).map_err(DbError::from)?,
+        sender: column(row, "sender")?,
         kind: Kind::from_code(kind).ok_or_else(|| corrupt("kind", kind))?,
         status: Status::from_code(status).ok_or_else(|| corrupt("status", status))?,
-        total_cents: row.try_get(4).map_err(DbError::from)?,
+        total_cents: column(row, "total_cents")?,
         count: u32::try_from(count).map_err(|_| corrupt("count", count))?,
-        remaining_cents: row.try_get(6).map_err(DbError::from)?,
+        remaining_cents: column(row, "remaining_cents")?,
         remaining_count: u32::try_from(remaining_count)
             .map_err(|_| corrupt("remaining_count", remaining_count))?,
-        greeting: row.try_get(8).map_err(DbError::from)?,
-        recipients: row.try_get(9).map_err(DbError::from)?,
+        greeting: column(row, "greeting")?,
+        recipients: column(row, "recipients")?,
         seed: seed
             .as_slice()
             .try_into()
             .map_err(|_| corrupt("seed length", seed.len()))?,
-        version: row.try_get(11).map_err(DbError::from)?,
-        created_at: row.try_get(12).map_err(DbError::from)?,
-        expires_at: row.try_get(13).map_err(DbError::from)?,
+        split_version: SplitVersion::from_code(split)
+            .ok_or_else(|| corrupt("split_rule", split))?,
+        version: column(row, "version")?,
+        created_at: column(row, "created_at")?,
+        expires_at: column(row, "expires_at")?,
     })
 }
 
 fn claim_from_row(row: &Row) -> Result<Claim, DbError> {
-    let sequence: i32 = row.try_get(2).map_err(DbError::from)?;
+    let sequence: i32 = column(row, "seq")?;
     Ok(Claim {
-        user: row.try_get(0).map_err(DbError::from)?,
-        amount_cents: row.try_get(1).map_err(DbError::from)?,
+        user: column(row, "user_id")?,
+        amount_cents: column(row, "amount_cents")?,
         sequence: u32::try_from(sequence).map_err(|_| corrupt("claim seq", sequence))?,
-        opened_at: row.try_get(3).map_err(DbError::from)?,
+        opened_at: column(row, "opened_at")?,
     })
 }

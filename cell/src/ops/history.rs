@@ -12,13 +12,16 @@ use crate::{context::CellContext, db::DbError, error::CellError, request::UserId
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
 
-const SENT: &str = "SELECT id, sender, kind, status, total_cents, count, remaining_cents, remaining_count, \
-     greeting, recipients, seed, version, created_at, expires_at FROM envelopes \
+const SENT: &str = concat!(
+    "SELECT ",
+    store::envelope_columns!(),
+    " FROM envelopes \
      WHERE sender = $1 AND status IN (2, 3, 4) AND (created_at, id) < ($2, $3) \
-     ORDER BY created_at DESC, id DESC LIMIT $4";
+     ORDER BY created_at DESC, id DESC LIMIT $4"
+);
 const RECEIVED: &str = "SELECT e.id, e.sender, e.kind, e.status, e.total_cents, e.count, e.remaining_cents, \
-     e.remaining_count, e.greeting, e.recipients, e.seed, e.version, e.created_at, e.expires_at, \
-     c.user_id, c.amount_cents, c.seq, c.opened_at FROM claims c \
+     e.remaining_count, e.greeting, e.recipients, e.seed, e.split_rule, e.version, e.created_at, \
+     e.expires_at, c.user_id, c.amount_cents, c.seq, c.opened_at FROM claims c \
      JOIN envelopes e ON e.day = c.day AND e.id = c.envelope_id \
      WHERE c.user_id = $1 AND (c.opened_at, c.envelope_id) < ($2, $3) \
      ORDER BY c.opened_at DESC, c.envelope_id DESC LIMIT $4";
@@ -70,11 +73,11 @@ pub async fn cell_history<P>(
     for row in &rows {
         let envelope = store::envelope_from_row(row)?;
         let (claim, at) = if direction == pb::HistoryDirection::Received {
-            let sequence: i32 = row.try_get(16).map_err(DbError::from)?;
-            let opened_at: SystemTime = row.try_get(17).map_err(DbError::from)?;
+            let sequence: i32 = store::column(row, "seq")?;
+            let opened_at: SystemTime = store::column(row, "opened_at")?;
             let claim = pb::Claim {
-                user: row.try_get(14).map_err(DbError::from)?,
-                amount_cents: row.try_get(15).map_err(DbError::from)?,
+                user: store::column(row, "user_id")?,
+                amount_cents: store::column(row, "amount_cents")?,
                 sequence: u32::try_from(sequence).unwrap_or(0),
                 opened_at: Some(opened_at.into()),
             };

@@ -5,8 +5,13 @@
 //! 2. the envelope is written `PENDING_PAYMENT` with its idempotency row;
 //! 3. the sender is debited through [`Payments`] under the key `send:<id>`,
 //!    for the merchant order named by the idempotency key;
-//! 4. debited -> `ACTIVE`; refused for balance -> the pending rows are deleted
-//!    (nothing stays written) and the caller gets `FAILED_PRECONDITION`; the
+//! 4. debited -> `ACTIVE`; refused for balance -> the debit key is voided in
+//!    the payment system *first* (so a concurrent retry's debit of the same
+//!    key, racing a credit that would let it fit, answers `Voided` instead of
+//!    taking money for an envelope about to vanish), then the pending rows are
+//!    deleted (nothing stays written) and the caller gets
+//!    `FAILED_PRECONDITION` — unless the void finds that such a retry's debit
+//!    already landed, and then the envelope is paid and goes `ACTIVE`; the
 //!    order already paid for another envelope (the client's retry of a Send
 //!    that another cell took) -> the pending rows are deleted and the caller
 //!    gets `ALREADY_EXISTS` naming that envelope, which the router asks its
@@ -16,17 +21,17 @@
 
 use std::time::SystemTime;
 
-use redcell_payments::{Debit, DebitOutcome, Payments};
+use redcell_payments::{Debit, DebitOutcome, DebitResolution, Payments};
 use redcell_proto::v1 as pb;
 use redcell_topology::Suffix;
 
 use crate::{
-    allocation,
+    allocation::{self, SplitVersion},
     context::CellContext,
     envelope::{Envelope, Status, debit_key, envelope_of_debit_key},
     error::CellError,
     request::{self, SendCommand, UserId},
-    store::{self, Inserted},
+    store::{self, Inserted, Unpaid},
 };
 
 pub async fn send<P: Payments>(
@@ -52,7 +57,7 @@ pub async fn send<P: Payments>(
         .await
         .map_err(before_writing)?;
     let now = SystemTime::now();
-    let envelope = Envelope {
+    let mut envelope = Envelope {
         id,
         sender: command.sender.to_string(),
         kind: command.kind,
@@ -64,18 +69,33 @@ pub async fn send<P: Payments>(
         greeting: command.greeting.clone(),
         recipients: command.recipients.iter().map(ToString::to_string).collect(),
         seed: allocation::new_seed(),
+        split_version: SplitVersion::CURRENT,
         version: 0,
+        // Placeholders: the database's clock stamps the row, and its stamps
+        // replace these below.
         created_at: now,
         expires_at: now + cell.envelope_ttl,
     };
     // A failure here may even have committed the pending row, but no money
     // moved: the debit comes after. Recovery cancels such a row (its debit
     // key is voided), so a retry in another cell charges the sender once.
-    let inserted = store::insert_pending(&cell.pool, &envelope, &command.idempotency_key)
-        .await
-        .map_err(|error| before_writing(error.into()))?;
+    let inserted = store::insert_pending(
+        &cell.pool,
+        &envelope,
+        cell.envelope_ttl,
+        &command.idempotency_key,
+    )
+    .await
+    .map_err(|error| before_writing(error.into()))?;
     match inserted {
-        Inserted::New => pay(cell, envelope, &command.idempotency_key).await,
+        Inserted::New {
+            created_at,
+            expires_at,
+        } => {
+            envelope.created_at = created_at;
+            envelope.expires_at = expires_at;
+            pay(cell, envelope, &command.idempotency_key).await
+        }
         Inserted::Existing(existing) => replay(cell, &command, &existing).await,
     }
 }
@@ -130,7 +150,7 @@ async fn replay<P: Payments>(
 /// `order` (the Send's idempotency key), and records the outcome.
 async fn pay<P: Payments>(
     cell: &CellContext<P>,
-    mut envelope: Envelope,
+    envelope: Envelope,
     order: &str,
 ) -> Result<Envelope, CellError> {
     let outcome = cell
@@ -142,37 +162,36 @@ async fn pay<P: Payments>(
             cents: envelope.total_cents,
         })
         .await?;
-    let client = cell.pool.get().await.map_err(crate::db::DbError::from)?;
     match outcome {
-        DebitOutcome::Debited => {
-            match store::resolve_pending(&**client, &envelope.id, Status::Active).await? {
-                Some(version) => {
-                    envelope.status = Status::Active;
-                    envelope.version = version;
-                    cell.lanes.warm(envelope.clone());
-                    Ok(envelope)
-                }
-                // The recovery worker settled it meanwhile: report what it decided.
-                None => store::load_envelope(&**client, &envelope.id)
-                    .await?
-                    .ok_or_else(|| {
-                        CellError::Internal(format!("envelope {} vanished", envelope.id))
-                    }),
-            }
-        }
+        DebitOutcome::Debited => activate(cell, envelope).await,
         DebitOutcome::InsufficientFunds { balance_cents } => {
-            drop(client);
-            store::delete_pending(&cell.pool, &envelope.id).await?;
-            Err(CellError::FailedPrecondition(format!(
-                "insufficient balance: {} cents needed, {balance_cents} available",
-                envelope.total_cents
-            )))
+            // Make the refusal final before forgetting the envelope: void the
+            // key. A retry of this Send that found the envelope meanwhile
+            // (double click, client timeout) may be about to debit the same
+            // key, and a credit landing first would let it fit; after the
+            // void it is refused, so no debit can outlive the envelope. If
+            // the void finds that such a debit already landed, the envelope
+            // is paid after all.
+            match cell
+                .payments
+                .resolve_debit(&debit_key(&envelope.id))
+                .await?
+            {
+                DebitResolution::Debited => activate(cell, envelope).await,
+                DebitResolution::Voided => {
+                    store::delete_unpaid(&cell.pool, &envelope.id, Unpaid::RefusedForBalance)
+                        .await?;
+                    Err(CellError::FailedPrecondition(format!(
+                        "insufficient balance: {} cents needed, {balance_cents} available",
+                        envelope.total_cents
+                    )))
+                }
+            }
         }
         DebitOutcome::OrderPaid { key } => {
             // The ledger wrote nothing for this envelope, and never will (its
             // order is paid): like a refusal for balance, nothing stays.
-            drop(client);
-            store::delete_pending(&cell.pool, &envelope.id).await?;
+            store::delete_unpaid(&cell.pool, &envelope.id, Unpaid::OrderPaidElsewhere).await?;
             let paid = envelope_of_debit_key(&key).ok_or_else(|| {
                 CellError::Internal(format!("order {order} paid by unknown key {key}"))
             })?;
@@ -181,11 +200,33 @@ async fn pay<P: Payments>(
             })
         }
         DebitOutcome::Voided => {
+            let client = cell.pool.get().await.map_err(crate::db::DbError::from)?;
             store::resolve_pending(&**client, &envelope.id, Status::Cancelled).await?;
             Err(CellError::FailedPrecondition(format!(
                 "envelope {} was cancelled: its payment did not go through",
                 envelope.id
             )))
         }
+    }
+}
+
+/// The sender paid for `envelope`: it goes `ACTIVE` (or is what recovery made
+/// of it meanwhile).
+async fn activate<P: Payments>(
+    cell: &CellContext<P>,
+    mut envelope: Envelope,
+) -> Result<Envelope, CellError> {
+    let client = cell.pool.get().await.map_err(crate::db::DbError::from)?;
+    match store::resolve_pending(&**client, &envelope.id, Status::Active).await? {
+        Some(version) => {
+            envelope.status = Status::Active;
+            envelope.version = version;
+            cell.lanes.warm(envelope.clone());
+            Ok(envelope)
+        }
+        // The recovery worker settled it meanwhile: report what it decided.
+        None => store::load_envelope(&**client, &envelope.id)
+            .await?
+            .ok_or_else(|| CellError::Internal(format!("envelope {} vanished", envelope.id))),
     }
 }

@@ -34,6 +34,6 @@ pub const BATCH: i64 = 500;
 pub async fn expire_batch(pool: &Pool) -> Result<usize, DbError> {
     let client = pool.get().await?;
     let row = client.query_one(EXPIRE_DUE, &[&BATCH]).await?;
-    let count: i64 = row.get(0);
+    let count: i64 = crate::store::column(&row, 0)?;
     Ok(usize::try_from(count).unwrap_or(0))
 }

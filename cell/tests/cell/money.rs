@@ -1079,10 +1079,20 @@ async fn send_beyond_the_balance_fails_and_writes_nothing() {
     assert_eq!(balance(&stack, "poor").await, 500);
     assert_eq!(balance(&stack, "nobody").await, 0);
     assert_eq!(stack.ledger.total_balance().await.unwrap(), 500);
+    // No money-moving entry: each refused Send's debit key is voided (so a
+    // racing retry's debit of it can never land; see
+    // a_refused_send_raced_by_its_retry_never_debits_a_vanished_envelope),
+    // and that is all the ledger gained.
+    let sends = stack.ledger.totals_by_prefix("send:").await.unwrap();
+    assert_eq!(
+        (sends.debits, sends.credits, sends.voids),
+        (0, 0, 2),
+        "{sends:?}"
+    );
     assert_eq!(
         stack.ledger.entries_count_by_prefix("").await.unwrap(),
-        entries_before,
-        "no ledger entry"
+        entries_before + 2,
+        "the two voids, nothing else"
     );
 
     // The key stayed unused: once funded, the same key sends.
@@ -1383,4 +1393,408 @@ async fn get_pages_through_the_claims_in_sequence_order() {
     stack.drain_settlement().await;
     let report = stack.check_money().await;
     assert_eq!(report.held_cents, 7_000 - claimed);
+}
+
+// ---------------------------------------------------------------------------
+// 7. Money holes found from outside (issue 8): each test fails on the code
+//    before its fix.
+
+/// A one-shot signal between the test and a payment system's calls.
+#[derive(Debug, Clone)]
+struct Signal(Arc<watch::Sender<bool>>);
+
+impl Default for Signal {
+    fn default() -> Signal {
+        Signal(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl Signal {
+    fn raise(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn wait(&self) {
+        let mut raised = self.0.subscribe();
+        let _ = raised.wait_for(|raised| *raised).await;
+    }
+}
+
+/// Stages the race of a Send refused for balance with its own retry: the
+/// first debit is refused (really, by the ledger) and its answer is held
+/// until the second debit call has begun; the second is held at its start
+/// until the test lets it go.
+#[derive(Debug, Clone, Default)]
+struct RacedRefusal<P> {
+    inner: P,
+    debits: Arc<AtomicUsize>,
+    first_refused: Signal,
+    second_started: Signal,
+    second_go: Signal,
+}
+
+impl<P: Payments> Payments for RacedRefusal<P> {
+    async fn debit(&self, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
+        match self.debits.fetch_add(1, Ordering::SeqCst) {
+            0 => {
+                let outcome = self.inner.debit(debit).await;
+                self.first_refused.raise();
+                self.second_started.wait().await;
+                outcome
+            }
+            1 => {
+                self.second_started.raise();
+                self.second_go.wait().await;
+                self.inner.debit(debit).await
+            }
+            _ => self.inner.debit(debit).await,
+        }
+    }
+
+    async fn credit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
+        self.inner.credit(key, account, cents).await
+    }
+
+    async fn resolve_debit(&self, key: &str) -> Result<DebitResolution, PaymentsError> {
+        self.inner.resolve_debit(key).await
+    }
+}
+
+/// Send(K) is refused for balance; its retry (a double click) finds the
+/// pending envelope and goes to pay it; a credit lands on the sender; the
+/// first Send forgets the envelope; then the retry's debit reaches the
+/// ledger. Before the fix the retry took the money for an envelope that no
+/// longer existed (INTERNAL "vanished", an orphan debit, the key dead
+/// forever). Now the refusal voids the debit key before anything is
+/// deleted: the retry is refused, no money moves, and the key sends later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_send_raced_by_its_retry_never_debits_a_vanished_envelope() {
+    let race = RacedRefusal::<()>::default();
+    let (debits, first_refused, second_started, second_go) = (
+        race.debits.clone(),
+        race.first_refused.clone(),
+        race.second_started.clone(),
+        race.second_go.clone(),
+    );
+    let mut stack = StackBuilder::default()
+        .start_with(move |ledger| RacedRefusal {
+            inner: ledger,
+            debits,
+            first_refused,
+            second_started,
+            second_go,
+        })
+        .await;
+    stack.fund("payer", 500).await;
+    let send_request = request(pb::EnvelopeKind::Lucky, 1_000, 5, "double-click");
+
+    let mut first_client = stack.client(0, "payer");
+    let first_request = send_request.clone();
+    let first = tokio::spawn(async move { first_client.send(first_request).await });
+    race.first_refused.wait().await;
+    let refused_id = envelope_of_key(&stack, "payer", "double-click")
+        .await
+        .expect("the pending envelope exists while its debit is refused");
+
+    let mut retry_client = stack.client(0, "payer");
+    let retry_request = send_request.clone();
+    let retry = tokio::spawn(async move { retry_client.send(retry_request).await });
+    race.second_started.wait().await;
+
+    let status = first.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("insufficient balance"),
+        "{status:?}"
+    );
+    // The sender tops up (or a share she opened is credited) meanwhile.
+    stack.fund("payer", 1_000).await;
+    race.second_go.raise();
+
+    let status = retry.await.unwrap().unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "the retry of a refused Send is refused, not paid: {status:?}"
+    );
+    let entry = stack
+        .ledger
+        .entry(&format!("send:{refused_id}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        entry.map(|entry| entry.kind),
+        Some(EntryKind::Void),
+        "the refused key is void: no debit can land"
+    );
+    assert_eq!(balance(&stack, "payer").await, 1_500, "no money moved");
+    for table in ["envelopes", "send_requests", "claims", "transfers"] {
+        assert_eq!(table_count(&stack, table).await, 0, "{table}");
+    }
+
+    // The key is not dead: now funded, the same Send goes through, once.
+    let envelope = send(&stack, "payer", send_request.clone()).await.unwrap();
+    assert_ne!(envelope.id, refused_id);
+    assert_eq!(envelope.status(), pb::EnvelopeStatus::Active);
+    let again = send(&stack, "payer", send_request).await.unwrap();
+    assert_eq!(again.id, envelope.id);
+    assert_eq!(balance(&stack, "payer").await, 500);
+    let mut sum = 0;
+    for user in ["a", "b", "c", "d", "e"] {
+        sum += open(&mut stack.client(0, user), &envelope.id)
+            .await
+            .amount_cents;
+    }
+    assert_eq!(sum, 1_000);
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!((report.pending_payments, report.held_cents), (0, 0));
+}
+
+/// The payment shard of some senders is down: `resolve_debit` of their keys
+/// fails, every other key resolves.
+#[derive(Debug, Clone)]
+struct ShardDown<P> {
+    inner: P,
+    faults: Faults,
+    /// Debit keys whose shard does not answer `resolve_debit`.
+    down: Arc<std::sync::Mutex<HashSet<String>>>,
+    resolve_calls: Arc<AtomicUsize>,
+}
+
+impl<P: Payments> Payments for ShardDown<P> {
+    async fn debit(&self, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
+        // The debit happens; its answer is lost for the first `faults` calls.
+        let outcome = self.inner.debit(debit).await?;
+        if self.faults.take_failure() {
+            return Err(PaymentsError::Unavailable("test: answer lost".into()));
+        }
+        Ok(outcome)
+    }
+
+    async fn credit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
+        self.inner.credit(key, account, cents).await
+    }
+
+    async fn resolve_debit(&self, key: &str) -> Result<DebitResolution, PaymentsError> {
+        self.resolve_calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.lock().unwrap().contains(key) {
+            return Err(PaymentsError::Unavailable(format!(
+                "test: the shard of {key} is down"
+            )));
+        }
+        self.faults.resolve(&self.inner, key).await
+    }
+}
+
+/// Two paid Sends left pending (their debit answers lost); the older one's
+/// payment shard is down. Before the fix the recovery batch stopped at the
+/// first failure, in `created_at` order, so the younger, resolvable one
+/// stayed pending with its sender's money held for as long as the shard was
+/// down. Now each envelope is handled on its own and the failing one backs
+/// off, its state kept in the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unresolvable_pending_send_does_not_block_the_others() {
+    let faults = Faults::failing_debits(2);
+    faults.let_recovery_resolve();
+    let down = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let resolve_calls = Arc::new(AtomicUsize::new(0));
+    let (hold, held_down, calls) = (faults.clone(), down.clone(), resolve_calls.clone());
+    let mut stack = StackBuilder {
+        recovery_grace: Duration::from_secs(1),
+        ..StackBuilder::default()
+    }
+    .start_with(move |ledger| ShardDown {
+        inner: ledger,
+        faults: hold,
+        down: held_down,
+        resolve_calls: calls,
+    })
+    .await;
+    stack.fund("stuck", 3_000).await;
+    stack.fund("fine", 2_000).await;
+    // The stuck sender's shard goes down before its Send (it is older).
+    let stuck_request = request(pb::EnvelopeKind::Lucky, 3_000, 3, "stuck-send");
+    let status = send(&stack, "stuck", stuck_request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let stuck = envelope_of_key(&stack, "stuck", "stuck-send")
+        .await
+        .unwrap();
+    down.lock().unwrap().insert(format!("send:{stuck}"));
+    let fine_request = request(pb::EnvelopeKind::Lucky, 2_000, 2, "fine-send");
+    let status = send(&stack, "fine", fine_request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let fine = envelope_of_key(&stack, "fine", "fine-send").await.unwrap();
+
+    // Recovery activates the resolvable one while the other keeps failing.
+    wait_status(&stack, &fine, |status| status != PENDING_PAYMENT).await;
+    assert_eq!(stored_status(&stack, &fine).await, ACTIVE);
+    assert_eq!(stored_status(&stack, &stuck).await, PENDING_PAYMENT);
+    // The failing one is backing off, with its error kept for operators.
+    for _ in 0..POLLS {
+        if orders_i64(
+            &stack,
+            "SELECT count(*) FROM envelopes WHERE id = $1 AND payment_checks > 0 \
+             AND next_payment_check > now() AND last_payment_error LIKE '%shard%down%'",
+            &[&stuck],
+        )
+        .await
+            == 1
+        {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(
+        orders_i64(
+            &stack,
+            "SELECT count(*) FROM envelopes WHERE id = $1 AND payment_checks > 0 \
+             AND last_payment_error LIKE '%shard%down%'",
+            &[&stuck]
+        )
+        .await,
+        1
+    );
+    let report = stack.check_money().await;
+    assert_eq!(
+        (report.pending_payments, report.held_cents),
+        (1, 3_000 + 2_000),
+        "the stuck Send's money is held, the active one's remainder too"
+    );
+
+    // The shard comes back: the stuck one is activated on a later attempt.
+    down.lock().unwrap().clear();
+    wait_status(&stack, &stuck, |status| status != PENDING_PAYMENT).await;
+    assert_eq!(stored_status(&stack, &stuck).await, ACTIVE);
+    for (id, users) in [(&stuck, ["a", "b", "c"].as_slice()), (&fine, &["a", "b"])] {
+        for user in users {
+            assert_eq!(
+                open(&mut stack.client(0, user), id).await.status(),
+                pb::ShareStatus::Available
+            );
+        }
+    }
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!((report.pending_payments, report.held_cents), (0, 0));
+}
+
+/// Credits announce that they started, then hang until the test lets them go.
+#[derive(Debug, Clone, Default)]
+struct HungCredits<P> {
+    inner: P,
+    started: Signal,
+    go: Signal,
+}
+
+impl<P: Payments> Payments for HungCredits<P> {
+    async fn debit(&self, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
+        self.inner.debit(debit).await
+    }
+
+    async fn credit(&self, key: &str, account: &str, cents: i64) -> Result<(), PaymentsError> {
+        self.started.raise();
+        self.go.wait().await;
+        self.inner.credit(key, account, cents).await
+    }
+
+    async fn resolve_debit(&self, key: &str) -> Result<DebitResolution, PaymentsError> {
+        self.inner.resolve_debit(key).await
+    }
+}
+
+/// Settlement never waits on the payment system inside an order-DB
+/// transaction: while a credit hangs, the transfer being credited holds no
+/// row lock and no session sits idle in a transaction (before the fix, the
+/// batch's `FOR UPDATE` transaction stayed open across every ledger call,
+/// holding locks and a pooled connection for as long as the ledger was slow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_holds_no_lock_while_the_payment_system_is_slow() {
+    let hung = HungCredits::<()>::default();
+    let (started, go) = (hung.started.clone(), hung.go.clone());
+    let mut stack = StackBuilder::default()
+        .start_with(move |ledger| HungCredits {
+            inner: ledger,
+            started,
+            go,
+        })
+        .await;
+    let envelope = stack.send("sender", pb::EnvelopeKind::Equal, 300, 3).await;
+    let reply = open(&mut stack.client(0, "opener"), &envelope.id).await;
+    assert_eq!(reply.amount_cents, 100);
+    hung.started.wait().await;
+
+    let client = stack.orders.connect().await.unwrap();
+    let locked = client
+        .simple_query(
+            "BEGIN; SELECT id FROM transfers WHERE status = 1 FOR UPDATE NOWAIT; ROLLBACK",
+        )
+        .await;
+    assert!(
+        locked.is_ok(),
+        "a credit in flight must not hold the transfer's row lock: {locked:?}"
+    );
+    let idle_in_transaction = orders_i64(
+        &stack,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND state = 'idle in transaction'",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        idle_in_transaction, 0,
+        "no transaction waits on the payment system"
+    );
+
+    hung.go.raise();
+    stack.drain_settlement().await;
+    assert_eq!(balance(&stack, "opener").await, 100);
+    stack.check_money().await;
+}
+
+/// The database's clock stamps a Send: `created_at` is the transaction's
+/// `now()` (the same instant as its idempotency row), `expires_at` is exactly
+/// the TTL later, and Send answers the stored values, to the microsecond, as
+/// Get does. Before the fix the logic server's clock stamped it (recovery
+/// compares `created_at` with the DB's `now()`, so a lagging server made
+/// fresh Sends look stuck), with nanoseconds Get never showed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_clock_stamps_a_send() {
+    let ttl = Duration::from_secs(3_600);
+    let mut stack = StackBuilder {
+        ttl,
+        ..StackBuilder::default()
+    }
+    .start()
+    .await;
+    let sent = stack
+        .send("sender", pb::EnvelopeKind::Lucky, 1_000, 4)
+        .await;
+    let stamps_agree = orders_i64(
+        &stack,
+        "SELECT count(*) FROM envelopes e JOIN send_requests s ON s.envelope_id = e.id \
+         WHERE e.id = $1 AND e.created_at = s.created_at \
+         AND e.expires_at = e.created_at + interval '3600 seconds'",
+        &[&sent.id],
+    )
+    .await;
+    assert_eq!(
+        stamps_agree, 1,
+        "created_at is the DB's now(), expires_at = +TTL"
+    );
+    let stored = get(&stack, &sent.id, "", 10)
+        .await
+        .unwrap()
+        .envelope
+        .unwrap();
+    assert_eq!(sent.created_at, stored.created_at);
+    assert_eq!(sent.expires_at, stored.expires_at);
+    assert_eq!(sent.created_at.unwrap().nanos % 1_000, 0, "microseconds");
+    assert_eq!(
+        expires_at(&sent)
+            .duration_since(SystemTime::try_from(sent.created_at.unwrap()).unwrap())
+            .unwrap(),
+        ttl
+    );
+    stack.check_money().await;
 }

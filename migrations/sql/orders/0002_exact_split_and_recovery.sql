@@ -17,7 +17,8 @@ ALTER TABLE envelopes ADD COLUMN payment_checks integer NOT NULL DEFAULT 0 CHECK
 ALTER TABLE envelopes ADD COLUMN next_payment_check timestamptz;
 ALTER TABLE envelopes ADD COLUMN last_payment_error text;
 
--- Deleting a refused Send's idempotency row finds it by envelope; retention
--- purges by age.
+-- A Send's idempotency row is part of its envelope's record (reconcile checks
+-- the debit's merchant order against it) and lives exactly as long as the
+-- envelope's row: deleted with a refused Send's envelope, archived with the
+-- envelope's day (`cellctl archive`). Both find it by envelope.
 CREATE INDEX send_requests_envelope ON send_requests (envelope_id);
-CREATE INDEX send_requests_created ON send_requests (created_at);

@@ -39,28 +39,34 @@ pub struct CellArgs {
     #[arg(long, env = "REDCELL_ENVELOPE_TTL_SECS", default_value_t = 86_400)]
     pub envelope_ttl_secs: u64,
     /// How Opens are executed; `rowlock` exists for benchmarks only.
-    #[arg(long, value_enum, default_value = "lane")]
+    #[arg(
+        long,
+        env = "REDCELL_OPEN_STRATEGY",
+        value_enum,
+        default_value = "lane"
+    )]
     pub open_strategy: OpenStrategy,
     /// Requests queued per envelope before RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, env = "REDCELL_LANE_QUEUE_CAP", default_value_t = 4096)]
     pub lane_queue_cap: usize,
     /// Most Opens per batch commit.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, env = "REDCELL_LANE_BATCH_MAX", default_value_t = 512)]
     pub lane_batch_max: usize,
     /// Seconds after which an idle lane is dropped.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "REDCELL_LANE_IDLE_SECS", default_value_t = 30)]
     pub lane_idle_secs: u64,
-    /// Most shares per envelope.
-    #[arg(long, default_value_t = 500)]
+    /// Most shares per envelope; at most 2147483647 ([`MAX_COUNT_LIMIT`]).
+    #[arg(long, env = "REDCELL_MAX_COUNT", default_value_t = 500)]
     pub max_count: u32,
-    /// Largest envelope, in cents.
-    #[arg(long, default_value_t = 2_000_000)]
+    /// Largest envelope, in cents; at most 4611686018427387903
+    /// ([`MAX_TOTAL_CENTS_LIMIT`]).
+    #[arg(long, env = "REDCELL_MAX_TOTAL_CENTS", default_value_t = 2_000_000)]
     pub max_total_cents: i64,
     /// Milliseconds between worker passes when idle.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, env = "REDCELL_WORKER_INTERVAL_MS", default_value_t = 500)]
     pub worker_interval_ms: u64,
     /// Seconds a Send may stay PENDING_PAYMENT before recovery resolves it.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "REDCELL_RECOVERY_GRACE_SECS", default_value_t = 10)]
     pub recovery_grace_secs: u64,
     /// Credential routers present in `x-redcell-internal`; calls without it are
     /// refused (DESIGN §6: cells serve routers only).
@@ -70,6 +76,19 @@ pub struct CellArgs {
     #[arg(long, env = "REDCELL_LOG_JSON")]
     pub log_json: bool,
 }
+
+/// The largest `--max-count`: a share count, a remaining count and a share's
+/// sequence are stored in `integer` (i32) columns, so a count above `i32::MAX`
+/// could not be written as asked (it was clamped on the way in).
+pub const MAX_COUNT_LIMIT: u32 = i32::MAX as u32;
+
+/// The largest `--max-total-cents`: the lucky split computes twice the
+/// remaining cents (`2 * m / n`, DESIGN §5), and every remaining amount is at
+/// most the total, so a total of at most `i64::MAX / 2` keeps `2 * m` inside
+/// i64 wherever it is computed (an overflow panics a lane in a debug build and
+/// wraps to a negative bound in a release one). Every other sum of one
+/// envelope's cents (shares, refund, remainder) is at most its total.
+pub const MAX_TOTAL_CENTS_LIMIT: i64 = i64::MAX / 2;
 
 /// Worker cadence.
 #[derive(Debug, Clone, Copy)]
@@ -156,9 +175,21 @@ impl CellConfig {
                 errors.push(format!("{flag}: must be at least 1"));
             }
         }
+        if args.max_count > MAX_COUNT_LIMIT {
+            errors.push(format!(
+                "--max-count: must be at most {MAX_COUNT_LIMIT} (shares are counted in 32-bit columns), got {}",
+                args.max_count
+            ));
+        }
         if args.max_total_cents < 1 {
             errors.push(format!(
                 "--max-total-cents: must be at least 1, got {}",
+                args.max_total_cents
+            ));
+        }
+        if args.max_total_cents > MAX_TOTAL_CENTS_LIMIT {
+            errors.push(format!(
+                "--max-total-cents: must be at most {MAX_TOTAL_CENTS_LIMIT} (twice a total must fit in 64 bits), got {}",
                 args.max_total_cents
             ));
         }

@@ -84,3 +84,50 @@ pub fn pool(dsn: &str, size: usize) -> Result<Pool, String> {
         .build()
         .map_err(|error| format!("cannot build pool: {error}"))
 }
+
+/// What the order DB said when asked whether it is the one this binary
+/// expects (DESIGN §6: a server serves only a schema it was built for).
+#[derive(Debug)]
+pub enum SchemaCheck {
+    /// Migrated to exactly this binary's embedded migrations, UTF8 text.
+    Current,
+    /// It answered, and it is not: never migrated, behind, newer, edited, or
+    /// not a UTF8 database. Serving would answer every request with an error.
+    Mismatch(String),
+    /// It did not answer (down, refusing, pool timeout): ask again later.
+    Unreachable(String),
+}
+
+/// Asks the order DB behind `pool` for its schema version (read-only).
+pub async fn check_schema(pool: &Pool) -> SchemaCheck {
+    let client = match pool.get().await {
+        Ok(client) => client,
+        Err(error) => return SchemaCheck::Unreachable(DbError::from(error).to_string()),
+    };
+    match redcell_migrations::check_current(&client, redcell_migrations::Schema::Orders).await {
+        Ok(_) => {}
+        Err(error) if error.is_mismatch() => return SchemaCheck::Mismatch(error.to_string()),
+        Err(redcell_migrations::MigrateError::Postgres(error)) => {
+            return match DbError::from(error) {
+                DbError::Unavailable(message) => SchemaCheck::Unreachable(message),
+                other => SchemaCheck::Mismatch(format!("cannot read its schema version: {other}")),
+            };
+        }
+        Err(error) => return SchemaCheck::Mismatch(error.to_string()),
+    }
+    // Text columns hold whatever a client sends (DESIGN §8 allows any Unicode
+    // greeting but NUL): only a UTF8 database stores all of it.
+    match client.query_one("SHOW server_encoding", &[]).await {
+        Ok(row) => match row.try_get::<_, String>(0) {
+            Ok(encoding) if encoding == "UTF8" => SchemaCheck::Current,
+            Ok(encoding) => SchemaCheck::Mismatch(format!(
+                "the order DB's encoding is {encoding}; redcell stores text as UTF8 (create it with ENCODING 'UTF8')"
+            )),
+            Err(error) => SchemaCheck::Mismatch(format!("server_encoding is unreadable: {error}")),
+        },
+        Err(error) => match DbError::from(error) {
+            DbError::Unavailable(message) => SchemaCheck::Unreachable(message),
+            other => SchemaCheck::Mismatch(format!("cannot read its encoding: {other}")),
+        },
+    }
+}

@@ -4,6 +4,15 @@
 //! with no `_` arm: a new variant forces a decision about its code. Database
 //! errors are classified in one place ([`crate::db::DbError`]) so callers match on
 //! meaning, never on message text.
+//!
+//! No client ever reads a database's or the payment system's own words: SQL
+//! text names tables, columns and constraints, and a driver's message can
+//! carry addresses. A [`DbError`] or [`redcell_payments::PaymentsError`]
+//! becomes a generic message with an incident reference (`ref 1a2b3c4d`); the
+//! detail is logged once, here, with the same reference, so an operator finds
+//! it from the answer a client reports. The message of every [`CellError`]
+//! may reach a client (a lane carries one failure to all its callers as
+//! text), so this is the one place to strip it.
 
 use tonic::{Code, Status};
 
@@ -61,17 +70,27 @@ impl CellError {
     }
 }
 
+/// A short random tag joining a client's generic error to the log line that
+/// holds its detail.
+fn incident_reference() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
 impl From<DbError> for CellError {
     fn from(error: DbError) -> CellError {
+        let reference = incident_reference();
         match error {
-            DbError::Unavailable(message) => {
-                CellError::Unavailable(format!("order database unavailable: {message}"))
+            DbError::Unavailable(detail) => {
+                tracing::warn!(reference, %detail, "order database unavailable");
+                CellError::Unavailable(format!("order database unavailable (ref {reference})"))
             }
-            DbError::Conflict(message) => {
-                CellError::Unavailable(format!("write conflict, retry: {message}"))
+            DbError::Conflict(detail) => {
+                tracing::debug!(reference, %detail, "order database write conflict");
+                CellError::Unavailable(format!("write conflict, retry (ref {reference})"))
             }
-            DbError::UniqueViolation(message) | DbError::Other(message) => {
-                CellError::Internal(message)
+            DbError::UniqueViolation(detail) | DbError::Other(detail) => {
+                tracing::error!(reference, %detail, "order database error");
+                CellError::Internal(format!("order database error (ref {reference})"))
             }
         }
     }
@@ -81,8 +100,10 @@ impl From<redcell_payments::PaymentsError> for CellError {
     fn from(error: redcell_payments::PaymentsError) -> CellError {
         use redcell_payments::PaymentsError;
         match error {
-            PaymentsError::Unavailable(message) => {
-                CellError::Unavailable(format!("payment system unavailable: {message}"))
+            PaymentsError::Unavailable(detail) => {
+                let reference = incident_reference();
+                tracing::warn!(reference, %detail, "payment system unavailable");
+                CellError::Unavailable(format!("payment system unavailable (ref {reference})"))
             }
             PaymentsError::KeyConflict { key } => {
                 CellError::Internal(format!("ledger key conflict on {key}"))
@@ -128,8 +149,9 @@ impl From<CellError> for Status {
             CellError::Unavailable(_) | CellError::ShuttingDown => Code::Unavailable,
             CellError::Unauthenticated(_) => Code::Unauthenticated,
             CellError::Internal(message) => {
-                tracing::error!(%message, "internal error");
-                return Status::internal("internal error");
+                let reference = incident_reference();
+                tracing::error!(reference, %message, "internal error");
+                return Status::internal(format!("internal error (ref {reference})"));
             }
         };
         Status::new(code, error.to_string())

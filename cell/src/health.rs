@@ -1,6 +1,15 @@
 //! Health of a logic server as the gRPC health service reports it: `SERVING`
 //! while its order DB answers, `NOT_SERVING` while it does not (DESIGN.md §6:
 //! routers take a cell whose DB is down out of the mint pool).
+//!
+//! Before the first `SERVING` the order DB must also prove it is the one this
+//! binary was built for ([`db::check_schema`]: exactly the embedded
+//! migrations, UTF8). A database that answers with another schema keeps the
+//! server `NOT_SERVING`, logged as an error naming what to do, instead of a
+//! server that reports healthy and then fails every request. Once verified,
+//! the probe is a plain `SELECT 1`: a migration applied under running servers
+//! (the upgrade order is migrate, then roll the servers) does not take the
+//! cell out of service.
 
 use std::time::Duration;
 
@@ -8,8 +17,18 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+use crate::db::{self, SchemaCheck};
+
 /// The service name routers check (the client API this server serves).
 pub const SERVICE: &str = "redcell.v1.RedEnvelope";
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Probe {
+    Healthy,
+    Unreachable,
+    WrongSchema(String),
+}
 
 /// Probes the order DB every `interval` and publishes the result, for the
 /// overall server ("") and for [`SERVICE`], until cancelled. Ends NOT_SERVING.
@@ -20,22 +39,32 @@ pub async fn watch_database(
     cancel: CancellationToken,
 ) {
     let mut last = None;
+    let mut verified = false;
     loop {
-        let healthy = probe(&pool, interval).await;
-        if last != Some(healthy) {
-            let status = if healthy {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
+        let found = probe(&pool, interval, verified).await;
+        verified |= found == Probe::Healthy;
+        if last.as_ref() != Some(&found) {
+            let status = match &found {
+                Probe::Healthy => {
+                    tracing::info!("order database reachable: SERVING");
+                    ServingStatus::Serving
+                }
+                Probe::Unreachable => {
+                    tracing::warn!("order database unreachable: NOT_SERVING");
+                    ServingStatus::NotServing
+                }
+                Probe::WrongSchema(problem) => {
+                    tracing::error!(
+                        %problem,
+                        "order database is not the one this binary expects: NOT_SERVING until it is \
+                         (run `cellctl migrate --cell <this cell>`, or deploy the matching binary)"
+                    );
+                    ServingStatus::NotServing
+                }
             };
-            if healthy {
-                tracing::info!("order database reachable: SERVING");
-            } else {
-                tracing::warn!("order database unreachable: NOT_SERVING");
-            }
             reporter.set_service_status("", status).await;
             reporter.set_service_status(SERVICE, status).await;
-            last = Some(healthy);
+            last = Some(found);
         }
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -50,13 +79,24 @@ pub async fn watch_database(
         .await;
 }
 
-async fn probe(pool: &Pool, timeout: Duration) -> bool {
+async fn probe(pool: &Pool, timeout: Duration, verified: bool) -> Probe {
     let check = async {
-        let client = pool.get().await.ok()?;
-        client.simple_query("SELECT 1").await.ok()
+        if !verified {
+            return match db::check_schema(pool).await {
+                SchemaCheck::Current => Probe::Healthy,
+                SchemaCheck::Mismatch(problem) => Probe::WrongSchema(problem),
+                SchemaCheck::Unreachable(_) => Probe::Unreachable,
+            };
+        }
+        let Ok(client) = pool.get().await else {
+            return Probe::Unreachable;
+        };
+        match client.simple_query("SELECT 1").await {
+            Ok(_) => Probe::Healthy,
+            Err(_) => Probe::Unreachable,
+        }
     };
-    matches!(
-        tokio::time::timeout(timeout.max(Duration::from_millis(500)), check).await,
-        Ok(Some(_))
-    )
+    tokio::time::timeout(timeout.max(Duration::from_millis(500)), check)
+        .await
+        .unwrap_or(Probe::Unreachable)
 }

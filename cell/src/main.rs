@@ -1,11 +1,22 @@
 //! `cell`: one logic server. Parses flags, loads and validates the topology and
 //! the configuration (exit 78, EX_CONFIG, naming the bad flag or key, before
-//! binding; clap's own usage errors exit 2), then runs until SIGINT/SIGTERM.
+//! binding; clap's own usage errors exit 2), checks that the order DB is the
+//! one this binary expects, then runs until SIGINT/SIGTERM.
+//!
+//! The order DB at start: one that answers with another schema (never
+//! migrated, behind, newer, edited, not UTF8) is a deployment error like a bad
+//! flag: exit 78 before binding, with the schema problem and what to run. One
+//! that does not answer is an outage, not an error: the server starts
+//! `NOT_SERVING` and the health probe checks the schema before its first
+//! `SERVING` (see [`redcell_cell::health`]).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use redcell_cell::{CellArgs, CellConfig};
+use redcell_cell::{
+    CellArgs, CellConfig,
+    db::{self, SchemaCheck},
+};
 use redcell_payments::PgLedger;
 use redcell_topology::Topology;
 
@@ -33,11 +44,21 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(serve(args, config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Err(Failure::Config(error)) => {
+            eprintln!("cell: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Runtime(error)) => {
             eprintln!("cell: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// How `serve` failed: configuration (78) or at run time (1).
+enum Failure {
+    Config(String),
+    Runtime(String),
 }
 
 fn load(args: &CellArgs) -> Result<CellConfig, Vec<String>> {
@@ -53,12 +74,15 @@ fn load(args: &CellArgs) -> Result<CellConfig, Vec<String>> {
     CellConfig::from_args(args, topology)
 }
 
-async fn serve(args: CellArgs, config: CellConfig) -> Result<(), String> {
+async fn serve(args: CellArgs, config: CellConfig) -> Result<(), Failure> {
+    check_order_db(&config).await?;
     let ledger = PgLedger::connect(&args.ledger_dsn, args.ledger_pool)
-        .map_err(|error| format!("--ledger-dsn: {error}"))?;
+        .map_err(|error| Failure::Runtime(format!("--ledger-dsn: {error}")))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|error| format!("--listen: cannot bind {}: {error}", args.listen))?;
+        .map_err(|error| {
+            Failure::Runtime(format!("--listen: cannot bind {}: {error}", args.listen))
+        })?;
     redcell_cell::run(
         listener,
         config,
@@ -66,5 +90,28 @@ async fn serve(args: CellArgs, config: CellConfig) -> Result<(), String> {
         redcell_lifecycle::shutdown_signal(),
     )
     .await
-    .map_err(|error| error.to_string())
+    .map_err(|error| Failure::Runtime(error.to_string()))
+}
+
+/// Refuses an order DB that answers with a schema this binary was not built
+/// for; lets an unreachable one through (health keeps it NOT_SERVING).
+async fn check_order_db(config: &CellConfig) -> Result<(), Failure> {
+    let shown = redcell_migrations::display_dsn(&config.db_dsn);
+    let pool = db::pool(&config.db_dsn, 1)
+        .map_err(|error| Failure::Config(format!("order DB {shown}: {error}")))?;
+    match db::check_schema(&pool).await {
+        SchemaCheck::Current => Ok(()),
+        SchemaCheck::Mismatch(problem) => Err(Failure::Config(format!(
+            "order DB {shown}: {problem}; run `cellctl migrate --cell {}` (or deploy the binary built for it)",
+            config.cell
+        ))),
+        SchemaCheck::Unreachable(reason) => {
+            tracing::warn!(
+                db = %shown,
+                %reason,
+                "order DB unreachable at start: NOT_SERVING until it answers with the expected schema"
+            );
+            Ok(())
+        }
+    }
 }

@@ -67,6 +67,25 @@ fn check_token(field: &'static str, text: &str) -> Result<(), CellError> {
     Ok(())
 }
 
+/// Free text stored in a PostgreSQL `text` column (the greeting). A protobuf
+/// `string` is valid UTF-8 by the time it gets here (the codec refuses anything
+/// else before a handler runs), and in a UTF8 database PostgreSQL stores every
+/// Unicode scalar value except one: NUL, which `text` cannot hold (SQLSTATE
+/// 22021). Refused here, naming the field, instead of surfacing as INTERNAL
+/// after the statement failed.
+fn check_text(field: &'static str, text: &str) -> Result<(), CellError> {
+    if let Some(position) = text.chars().position(|c| c == '\0') {
+        return Err(CellError::invalid(
+            field,
+            format!(
+                "must not contain the NUL character (U+0000), found at character {}",
+                position + 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The envelope kinds of DESIGN.md §4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -185,6 +204,7 @@ impl SendCommand {
                 ),
             ));
         }
+        check_text("greeting", &greeting)?;
         let recipients = recipients
             .iter()
             .map(|recipient| UserId::parse("recipients", recipient))
@@ -248,6 +268,60 @@ pub fn parse_envelope_id(text: &str) -> Result<EnvelopeId, CellError> {
     })
 }
 
+/// The position a CellHistory slice starts after: entries strictly older than
+/// (`before`, `before_id`). Both come from the router's decoded page token, so
+/// both are client input: checked here so that neither reaches PostgreSQL
+/// unvalidated (a NUL in `before_id` would fail the query as INTERNAL; a
+/// `before` past `u64::MAX` microseconds overflows the driver's timestamp
+/// encoding, a panic in a debug build and a wrapped time in a release one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryCursor {
+    pub before: std::time::SystemTime,
+    pub before_id: String,
+}
+
+/// 9999-12-31T23:59:59Z: the end of the cursor range (and "no cursor").
+const LAST_SECOND: i64 = 253_402_300_799;
+
+impl HistoryCursor {
+    /// `None` / empty: the first slice (everything).
+    pub fn parse(
+        before: Option<prost_types::Timestamp>,
+        before_id: &str,
+    ) -> Result<HistoryCursor, CellError> {
+        let before = match before {
+            None => std::time::UNIX_EPOCH + std::time::Duration::from_secs(LAST_SECOND as u64),
+            Some(timestamp) => {
+                let seconds = timestamp.seconds;
+                if !(0..=LAST_SECOND).contains(&seconds)
+                    || !(0..1_000_000_000).contains(&timestamp.nanos)
+                {
+                    return Err(CellError::invalid(
+                        "before",
+                        format!(
+                            "must be a time from 1970-01-01 to 9999-12-31, got {seconds} s {} ns",
+                            timestamp.nanos
+                        ),
+                    ));
+                }
+                std::time::SystemTime::try_from(timestamp)
+                    .map_err(|_| CellError::invalid("before", "is not a valid timestamp"))?
+            }
+        };
+        let before_id = if before_id.is_empty() {
+            "9".repeat(23)
+        } else if before_id.len() <= 23 && before_id.bytes().all(|b| b.is_ascii_digit()) {
+            before_id.to_owned()
+        } else {
+            return Err(CellError::invalid(
+                "before_id",
+                "must be an envelope id (digits only, at most 23)",
+            ));
+        };
+        Ok(HistoryCursor { before, before_id })
+    }
+}
+
 /// An opaque page token: the last position served (0 = first page).
 pub fn parse_page_token(text: &str) -> Result<u32, CellError> {
     if text.is_empty() {
@@ -259,4 +333,59 @@ pub fn parse_page_token(text: &str) -> Result<u32, CellError> {
             format!("{text:?} is not a token this server issued"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(error: CellError) -> String {
+        error.to_string()
+    }
+
+    #[test]
+    fn greeting_with_nul_is_refused_naming_the_field() {
+        let request = pb::SendRequest {
+            total_cents: 100,
+            count: 1,
+            kind: pb::EnvelopeKind::Lucky.into(),
+            greeting: "a\0b".into(),
+            recipients: Vec::new(),
+            idempotency_key: "k".into(),
+        };
+        let sender = UserId::parse("user", "alice").map_err(code);
+        let refused = sender.and_then(|sender| {
+            SendCommand::parse(sender, request, &Limits::default()).map_err(code)
+        });
+        assert_eq!(
+            refused,
+            Err(
+                "greeting: must not contain the NUL character (U+0000), found at character 2"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn history_cursor_refuses_what_postgres_cannot_take() {
+        let at = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+        for (before, id, field) in [
+            (at(i64::MAX, 0), "", "before"),
+            (at(LAST_SECOND + 1, 0), "", "before"),
+            (at(-1, 0), "", "before"),
+            (at(0, -1), "", "before"),
+            (None, "12\u{0}4", "before_id"),
+            (None, "9".repeat(24).leak() as &str, "before_id"),
+            (None, "2601221000000481516x42", "before_id"),
+        ] {
+            match HistoryCursor::parse(before, id) {
+                Err(CellError::InvalidArgument { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{before:?} {id:?}: {other:?}"),
+            }
+        }
+        let first = HistoryCursor::parse(None, "").map_err(code);
+        assert_eq!(first.map(|cursor| cursor.before_id), Ok("9".repeat(23)));
+        let page = HistoryCursor::parse(at(LAST_SECOND, 999_999_999), "2601221000000481516742");
+        assert!(page.is_ok(), "{page:?}");
+    }
 }

@@ -334,3 +334,35 @@ pub fn script(migrations: &[Migration]) -> String {
     }
     script
 }
+
+/// A PostgreSQL DSN as it may be shown to an operator: `postgres://user@host:port/db`
+/// rebuilt from the parsed parts, so a password (and every other option) never
+/// appears in a message or a log line, whichever syntax the DSN used.
+pub fn display_dsn(dsn: &str) -> String {
+    let Ok(config) = dsn.parse::<tokio_postgres::Config>() else {
+        return "(malformed DSN)".to_owned();
+    };
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let host = match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            // One port for all hosts, or one per host (libpq's rule).
+            match ports.get(index).or(ports.first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    let user = config
+        .get_user()
+        .map(|user| format!("{user}@"))
+        .unwrap_or_default();
+    let database = config.get_dbname().unwrap_or_default();
+    format!("postgres://{user}{}/{database}", hosts.join(","))
+}

@@ -227,3 +227,26 @@ async fn a_drifted_bookkeeping_column_is_named_not_a_panic() {
         other => panic!("expected Column, got {other:?}"),
     }
 }
+
+#[test]
+fn a_displayed_dsn_never_shows_the_password() {
+    for (dsn, shown) in [
+        (
+            "postgres://alice:s3cret@db.example:5433/orders?sslmode=disable",
+            "postgres://alice@db.example:5433/orders",
+        ),
+        (
+            "host=10.0.0.1 port=6000 user=bob password=s3cret dbname=ledger",
+            "postgres://bob@10.0.0.1:6000/ledger",
+        ),
+        (
+            "postgresql://carol:s3cret@h1:1,h2:2/n1",
+            "postgres://carol@h1:1,h2:2/n1",
+        ),
+        ("not a dsn", "(malformed DSN)"),
+    ] {
+        let displayed = redcell_migrations::display_dsn(dsn);
+        assert_eq!(displayed, shown, "{dsn}");
+        assert!(!displayed.contains("s3cret"));
+    }
+}

@@ -220,6 +220,19 @@ fn send_cases() -> Vec<Case> {
             "greeting",
             "must be at most 64 characters, got 65",
         ),
+        // PostgreSQL `text` cannot hold NUL: refused before the insert, by name.
+        bad_send(
+            "greeting with NUL",
+            |r| r.greeting = "恭喜\0发财".into(),
+            "greeting",
+            "must not contain the NUL character (U+0000), found at character 3",
+        ),
+        bad_send(
+            "greeting of one NUL",
+            |r| r.greeting = "\0".into(),
+            "greeting",
+            "must not contain the NUL character (U+0000), found at character 1",
+        ),
         bad_send(
             "kind 0",
             |r| r.kind = 0,
@@ -306,6 +319,18 @@ fn send_cases() -> Vec<Case> {
             |r| r.idempotency_key = "a b".into(),
             "idempotency_key",
             ws,
+        ),
+        bad_send(
+            "idempotency_key with NUL",
+            |r| r.idempotency_key = "key\0".into(),
+            "idempotency_key",
+            "'\\0' is not allowed; use only A-Z a-z 0-9 _ -",
+        ),
+        bad_send(
+            "recipient with NUL",
+            exclusive(&["bob\0"], 1),
+            "recipients",
+            "'\\0' is not allowed; use only A-Z a-z 0-9 _ -",
         ),
         bad_send(
             "idempotency_key not ASCII",
@@ -711,4 +736,139 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
     stack.drain_settlement().await;
     let report = stack.check_money().await;
     assert_eq!(report.claims, 4);
+}
+
+/// Words of PostgreSQL's own messages that must never reach a client.
+const SQL_WORDS: [&str; 8] = [
+    "relation",
+    "does not exist",
+    "42P01",
+    "SQLSTATE",
+    "db error",
+    "ERROR",
+    "claims",
+    "entries",
+];
+
+fn assert_no_sql_text(name: &str, status: &Status) {
+    for word in SQL_WORDS {
+        assert!(
+            !status.message().contains(word),
+            "{name}: {word:?} reached the client: {status:?}"
+        );
+    }
+    assert!(
+        status.message().contains("(ref "),
+        "{name}: no incident reference: {status:?}"
+    );
+}
+
+/// A broken order DB (a table dropped under a running cell) answers every
+/// operation with a generic message and an incident reference, never the
+/// database's own text (which names tables and SQLSTATEs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_database_errors_reach_clients_without_sql_text() {
+    let mut stack = StackBuilder::default().start().await;
+    let envelope = stack
+        .send("setup", pb::EnvelopeKind::Lucky, 1_000, 10)
+        .await;
+    stack.drain_settlement().await;
+    stack.check_money().await;
+    let books = stack.ledger.total_balance().await.unwrap();
+    stack
+        .orders
+        .connect()
+        .await
+        .unwrap()
+        .batch_execute("DROP TABLE claims CASCADE")
+        .await
+        .unwrap();
+    let channel = Stack::channel_to(stack.address(0));
+    let calls = [
+        (
+            "Open",
+            Call::Open {
+                user: Some("alice"),
+                id: envelope.id.clone(),
+            },
+        ),
+        (
+            "Grab",
+            Call::Grab {
+                user: Some("alice"),
+                id: envelope.id.clone(),
+            },
+        ),
+        (
+            "Get",
+            Call::Get {
+                user: Some("alice"),
+                request: pb::GetRequest {
+                    envelope_id: envelope.id.clone(),
+                    ..pb::GetRequest::default()
+                },
+            },
+        ),
+    ];
+    for (name, request) in calls {
+        let status = call(&channel, request)
+            .await
+            .expect_err(&format!("{name}: answered without claims"));
+        assert!(
+            matches!(status.code(), Code::Internal | Code::Unavailable),
+            "{name}: {status:?}"
+        );
+        assert_no_sql_text(name, &status);
+    }
+    // Nothing moved: the ledger is as it was.
+    assert_eq!(stack.ledger.total_balance().await.unwrap(), books);
+    assert_eq!(stack.ledger.balance("setup").await.unwrap(), 0);
+}
+
+/// The payment system's own error text (here the ledger's PostgreSQL saying
+/// a table is missing) does not reach the client either; once the ledger is
+/// whole again the same Send goes through and the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_system_errors_reach_clients_without_sql_text() {
+    let mut stack = StackBuilder {
+        // Recovery stays out of the way: the client's retry resolves the Send.
+        recovery_grace: std::time::Duration::from_secs(3_600),
+        ..StackBuilder::default()
+    }
+    .start()
+    .await;
+    stack.fund(SENDER, 1_000).await;
+    let ledger = stack.ledger_db.connect().await.unwrap();
+    ledger
+        .batch_execute("ALTER TABLE entries RENAME TO entries_away")
+        .await
+        .unwrap();
+    let channel = Stack::channel_to(stack.address(0));
+    let request = || Call::Send {
+        user: Some(SENDER),
+        suffix: None,
+        request: good_send("key-ledger-broken"),
+    };
+    let status = call(&channel, request())
+        .await
+        .expect_err("Send answered without a ledger");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("payment system unavailable (ref "),
+        "{status:?}"
+    );
+    assert_no_sql_text("Send", &status);
+
+    ledger
+        .batch_execute("ALTER TABLE entries_away RENAME TO entries")
+        .await
+        .unwrap();
+    call(&channel, request())
+        .await
+        .expect("the retried Send, ledger whole again");
+    assert_eq!(stack.ledger.balance(SENDER).await.unwrap(), 0);
+    stack.drain_settlement().await;
+    stack.check_money().await;
 }

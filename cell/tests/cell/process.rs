@@ -72,6 +72,11 @@ struct CellProcess {
 
 impl CellProcess {
     fn spawn(args: &[String]) -> CellProcess {
+        CellProcess::spawn_with_env(args, &[])
+    }
+
+    /// Like [`CellProcess::spawn`], with these environment variables set.
+    fn spawn_with_env(args: &[String], env: &[(&str, &str)]) -> CellProcess {
         let stderr = TempFile::new("cell.stderr", "");
         let file = std::fs::File::create(stderr.path()).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_cell"));
@@ -85,10 +90,20 @@ impl CellProcess {
             "REDCELL_DB_POOL",
             "REDCELL_LEDGER_POOL",
             "REDCELL_ENVELOPE_TTL_SECS",
+            "REDCELL_OPEN_STRATEGY",
+            "REDCELL_LANE_QUEUE_CAP",
+            "REDCELL_LANE_BATCH_MAX",
+            "REDCELL_LANE_IDLE_SECS",
+            "REDCELL_MAX_COUNT",
+            "REDCELL_MAX_TOTAL_CENTS",
+            "REDCELL_WORKER_INTERVAL_MS",
+            "REDCELL_RECOVERY_GRACE_SECS",
+            "REDCELL_INTERNAL_TOKEN",
             "REDCELL_LOG_JSON",
         ] {
             command.env_remove(name);
         }
+        command.envs(env.iter().copied());
         let child = command
             .args(args)
             .env("RUST_LOG", "info")
@@ -734,6 +749,7 @@ async fn configuration_errors_exit_78_before_binding() {
         args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         args
     };
+    let no_env: &[(&str, &str)] = &[];
     let cases = [
         (
             "unknown --cell",
@@ -763,37 +779,280 @@ async fn configuration_errors_exit_78_before_binding() {
             args(&missing, "n1", ledger, &[]),
             format!("cell: --topology: cannot read {}: ", missing.display()),
         ),
+        // Limits the arithmetic cannot carry: a count above the i32 columns,
+        // a total whose double overflows i64.
+        (
+            "--max-count above i32::MAX",
+            args(good.path(), "n1", ledger, &["--max-count", "2147483648"]),
+            "cell: --max-count: must be at most 2147483647 (shares are counted in 32-bit columns), got 2147483648\n"
+                .to_owned(),
+        ),
+        (
+            "--max-total-cents above i64::MAX / 2",
+            args(
+                good.path(),
+                "n1",
+                ledger,
+                &["--max-total-cents", "4611686018427387904"],
+            ),
+            "cell: --max-total-cents: must be at most 4611686018427387903 (twice a total must fit in 64 bits), got 4611686018427387904\n"
+                .to_owned(),
+        ),
     ];
-    for (name, args, expected) in cases {
-        let mut process = CellProcess::spawn(&args);
-        let mut status = None;
-        for _ in 0..POLLS {
-            assert!(
-                std::net::TcpStream::connect(listen).is_err(),
-                "{name}: the port was bound"
-            );
-            status = process.exited();
-            if status.is_some() {
-                break;
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        let stderr = process.stderr();
-        let status =
-            status.unwrap_or_else(|| panic!("{name}: cell did not exit; stderr:\n{stderr}"));
-        assert_eq!(
-            status.code(),
-            Some(78),
-            "{name}: exit code; stderr:\n{stderr}"
-        );
-        assert!(
-            stderr.contains(&expected),
-            "{name}: stderr {stderr:?} lacks {expected:?}"
-        );
-        assert!(!stderr.contains("serving"), "{name}: {stderr}");
+    let cases = cases
+        .into_iter()
+        .map(|(name, args, expected)| (name, args, no_env, expected));
+    // Every flag has an environment fallback: these values arrive only
+    // through the environment and are refused like the flags.
+    let from_env = [
+        (
+            "REDCELL_LANE_QUEUE_CAP=0",
+            args(good.path(), "n1", ledger, &[]),
+            &[("REDCELL_LANE_QUEUE_CAP", "0")][..],
+            "cell: --lane-queue-cap: must be at least 1\n".to_owned(),
+        ),
+        (
+            "REDCELL_MAX_COUNT above i32::MAX",
+            args(good.path(), "n1", ledger, &[]),
+            &[("REDCELL_MAX_COUNT", "4294967295")][..],
+            "cell: --max-count: must be at most 2147483647 (shares are counted in 32-bit columns), got 4294967295\n"
+                .to_owned(),
+        ),
+        (
+            "REDCELL_WORKER_INTERVAL_MS=0",
+            args(good.path(), "n1", ledger, &[]),
+            &[("REDCELL_WORKER_INTERVAL_MS", "0")][..],
+            "cell: --worker-interval-ms: must be at least 1\n".to_owned(),
+        ),
+    ];
+    for (name, args, env, expected) in cases.chain(from_env) {
+        let process = CellProcess::spawn_with_env(&args, env);
+        expect_config_exit(name, process, listen, &expected).await;
+    }
+}
+
+/// Waits for `process` to exit 78 without ever binding `listen`, with
+/// `expected` in its stderr; its stderr.
+async fn expect_config_exit(
+    name: &str,
+    mut process: CellProcess,
+    listen: SocketAddr,
+    expected: &str,
+) -> String {
+    let mut status = None;
+    for _ in 0..POLLS {
         assert!(
             std::net::TcpStream::connect(listen).is_err(),
             "{name}: the port was bound"
         );
+        status = process.exited();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
     }
+    let stderr = process.stderr();
+    let status = status.unwrap_or_else(|| panic!("{name}: cell did not exit; stderr:\n{stderr}"));
+    assert_eq!(
+        status.code(),
+        Some(78),
+        "{name}: exit code; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "{name}: stderr {stderr:?} lacks {expected:?}"
+    );
+    assert!(!stderr.contains("serving"), "{name}: {stderr}");
+    assert!(
+        std::net::TcpStream::connect(listen).is_err(),
+        "{name}: the port was bound"
+    );
+    stderr
+}
+
+/// The flags of a logic server of n1 whose topology file is `topology`, with
+/// a ledger nobody listens on (these servers never get that far).
+fn schema_args(topology: &Path, listen: SocketAddr) -> Vec<String> {
+    [
+        "--topology",
+        &topology.display().to_string(),
+        "--cell",
+        "n1",
+        "--listen",
+        &listen.to_string(),
+        "--ledger-dsn",
+        "postgres://redcell@127.0.0.1:9/ledger",
+        "--internal-token",
+        crate::stack::INTERNAL_TOKEN,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// An order DB that answers with a schema this binary was not built for is
+/// refused at start like a bad flag (exit 78, before binding), naming the
+/// schema, its version and what to run; the password of its DSN is not shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_db_with_another_schema_exits_78_naming_it() {
+    use redcell_migrations::{ORDER_DB, Schema};
+    let server = redcell_harness::shared().await.unwrap();
+    let expected = Schema::Orders.expected_version();
+    let newer = expected + 1;
+    // (database, how it is prepared, what stderr must say)
+    let cases: [(&str, &str, String); 4] = [
+        (
+            "schema_never_migrated",
+            "",
+            format!(
+                "the order DB schema was never migrated (this binary expects version {expected}); run `cellctl migrate --cell n1`"
+            ),
+        ),
+        (
+            "schema_behind",
+            "behind",
+            format!(
+                "the order DB schema is at version 1, this binary expects version {expected}; migrate it; run `cellctl migrate --cell n1`"
+            ),
+        ),
+        (
+            "schema_newer",
+            "newer",
+            format!(
+                "the database has migration {newer}, newer than this binary knows; upgrade the binary"
+            ),
+        ),
+        (
+            "schema_latin1",
+            "latin1",
+            "the order DB's encoding is LATIN1; redcell stores text as UTF8".to_owned(),
+        ),
+    ];
+    for (database, preparation, message) in cases {
+        if preparation == "latin1" {
+            let admin = server.connect("postgres").await.unwrap();
+            admin
+                .batch_execute(&format!(
+                    "CREATE DATABASE {database} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+                ))
+                .await
+                .unwrap();
+        } else {
+            server.create_database(database).await.unwrap();
+        }
+        let mut client = server.connect(database).await.unwrap();
+        match preparation {
+            "behind" => {
+                redcell_migrations::apply(&mut client, &ORDER_DB[..1])
+                    .await
+                    .unwrap();
+            }
+            "newer" | "latin1" => {
+                redcell_migrations::apply(&mut client, ORDER_DB)
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+        if preparation == "newer" {
+            client
+                .execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, 'future', 0)",
+                    &[&newer],
+                )
+                .await
+                .unwrap();
+        }
+        if preparation == "behind" && expected == 1 {
+            continue; // nothing to be behind of
+        }
+        // The DSN carries a password the message must not repeat.
+        let plain = server.dsn(database);
+        let (user, host) = plain.split_once('@').unwrap();
+        let dsn = format!("{user}:hunter2-secret@{host}");
+        assert!(dsn.contains("hunter2-secret"), "{dsn}");
+        let listen = free_port();
+        let topology = TempFile::new("schema.yaml", &stack::topology_text(&[listen], &dsn));
+        let process = CellProcess::spawn(&schema_args(topology.path(), listen));
+        let stderr = expect_config_exit(database, process, listen, &message).await;
+        let shown = redcell_migrations::display_dsn(&dsn);
+        assert!(
+            stderr.contains(&format!("cell: order DB {shown}: ")),
+            "{database}: {stderr}"
+        );
+        assert!(!stderr.contains("hunter2-secret"), "{database}: {stderr}");
+    }
+}
+
+/// An order DB that is down at start is an outage, not an error: the server
+/// starts NOT_SERVING, and when the database comes back unmigrated it stays
+/// NOT_SERVING (logged as a schema error) until it is migrated, then serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_db_down_at_start_is_checked_before_serving() {
+    let mut pg = PgServer::start().await.unwrap();
+    pg.create_database("late_orders").await.unwrap();
+    let dsn = pg.dsn("late_orders");
+    pg.stop().await.unwrap();
+    let shared = redcell_harness::shared().await.unwrap();
+    let ledger_script = redcell_migrations::script(redcell_migrations::LEDGER);
+    shared
+        .ensure_template(stack::LEDGER_TEMPLATE, &[&ledger_script])
+        .await
+        .unwrap();
+    let ledger_db = shared.clone_database(stack::LEDGER_TEMPLATE).await.unwrap();
+
+    let listen = free_port();
+    let topology = TempFile::new("late.yaml", &stack::topology_text(&[listen], &dsn));
+    let mut args = schema_args(topology.path(), listen);
+    let ledger_at = args.iter().position(|arg| arg == "--ledger-dsn").unwrap() + 1;
+    args[ledger_at] = ledger_db.dsn.clone();
+    let mut process = CellProcess::spawn(&args);
+    let channel = Stack::channel_to(listen);
+    wait_for_health(&channel, ServingStatus::NotServing).await;
+    assert!(process.exited().is_none(), "{}", process.stderr());
+
+    // The database comes back, never migrated: logged, still NOT_SERVING.
+    pg.restart().await.unwrap();
+    let expected = redcell_migrations::Schema::Orders.expected_version();
+    let logged =
+        format!("the order DB schema was never migrated (this binary expects version {expected})");
+    let mut seen = false;
+    for _ in 0..POLLS {
+        if process.stderr().contains(&logged) {
+            seen = true;
+            break;
+        }
+        assert!(process.exited().is_none(), "{}", process.stderr());
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(
+        seen,
+        "the schema problem was never logged; stderr:\n{}",
+        process.stderr()
+    );
+    assert_eq!(health(&channel).await, Some(ServingStatus::NotServing));
+    assert!(
+        !process.stderr().contains("reachable: SERVING"),
+        "reported SERVING before the schema was checked:\n{}",
+        process.stderr()
+    );
+
+    // Migrated: it serves, and a Send goes through.
+    let mut client = pg.connect("late_orders").await.unwrap();
+    redcell_migrations::apply(&mut client, redcell_migrations::ORDER_DB)
+        .await
+        .unwrap();
+    wait_serving(&mut process, &channel).await;
+    // The schema answers: an envelope of n1 nobody sent is NOT_FOUND.
+    let unknown = "2501011000000000001123".to_owned();
+    let missing = Stack::client_on(&channel, "late")
+        .get(pb::GetRequest {
+            envelope_id: unknown.clone(),
+            ..pb::GetRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    assert_eq!(missing.message(), format!("envelope {unknown} not found"));
+    process.kill();
+    drop(pg);
 }

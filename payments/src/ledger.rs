@@ -363,6 +363,77 @@ impl PgLedger {
     }
 }
 
+/// The whole ledger's books in one snapshot, for a reconciler that must see
+/// every entry (to find entries no order DB knows about), read by
+/// [`PgLedger::audit_books`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LedgerBooks {
+    /// How many entries were visited (every entry of the snapshot).
+    pub entries: i64,
+    pub total_balance_cents: i64,
+    pub discrepancies: Vec<AccountDiscrepancy>,
+}
+
+/// Entries per page of [`PgLedger::audit_books`]: bounds the memory of a
+/// pass over a ledger of any size.
+const AUDIT_PAGE_ROWS: i32 = 2_000;
+
+impl PgLedger {
+    /// Every entry, in key order, handed to `visit` one by one, then the total
+    /// balance and the accounts' own discrepancies, all in **one**
+    /// `REPEATABLE READ` snapshot: an entry is visited iff its money is in the
+    /// balances read. The entries are read through a portal
+    /// [`AUDIT_PAGE_ROWS`] at a time, so memory does not grow with the ledger.
+    pub async fn audit_books<F>(&self, mut visit: F) -> Result<LedgerBooks, PaymentsError>
+    where
+        F: FnMut(LedgerEntry),
+    {
+        let mut client = self.pool.get().await?;
+        let transaction = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let statement = transaction.prepare(sql::ALL_ENTRIES).await?;
+        let portal = transaction.bind(&statement, &[]).await?;
+        let mut entries = 0_i64;
+        loop {
+            let page = transaction.query_portal(&portal, AUDIT_PAGE_ROWS).await?;
+            let last = page.len() < usize::try_from(AUDIT_PAGE_ROWS).unwrap_or(usize::MAX);
+            for row in &page {
+                visit(LedgerEntry::from_row(row)?);
+                entries += 1;
+            }
+            if last {
+                break;
+            }
+        }
+        let total_balance_cents = transaction
+            .query_one(sql::TOTAL_BALANCE, &[])
+            .await?
+            .try_get(0)?;
+        let discrepancies = transaction
+            .query(sql::DISCREPANCIES, &[])
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(AccountDiscrepancy {
+                    account: row.try_get(0)?,
+                    balance_cents: row.try_get(1)?,
+                    entries_net_cents: row.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>, PaymentsError>>()?;
+        transaction.commit().await?;
+        Ok(LedgerBooks {
+            entries,
+            total_balance_cents,
+            discrepancies,
+        })
+    }
+}
+
 impl Payments for PgLedger {
     async fn debit(&self, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
         positive(debit.cents)?;

@@ -45,7 +45,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use error::PaymentsError;
-pub use ledger::{AccountDiscrepancy, EntryKind, EntryTotals, LedgerAudit, LedgerEntry, PgLedger};
+pub use ledger::{
+    AccountDiscrepancy, EntryKind, EntryTotals, LedgerAudit, LedgerBooks, LedgerEntry, PgLedger,
+};
 
 /// What a cell needs from the payment system it is a merchant of.
 ///

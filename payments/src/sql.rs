@@ -22,6 +22,11 @@ pub(crate) const SELECT_ENTRY: &str =
 pub(crate) const SELECT_ORDER: &str = "SELECT key, account, kind, amount_cents, merchant_order \
      FROM entries WHERE account = $1 AND merchant_order = $2";
 
+/// Every entry, in key order (the primary key's index): an auditor's full
+/// pass, read through a portal a page at a time.
+pub(crate) const ALL_ENTRIES: &str =
+    "SELECT key, account, kind, amount_cents, merchant_order FROM entries ORDER BY key";
+
 pub(crate) const SELECT_ENTRIES: &str = "SELECT key, account, kind, amount_cents, merchant_order \
      FROM entries WHERE key = ANY($1) ORDER BY key";
 

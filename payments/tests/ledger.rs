@@ -787,3 +787,73 @@ async fn a_debit_killed_mid_transaction_leaves_nothing_and_is_retried_or_resolve
     );
     assert_consistent(ledger).await;
 }
+
+/// The reconciler's full pass (`audit_books`): every entry exactly once, in
+/// key (byte) order, across page boundaries (more entries than one page of
+/// the portal), with the total balance and the books of the same snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_of_the_books_visits_every_entry_once_in_key_order() {
+    const BULK: i64 = 4_500;
+    let Stack { ledger, db } = stack().await;
+    ledger.deposit("deposit:ann", "ann", 1_000).await.unwrap();
+    ledger
+        .debit(send_debit("send:e1", "ann", 300))
+        .await
+        .unwrap();
+    Payments::credit(&ledger, "claim:e1:1", "bob", 120)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.resolve_debit("send:gone").await.unwrap(),
+        DebitResolution::Voided
+    );
+    // Many more entries than a page, written directly (balanced books).
+    let client = db.connect().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO entries (key, account, kind, amount_cents) \
+               SELECT 'bulk:' || lpad(g::text, 5, '0'), 'bulk', 2, 1 FROM generate_series(1, {BULK}) g; \
+             INSERT INTO accounts VALUES ('bulk', {BULK});"
+        ))
+        .await
+        .unwrap();
+
+    let mut visited: Vec<LedgerEntry> = Vec::new();
+    let books = ledger
+        .audit_books(|entry| visited.push(entry))
+        .await
+        .unwrap();
+    assert_eq!(books.entries, BULK + 4);
+    assert_eq!(visited.len(), usize::try_from(BULK + 4).unwrap());
+    assert!(
+        visited.windows(2).all(|pair| pair[0].key < pair[1].key),
+        "entries come once each, in byte order of their keys"
+    );
+    assert_eq!(books.total_balance_cents, 1_000 - 300 + 120 + BULK);
+    assert_eq!(
+        books.total_balance_cents,
+        ledger.total_balance().await.unwrap()
+    );
+    assert!(books.discrepancies.is_empty());
+    let kinds = |prefix: &str| -> Vec<EntryKind> {
+        visited
+            .iter()
+            .filter(|entry| entry.key.starts_with(prefix))
+            .map(|entry| entry.kind)
+            .collect()
+    };
+    assert_eq!(kinds("send:"), [EntryKind::Debit, EntryKind::Void]);
+    assert_eq!(kinds("claim:"), [EntryKind::Credit]);
+    assert_eq!(kinds("bulk:").len(), usize::try_from(BULK).unwrap());
+
+    // A broken account shows in the same pass.
+    client
+        .batch_execute(
+            "UPDATE accounts SET balance_cents = balance_cents + 1 WHERE account = 'bob'",
+        )
+        .await
+        .unwrap();
+    let books = ledger.audit_books(|_| {}).await.unwrap();
+    assert_eq!(books.discrepancies.len(), 1);
+    assert_eq!(books.discrepancies[0].account, "bob");
+}

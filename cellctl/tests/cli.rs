@@ -4,6 +4,8 @@
 
 use std::{path::PathBuf, process::Command};
 
+use redcell_migrations::{LEDGER, ORDER_DB, Schema};
+
 struct Outcome {
     code: i32,
     stdout: String,
@@ -26,6 +28,12 @@ fn cellctl(args: &[&str], topology: Option<&std::path::Path>) -> Outcome {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// `1, 2, ...`: every version of a list, as `migrate` reports a first run.
+fn all_versions(migrations: &[redcell_migrations::Migration]) -> String {
+    let versions: Vec<String> = migrations.iter().map(|m| m.version.to_string()).collect();
+    versions.join(", ")
 }
 
 fn write_temp(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
@@ -209,16 +217,33 @@ fn migrate_applies_once_and_is_idempotent() {
         Some(&bundled),
     );
     assert_eq!(first.code, 0, "{}", first.stderr);
-    assert_eq!(first.stdout, "cell n1: applied 1 -> version 1\n");
+    let orders = Schema::Orders.expected_version();
+    assert_eq!(
+        first.stdout,
+        format!(
+            "cell n1: applied {} -> version {orders}\n",
+            all_versions(ORDER_DB)
+        )
+    );
     let again = cellctl(
         &["migrate", "--cell", "n1", "--dsn", &order_dsn],
         Some(&bundled),
     );
-    assert_eq!(again.stdout, "cell n1: up to date (version 1)\n");
+    assert_eq!(
+        again.stdout,
+        format!("cell n1: up to date (version {orders})\n")
+    );
 
     let ledger = cellctl(&["migrate", "--ledger", "--dsn", &ledger_dsn], None);
     assert_eq!(ledger.code, 0, "{}", ledger.stderr);
-    assert_eq!(ledger.stdout, "ledger: applied 1, 2 -> version 2\n");
+    assert_eq!(
+        ledger.stdout,
+        format!(
+            "ledger: applied {} -> version {}\n",
+            all_versions(LEDGER),
+            Schema::Ledger.expected_version()
+        )
+    );
 
     let tables = runtime.block_on(async {
         let client = server.connect("cellctl_migrate_n1").await.unwrap();
@@ -254,13 +279,101 @@ fn migrate_refuses_unknown_cells_and_unreachable_databases() {
         .local_addr()
         .unwrap()
         .port();
-    let dsn = format!("postgres://redcell@127.0.0.1:{port}/nowhere");
+    let dsn = format!("postgres://redcell:s3cret@127.0.0.1:{port}/nowhere");
     let down = cellctl(&["migrate", "--cell", "n1", "--dsn", &dsn], Some(&bundled));
     assert_eq!(down.code, 1);
+    // The database by its DSN without the password, and the cause itself.
+    assert_eq!(
+        down.stderr.trim_end(),
+        format!(
+            "cellctl: cell n1 (postgres://redcell@127.0.0.1:{port}/nowhere): cannot connect: \
+             error connecting to server: Connection refused (os error 111)"
+        )
+    );
+    assert!(!down.stderr.contains("s3cret"), "{}", down.stderr);
+}
+
+/// `--all-cells` tries every cell even when one fails: the reachable cell is
+/// migrated, the unreachable one is named by its DSN (without its password)
+/// with the cause, and the command exits 1 after a summary.
+#[test]
+fn migrate_all_cells_tries_every_cell_and_names_each_failure() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(redcell_harness::shared()).unwrap();
+    runtime
+        .block_on(server.create_database("cellctl_all_cells_n2"))
+        .unwrap();
+    let good = server.dsn("cellctl_all_cells_n2");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The first cell's database is down: the second must still be migrated.
+    let bad = format!("postgres://redcell:s3cret@127.0.0.1:{port}/cell_n1");
+    let topology = format!(
+        r#"version: 1
+regions: [north]
+cells:
+  - name: n1
+    region: north
+    status: active
+    servers: ["127.0.0.1:7101"]
+    db: "{bad}"
+  - name: n2
+    region: north
+    status: active
+    servers: ["127.0.0.1:7111"]
+    db: "{good}"
+epochs:
+  - id: 0
+    ranges:
+      north: {{ n1: "000-499", n2: "500-999" }}
+minting:
+  epoch: 0
+"#
+    );
+    let (_dir, path) = write_temp("cells.yaml", &topology);
+    let out = cellctl(&["migrate", "--all-cells"], Some(&path));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let shown_bad = format!("postgres://redcell@127.0.0.1:{port}/cell_n1");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "cell n1: FAILED ({shown_bad})\ncell n2: applied {} -> version {}\n",
+            all_versions(ORDER_DB),
+            Schema::Orders.expected_version()
+        )
+    );
+    assert_eq!(
+        out.stderr.trim_end(),
+        format!(
+            "cellctl: 1 of 2 databases failed (1 migrated):\n  cell n1 ({shown_bad}): cannot connect: \
+             error connecting to server: Connection refused (os error 111)"
+        )
+    );
+    assert!(!out.stderr.contains("s3cret") && !out.stdout.contains("s3cret"));
+    let current = runtime.block_on(async {
+        let client = server.connect("cellctl_all_cells_n2").await.unwrap();
+        redcell_migrations::check_current(&client, Schema::Orders).await
+    });
+    assert_eq!(current.unwrap(), Schema::Orders.expected_version());
+
+    // Once the other database is reachable too, a re-run succeeds for both.
+    runtime
+        .block_on(server.create_database("cellctl_all_cells_n1"))
+        .unwrap();
+    let fixed = topology.replace(&bad, &server.dsn("cellctl_all_cells_n1"));
+    let (_dir, path) = write_temp("cells.yaml", &fixed);
+    let again = cellctl(&["migrate", "--all-cells"], Some(&path));
+    assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(
-        down.stderr.starts_with("cellctl: cell n1: cannot connect:"),
+        again.stdout.ends_with(&format!(
+            "cell n2: up to date (version {})\nall 2 databases migrated\n",
+            Schema::Orders.expected_version()
+        )),
         "{}",
-        down.stderr
+        again.stdout
     );
 }
 

@@ -3,7 +3,7 @@
 //! applied versions are skipped, concurrent runs serialize on an advisory lock,
 //! and a database whose applied migration text changed is refused.
 
-use std::{io::Write, path::Path};
+use std::{io::Write, path::Path, time::Duration};
 
 use redcell_migrations::{LEDGER, Migration, ORDER_DB};
 
@@ -70,13 +70,30 @@ pub fn targets(
         .collect())
 }
 
+/// How long one database gets to accept the connection: a black-holed host
+/// must not stall the databases after it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Migrates every target, in order, whatever happened to the ones before: one
+/// line per database on `out`, then (for several) a summary. Any failure makes
+/// the command fail (exit 1) after all were tried, listing each failed
+/// database by its DSN (never its password) with the whole cause.
 pub fn run(targets: &[Target], out: &mut impl Write) -> Result<(), CommandError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|error| CommandError::Input(format!("cannot start a runtime: {error}")))?;
+    let mut failures = Vec::new();
     for target in targets {
-        let applied = runtime.block_on(migrate(target))?;
+        let shown = redcell_migrations::display_dsn(&target.dsn);
+        let applied = match runtime.block_on(migrate(target)) {
+            Ok(applied) => applied,
+            Err(reason) => {
+                writeln!(out, "{}: FAILED ({shown})", target.label)?;
+                failures.push(format!("{} ({shown}): {reason}", target.label));
+                continue;
+            }
+        };
         let newest = target.migrations.last().map_or(0, |m| m.version);
         if applied.is_empty() {
             writeln!(out, "{}: up to date (version {newest})", target.label)?;
@@ -90,24 +107,58 @@ pub fn run(targets: &[Target], out: &mut impl Write) -> Result<(), CommandError>
             )?;
         }
     }
-    Ok(())
+    let total = targets.len();
+    let migrated = total - failures.len();
+    if failures.is_empty() {
+        if total > 1 {
+            writeln!(out, "all {total} databases migrated")?;
+        }
+        return Ok(());
+    }
+    if let [only] = failures.as_slice()
+        && total == 1
+    {
+        return Err(CommandError::Input(only.clone()));
+    }
+    Err(CommandError::Input(format!(
+        "{} of {total} databases failed ({migrated} migrated):\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    )))
 }
 
-async fn migrate(target: &Target) -> Result<Vec<i32>, CommandError> {
-    let failed = |what: String| CommandError::Input(format!("{}: {what}", target.label));
-    let config: tokio_postgres::Config = target
+/// Migrates one database; the reason it failed, with the whole source chain.
+async fn migrate(target: &Target) -> Result<Vec<i32>, String> {
+    let mut config: tokio_postgres::Config = target
         .dsn
         .parse()
-        .map_err(|error| failed(format!("malformed DSN: {error}")))?;
+        .map_err(|error| format!("malformed DSN: {}", chain(&error)))?;
+    config.connect_timeout(CONNECT_TIMEOUT);
     let (mut client, connection) = config
         .connect(tokio_postgres::NoTls)
         .await
-        .map_err(|error| failed(format!("cannot connect: {error}")))?;
+        .map_err(|error| format!("cannot connect: {}", chain(&error)))?;
     let connection = tokio::spawn(connection);
     let applied = redcell_migrations::apply(&mut client, target.migrations)
         .await
-        .map_err(|error| failed(error.to_string()));
+        .map_err(|error| chain(&error));
     drop(client);
     let _ = connection.await;
     applied
+}
+
+/// An error and its sources, `outer: inner: root`, each said once (an error
+/// that prints its source is not repeated by it).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -18,7 +18,9 @@ use tonic::{Code, Status};
 
 use crate::db::DbError;
 
-#[derive(Debug, thiserror::Error)]
+/// `Clone`: a lane answers every caller of one user's Open with the same
+/// error, code and all.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CellError {
     /// Bad input; `field` names the request field.
     #[error("{field}: {message}")]

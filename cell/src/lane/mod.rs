@@ -7,6 +7,12 @@
 //! per batch ([`store::commit_opens`]): one commit serves the whole batch, which
 //! is what beats row-lock contention on a hot envelope.
 //!
+//! The lane is split in three: this actor (queue, registry, retirement,
+//! fan-out of replies), the pure planner ([`plan`]: what to answer from
+//! memory, which shares to draw; property-tested against the money
+//! invariants), and the [`Committer`] that writes a planned batch (the seam
+//! for a cell-level committer that merges many lanes' batches).
+//!
 //! Invariants, and why they hold:
 //! * A reply that says a share was taken is sent only after its commit: an
 //!   acknowledged Open is never lost.
@@ -19,6 +25,9 @@
 //! * Idle lanes remove themselves; a request that races the removal finds the
 //!   queue closed and starts a new lane.
 
+mod commit;
+pub mod plan;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -30,11 +39,14 @@ use redcell_topology::EnvelopeId;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+pub use commit::{CommitFuture, Committer, OpenBatch, PgCommitter};
+use plan::{Answer, Ask, LaneState, Queued, Taker};
+
 use crate::{
-    envelope::{Claim, Envelope, Status},
+    envelope::{Envelope, Status},
     error::CellError,
     share::{OpenResult, ShareStatus},
-    store::{self, CommitOutcome, NewClaim},
+    store::{self, CommitOutcome},
 };
 
 /// How lanes behave; see the `cell` flags.
@@ -75,10 +87,37 @@ enum Request {
 
 impl Request {
     fn fail(self, error: impl Fn() -> CellError) {
-        // A closed reply channel means the caller gave up: skip it.
+        self.into_parts().1.send(Answer::Open(Err(error())));
+    }
+
+    fn into_parts(self) -> (String, Reply, Ask) {
         match self {
-            Request::Grab { reply, .. } => drop(reply.send(Err(error()))),
-            Request::Open { reply, .. } => drop(reply.send(Err(error()))),
+            Request::Grab { user, reply } => (user, Reply::Grab(reply), Ask::Grab),
+            Request::Open { user, reply } => (user, Reply::Open(reply), Ask::Open),
+        }
+    }
+}
+
+/// Where a request's answer goes.
+enum Reply {
+    Grab(oneshot::Sender<Result<ShareStatus, CellError>>),
+    Open(oneshot::Sender<Result<OpenResult, CellError>>),
+}
+
+impl Reply {
+    /// Sends `answer` (an error reaches a Grab as well as an Open). A closed
+    /// channel means the caller gave up: skipped.
+    fn send(self, answer: Answer) {
+        let mismatch = || CellError::Internal("lane answered a request of the other kind".into());
+        match (self, answer) {
+            (Reply::Grab(reply), Answer::Grab(answer)) => drop(reply.send(answer)),
+            (Reply::Open(reply), Answer::Open(answer)) => drop(reply.send(answer)),
+            (Reply::Grab(reply), Answer::Open(answer)) => {
+                drop(reply.send(answer.and_then(|_| Err(mismatch()))))
+            }
+            (Reply::Open(reply), Answer::Grab(answer)) => {
+                drop(reply.send(answer.and_then(|_| Err(mismatch()))))
+            }
         }
     }
 }
@@ -90,14 +129,29 @@ type Registry = Arc<Mutex<HashMap<EnvelopeId, mpsc::Sender<Request>>>>;
 pub struct Lanes {
     registry: Registry,
     pool: Pool,
+    committer: Arc<dyn Committer>,
     config: LaneConfig,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
 
 impl Lanes {
+    /// Lanes that commit each batch in a transaction of its own.
     pub fn new(
         pool: Pool,
+        config: LaneConfig,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Lanes {
+        let committer = Arc::new(PgCommitter::new(pool.clone()));
+        Lanes::with_committer(pool, committer, config, tracker, cancel)
+    }
+
+    /// Lanes that load envelopes from `pool` and hand their batches to
+    /// `committer`.
+    pub fn with_committer(
+        pool: Pool,
+        committer: Arc<dyn Committer>,
         config: LaneConfig,
         tracker: TaskTracker,
         cancel: CancellationToken,
@@ -105,6 +159,7 @@ impl Lanes {
         Lanes {
             registry: Arc::default(),
             pool,
+            committer,
             config,
             tracker,
             cancel,
@@ -193,6 +248,7 @@ impl Lanes {
             state,
             receiver,
             pool: self.pool.clone(),
+            committer: self.committer.clone(),
             config: self.config,
             registry: self.registry.clone(),
             own_sender: sender.downgrade(),
@@ -202,86 +258,12 @@ impl Lanes {
     }
 }
 
-/// An envelope and its claims, as the lane knows them.
-#[derive(Debug)]
-struct LaneState {
-    envelope: Envelope,
-    claims: HashMap<String, OpenResult>,
-    /// The DB refused a commit because the envelope expired by its clock.
-    expired_in_db: bool,
-}
-
-impl LaneState {
-    fn new(envelope: Envelope, claims: Vec<Claim>) -> LaneState {
-        let claims = claims
-            .into_iter()
-            .map(|claim| {
-                (
-                    claim.user,
-                    OpenResult::taken(claim.amount_cents, claim.sequence),
-                )
-            })
-            .collect();
-        LaneState {
-            envelope,
-            claims,
-            expired_in_db: false,
-        }
-    }
-
-    /// Why nothing can be taken from this envelope by `user`, if so.
-    /// `remaining_count` accounts for the batch in flight.
-    fn refusal(
-        &self,
-        user: &str,
-        remaining_count: u32,
-        now: SystemTime,
-    ) -> Result<Option<ShareStatus>, CellError> {
-        match self.envelope.status {
-            Status::PendingPayment => {
-                return Err(CellError::FailedPrecondition(format!(
-                    "envelope {} is not paid yet",
-                    self.envelope.id
-                )));
-            }
-            Status::Cancelled => {
-                return Err(CellError::FailedPrecondition(format!(
-                    "envelope {} was cancelled (its payment failed)",
-                    self.envelope.id
-                )));
-            }
-            Status::Active | Status::Exhausted | Status::Expired => {}
-        }
-        Ok(if self.claims.contains_key(user) {
-            Some(ShareStatus::AlreadyOpened)
-        } else if !self.envelope.is_eligible(user) {
-            Some(ShareStatus::NotEligible)
-        } else if self.expired_in_db || self.envelope.status == Status::Expired {
-            Some(ShareStatus::Expired)
-        } else if self.envelope.status == Status::Exhausted || self.envelope.remaining_count == 0 {
-            // Emptied before it expired: it stays EXHAUSTED, as Get shows.
-            Some(ShareStatus::Exhausted)
-        } else if now >= self.envelope.expires_at {
-            Some(ShareStatus::Expired)
-        } else if remaining_count == 0 {
-            Some(ShareStatus::Exhausted)
-        } else {
-            None
-        })
-    }
-}
-
-/// The Opens of one batch that are to take a share.
-struct Taking {
-    user: String,
-    replies: Vec<oneshot::Sender<Result<OpenResult, CellError>>>,
-}
-
 struct Lane {
     id: EnvelopeId,
     state: Option<LaneState>,
     receiver: mpsc::Receiver<Request>,
     pool: Pool,
+    committer: Arc<dyn Committer>,
     config: LaneConfig,
     registry: Registry,
     own_sender: mpsc::WeakSender<Request>,
@@ -356,176 +338,110 @@ impl Lane {
                     return;
                 }
                 Err(error) => {
-                    let error = CellError::from(error).to_string();
+                    let error = CellError::from(error);
                     batch
                         .into_iter()
-                        .for_each(|request| request.fail(|| CellError::Unavailable(error.clone())));
+                        .for_each(|request| request.fail(|| error.clone()));
                     return;
                 }
             }
         }
-        let Some(state) = self.state.as_mut() else {
+        let Some(state) = self.state.as_ref() else {
             return;
         };
-        let now = SystemTime::now();
-        let mut remaining_count = state.envelope.remaining_count;
-        let mut taking: Vec<Taking> = Vec::new();
-        for request in batch {
-            match request {
-                Request::Grab { user, reply } => {
-                    let answer = if taking.iter().any(|t| t.user == user) {
-                        Ok(ShareStatus::AlreadyOpened)
-                    } else {
-                        state
-                            .refusal(&user, remaining_count, now)
-                            .map(|refusal| refusal.unwrap_or(ShareStatus::Available))
-                    };
-                    drop(reply.send(answer));
-                }
-                Request::Open { user, reply } => {
-                    if let Some(taker) = taking.iter_mut().find(|t| t.user == user) {
-                        taker.replies.push(reply);
-                        continue;
-                    }
-                    if let Some(first) = state.claims.get(&user) {
-                        drop(reply.send(Ok(*first)));
-                        continue;
-                    }
-                    // Judged on the committed state: whether this Open still
-                    // fits after the batch ahead of it is decided when the
-                    // batch commits (a failed commit must not have told anyone
-                    // EXHAUSTED while shares remain).
-                    match state.refusal(&user, state.envelope.remaining_count, now) {
-                        Ok(Some(refusal)) => drop(reply.send(Ok(OpenResult::refused(refusal)))),
-                        Err(error) => drop(reply.send(Err(error))),
-                        Ok(None) => {
-                            remaining_count = remaining_count.saturating_sub(1);
-                            taking.push(Taking {
-                                user,
-                                replies: vec![reply],
-                            });
-                        }
-                    }
-                }
+        let (users, mut replies): (Vec<(String, Ask)>, Vec<Option<Reply>>) = batch
+            .into_iter()
+            .map(|request| {
+                let (user, reply, ask) = request.into_parts();
+                ((user, ask), Some(reply))
+            })
+            .unzip();
+        let queue: Vec<Queued<'_>> = users
+            .iter()
+            .map(|(user, ask)| Queued { user, ask: *ask })
+            .collect();
+        let triage = plan::triage(state, &queue, SystemTime::now());
+        for (position, answer) in triage.answers {
+            if let Some(reply) = replies[position].take() {
+                reply.send(answer);
             }
         }
-        if !taking.is_empty() {
-            self.commit(taking).await;
+        if !triage.takers.is_empty() {
+            self.commit(triage.takers, &mut replies).await;
         }
     }
 
-    /// Draws the shares of `taking` in order and commits them; on a lost version
-    /// race reloads and replans.
-    async fn commit(&mut self, mut taking: Vec<Taking>) {
+    /// Plans the takers' shares and commits them; on a lost version race or
+    /// an expiry seen by the DB, reloads (or notes it) and plans again.
+    async fn commit(&mut self, mut takers: Vec<Taker>, replies: &mut [Option<Reply>]) {
+        let answer = |replies: &mut [Option<Reply>], taker: &Taker, answer: Answer| {
+            for position in &taker.requests {
+                if let Some(reply) = replies[*position].take() {
+                    reply.send(answer.clone());
+                }
+            }
+        };
         for _attempt in 0..STALE_RETRIES {
             let Some(state) = self.state.as_mut() else {
                 break;
             };
-            // Replan against the current state: after a reload some users may
-            // already hold a share (opened through another server), and fewer
-            // shares may be left.
-            let now = SystemTime::now();
-            let mut claims = Vec::with_capacity(taking.len());
-            let mut remaining_cents = state.envelope.remaining_cents;
-            let mut remaining_count = state.envelope.remaining_count;
-            let mut still_taking = Vec::with_capacity(taking.len());
-            // Opens that fit the committed state but not after the batch ahead
-            // of them: EXHAUSTED once (and only if) that batch commits.
-            let mut overflow = Vec::new();
-            let committed_remaining = state.envelope.remaining_count;
-            for taker in taking {
-                match state.refusal(&taker.user, remaining_count, now) {
-                    Ok(None) => {}
-                    Ok(Some(ShareStatus::Exhausted))
-                        if matches!(
-                            state.refusal(&taker.user, committed_remaining, now),
-                            Ok(None)
-                        ) =>
-                    {
-                        overflow.push(taker);
-                        continue;
-                    }
-                    answer => {
-                        let answer = answer.map(|refusal| match refusal {
-                            Some(ShareStatus::AlreadyOpened) => state
-                                .claims
-                                .get(&taker.user)
-                                .copied()
-                                .unwrap_or(OpenResult::refused(ShareStatus::AlreadyOpened)),
-                            Some(status) => OpenResult::refused(status),
-                            None => OpenResult::refused(ShareStatus::Available),
-                        });
-                        reply_all(taker.replies, || {
-                            answer.as_ref().map(|a| *a).map_err(clone_error)
-                        });
-                        continue;
-                    }
-                }
-                let envelope = &state.envelope;
-                let sequence = envelope.count - remaining_count + 1;
-                let amount = envelope.share(sequence, remaining_cents, remaining_count);
-                remaining_cents -= amount;
-                remaining_count -= 1;
-                claims.push(NewClaim {
-                    user: taker.user.clone(),
-                    sequence,
-                    amount_cents: amount,
-                });
-                still_taking.push(taker);
+            let users: Vec<&str> = takers.iter().map(|taker| taker.user.as_str()).collect();
+            let batch = plan::plan_batch(state, &users, SystemTime::now());
+            for (index, result) in &batch.answered {
+                answer(replies, &takers[*index], Answer::Open(result.clone()));
             }
-            taking = still_taking;
-            if taking.is_empty() {
+            let exhausted = Answer::Open(Ok(OpenResult::refused(ShareStatus::Exhausted)));
+            if batch.claims.is_empty() {
                 // Nothing fits: the committed state already says exhausted.
-                reply_refused(overflow, ShareStatus::Exhausted);
+                for index in &batch.overflow {
+                    answer(replies, &takers[*index], exhausted.clone());
+                }
                 return;
             }
-            let outcome = store::commit_opens(
-                &self.pool,
-                &state.envelope,
-                &claims,
-                remaining_cents,
-                remaining_count,
-            )
-            .await;
+            let outcome = self
+                .committer
+                .commit(OpenBatch {
+                    envelope: &state.envelope,
+                    claims: &batch.claims,
+                    remaining_cents: batch.remaining_cents,
+                    remaining_count: batch.remaining_count,
+                })
+                .await;
             match outcome {
                 Ok(CommitOutcome::Committed(version)) => {
-                    let envelope = &mut state.envelope;
-                    envelope.version = version;
-                    envelope.remaining_cents = remaining_cents;
-                    envelope.remaining_count = remaining_count;
-                    if remaining_count == 0 {
-                        envelope.status = Status::Exhausted;
+                    let results = state.apply(&batch, version);
+                    for (index, result) in batch.taking.iter().zip(results) {
+                        answer(replies, &takers[*index], Answer::Open(Ok(result)));
                     }
-                    for (taker, claim) in taking.into_iter().zip(claims) {
-                        let result = OpenResult::taken(claim.amount_cents, claim.sequence);
-                        state.claims.insert(claim.user, result);
-                        reply_all(taker.replies, || Ok(result));
+                    for index in &batch.overflow {
+                        answer(replies, &takers[*index], exhausted.clone());
                     }
-                    reply_refused(overflow, ShareStatus::Exhausted);
                     return;
                 }
                 Ok(CommitOutcome::Expired) => {
-                    state.expired_in_db = true;
                     // Replanning now answers EXPIRED (or the user's share).
-                    taking.extend(overflow);
+                    state.expired_in_db = true;
                 }
                 Ok(CommitOutcome::Stale | CommitOutcome::NotActive) => {
-                    taking.extend(overflow);
                     match store::load_with_claims(&self.pool, &self.id).await {
                         Ok(Some((envelope, loaded))) => {
                             self.state = Some(LaneState::new(envelope, loaded))
                         }
                         Ok(None) => {
                             self.state = None;
-                            fail_all(taking, || {
-                                CellError::NotFound(format!("envelope {} not found", self.id))
-                            });
+                            let error =
+                                CellError::NotFound(format!("envelope {} not found", self.id));
+                            for index in batch.unresolved() {
+                                answer(replies, &takers[index], Answer::Open(Err(error.clone())));
+                            }
                             return;
                         }
                         Err(error) => {
                             self.state = None;
-                            let message = CellError::from(error).to_string();
-                            fail_all(taking, || CellError::Unavailable(message.clone()));
+                            let error = CellError::from(error);
+                            for index in batch.unresolved() {
+                                answer(replies, &takers[index], Answer::Open(Err(error.clone())));
+                            }
                             return;
                         }
                     }
@@ -534,45 +450,23 @@ impl Lane {
                     // Unknown whether the DB saw it: forget the state, reload
                     // on the next request, and let the callers retry (Open is
                     // idempotent, so a retry returns the share if it committed).
-                    taking.extend(overflow);
                     self.state = None;
-                    let message = CellError::from(error).to_string();
-                    fail_all(taking, || CellError::Unavailable(message.clone()));
+                    let error = CellError::from(error);
+                    for index in batch.unresolved() {
+                        answer(replies, &takers[index], Answer::Open(Err(error.clone())));
+                    }
                     return;
                 }
             }
+            let unresolved = batch.unresolved();
+            takers = unresolved
+                .into_iter()
+                .map(|index| takers[index].clone())
+                .collect();
         }
-        let id = self.id;
-        fail_all(taking, || {
-            CellError::Unavailable(format!("envelope {id} is contended; retry"))
-        });
-    }
-}
-
-fn clone_error(error: &CellError) -> CellError {
-    match error {
-        CellError::FailedPrecondition(message) => CellError::FailedPrecondition(message.clone()),
-        other => CellError::Unavailable(other.to_string()),
-    }
-}
-
-fn reply_all(
-    replies: Vec<oneshot::Sender<Result<OpenResult, CellError>>>,
-    answer: impl Fn() -> Result<OpenResult, CellError>,
-) {
-    for reply in replies {
-        drop(reply.send(answer()));
-    }
-}
-
-fn reply_refused(takers: Vec<Taking>, status: ShareStatus) {
-    for taker in takers {
-        reply_all(taker.replies, || Ok(OpenResult::refused(status)));
-    }
-}
-
-fn fail_all(taking: Vec<Taking>, error: impl Fn() -> CellError) {
-    for taker in taking {
-        reply_all(taker.replies, || Err(error()));
+        let error = CellError::Unavailable(format!("envelope {} is contended; retry", self.id));
+        for taker in &takers {
+            answer(replies, taker, Answer::Open(Err(error.clone())));
+        }
     }
 }

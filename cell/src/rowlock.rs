@@ -24,7 +24,7 @@ const LOCK_ENVELOPE: &str = concat!(
 );
 const SELECT_OWN_CLAIM: &str =
     "SELECT amount_cents, seq FROM claims WHERE day = $1 AND envelope_id = $2 AND user_id = $3";
-const DB_EXPIRED: &str = "SELECT $1::timestamptz <= now()";
+const DB_EXPIRED: &str = "SELECT $1::timestamptz <= now() AS expired";
 const INSERT_CLAIM: &str =
     "INSERT INTO claims (day, envelope_id, user_id, seq, amount_cents) VALUES ($1, $2, $3, $4, $5)";
 const UPDATE_ENVELOPE: &str = "UPDATE envelopes SET remaining_cents = $3, remaining_count = $4, status = $5, \
@@ -47,17 +47,18 @@ pub async fn open(pool: &Pool, id: &EnvelopeId, user: &str) -> Result<OpenResult
         .await
         .map_err(DbError::from)?
     {
-        let sequence: i32 = own.get(1);
         return Ok(OpenResult::taken(
-            own.get(0),
-            u32::try_from(sequence).unwrap_or(0),
+            store::column(&own, "amount_cents")?,
+            claim_sequence(&own)?,
         ));
     }
-    let expired: bool = transaction
-        .query_one(DB_EXPIRED, &[&envelope.expires_at])
-        .await
-        .map_err(DbError::from)?
-        .get(0);
+    let expired: bool = store::column(
+        &transaction
+            .query_one(DB_EXPIRED, &[&envelope.expires_at])
+            .await
+            .map_err(DbError::from)?,
+        "expired",
+    )?;
     let refusal = match envelope.status {
         Status::PendingPayment | Status::Cancelled => {
             return Err(CellError::FailedPrecondition(format!(
@@ -82,8 +83,13 @@ pub async fn open(pool: &Pool, id: &EnvelopeId, user: &str) -> Result<OpenResult
     } else {
         Status::Active
     };
-    let sequence_i32 = i32::try_from(sequence).unwrap_or(i32::MAX);
-    let remaining_i32 = i32::try_from(remaining_count).unwrap_or(i32::MAX);
+    // Both are at most the envelope's count, itself read from an i32 column.
+    let column_i32 = |value: u32, what: &str| {
+        i32::try_from(value)
+            .map_err(|_| CellError::Internal(format!("{what} {value} does not fit its column")))
+    };
+    let sequence_i32 = column_i32(sequence, "claims.seq")?;
+    let remaining_i32 = column_i32(remaining_count, "envelopes.remaining_count")?;
     transaction
         .execute(INSERT_CLAIM, &[&day, &text, &user, &sequence_i32, &amount])
         .await
@@ -110,6 +116,13 @@ pub async fn open(pool: &Pool, id: &EnvelopeId, user: &str) -> Result<OpenResult
         .map_err(DbError::from)?;
     transaction.commit().await.map_err(DbError::from)?;
     Ok(OpenResult::taken(amount, sequence))
+}
+
+/// `claims.seq` of a row: an `integer` column holding a positive sequence.
+fn claim_sequence(row: &tokio_postgres::Row) -> Result<u32, DbError> {
+    let sequence: i32 = store::column(row, "seq")?;
+    u32::try_from(sequence)
+        .map_err(|_| DbError::Other(format!("claims.seq is {sequence}, not a sequence")))
 }
 
 /// Grab without a lane: a plain read.

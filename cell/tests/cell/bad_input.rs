@@ -872,3 +872,61 @@ async fn payment_system_errors_reach_clients_without_sql_text() {
     stack.drain_settlement().await;
     stack.check_money().await;
 }
+
+/// A column that drifted from the code (here `claims.amount_cents` no longer
+/// an i64) is an error of the request that names nothing of the database to
+/// the client, never a panic of the server (`--open-strategy rowlock` read
+/// it with `Row::get`); once the column is back, the same Open answers the
+/// same share and the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rowlock_schema_drift_is_an_error_not_a_panic() {
+    let mut stack = StackBuilder {
+        strategy: redcell_cell::OpenStrategy::Rowlock,
+        ..StackBuilder::default()
+    }
+    .start()
+    .await;
+    let envelope = stack
+        .send("drift", pb::EnvelopeKind::Lucky, 1_000, 10)
+        .await;
+    let open = pb::OpenRequest {
+        envelope_id: envelope.id.clone(),
+    };
+    let first = stack
+        .client(0, "alice")
+        .open(open.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.status(), pb::ShareStatus::Available);
+    let orders = stack.orders.connect().await.unwrap();
+    orders
+        .batch_execute("ALTER TABLE claims ALTER COLUMN amount_cents TYPE numeric")
+        .await
+        .unwrap();
+    let status = stack
+        .client(0, "alice")
+        .open(open.clone())
+        .await
+        .expect_err("an Open that cannot read its own claim");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status.message().starts_with("internal error (ref "),
+        "{status:?}"
+    );
+    assert_no_sql_text("Open", &status);
+
+    orders
+        .batch_execute("ALTER TABLE claims ALTER COLUMN amount_cents TYPE bigint")
+        .await
+        .unwrap();
+    let again = stack
+        .client(0, "alice")
+        .open(open)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first, "the same share, once the column is back");
+    stack.drain_settlement().await;
+    stack.check_money().await;
+}

@@ -19,3 +19,6 @@ mod process;
 
 #[path = "cell/bad_input.rs"]
 mod bad_input;
+
+#[path = "cell/reconcile.rs"]
+mod reconcile;

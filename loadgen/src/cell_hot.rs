@@ -109,7 +109,7 @@ async fn run_strategy(
         "version: 1\nregions: [north]\ncells:\n  - name: n1\n    region: north\n    status: active\n    servers: [\"{address}\"]\n    db: \"{orders_dsn}\"\nepochs:\n  - id: 0\n    ranges:\n      north: {{ n1: \"000-999\" }}\nminting:\n  epoch: 0\n"
     ))
     .map_err(|errors| errors.to_string())?;
-    let mut config = CellConfig::new("n1", Arc::new(topology))?;
+    let mut config = CellConfig::new("n1", Arc::new(topology.clone()))?;
     config.open_strategy = strategy;
     config.internal_token = Some(BENCH_INTERNAL_TOKEN.to_owned());
     config.db_pool = args.db_pool;
@@ -172,7 +172,7 @@ async fn run_strategy(
 
     // A benchmark that loses money is a failed benchmark.
     let (mut orders, connection) = tokio_postgres_connect(orders_dsn).await?;
-    let report = reconcile::check_cell(&mut orders, &ledger)
+    let report = reconcile::check_cell(&mut orders, &ledger, &topology, "n1")
         .await
         .map_err(|e| e.to_string())?;
     drop(orders);

@@ -286,10 +286,14 @@ impl Deployment {
 async fn wait_for_settlement(orders: &tokio_postgres::Client) -> Result<(), String> {
     for _ in 0..1200 {
         let pending: i64 = orders
-            .query_one("SELECT count(*) FROM transfers WHERE status = 1", &[])
+            .query_one(
+                "SELECT count(*) AS pending FROM transfers WHERE status = 1",
+                &[],
+            )
             .await
             .map_err(|e| e.to_string())?
-            .get(0);
+            .try_get("pending")
+            .map_err(|e| format!("transfers: column pending: {e}"))?;
         if pending == 0 {
             return Ok(());
         }

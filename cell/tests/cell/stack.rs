@@ -267,9 +267,10 @@ impl Stack {
     /// snapshots (valid while workers run).
     pub async fn check_money(&self) -> reconcile::Report {
         let mut client = self.orders.connect().await.unwrap();
-        let report = reconcile::check_cell(&mut client, &self.ledger)
-            .await
-            .unwrap();
+        let report =
+            reconcile::check_cell(&mut client, &self.ledger, &self.topology, &self.config.cell)
+                .await
+                .unwrap();
         assert!(
             report.discrepancies.is_empty(),
             "discrepancies: {:#?}",

@@ -471,22 +471,23 @@ impl Stack {
     /// the money held in all cells equal what was deposited.
     pub async fn check_money(&self) {
         self.drain_settlement().await;
-        let mut held = 0;
-        let mut balance = 0;
+        let mut clients = Vec::new();
         for cell in &self.cells {
-            let mut client = cell.orders.connect().await.unwrap();
-            let report = reconcile::check_cell(&mut client, &self.ledger)
-                .await
-                .unwrap();
-            assert!(
-                report.discrepancies.is_empty(),
-                "cell {}: {:#?}",
-                cell.name,
-                report.discrepancies
-            );
-            held += report.held_cents;
-            balance = report.ledger_balance_cents;
+            clients.push((cell.name, cell.orders.connect().await.unwrap()));
         }
+        let cells = clients
+            .iter_mut()
+            .map(|(cell, orders)| reconcile::CellOrders { cell, orders });
+        let topology = self.router.topology.load();
+        let report = reconcile::check_fleet(cells, &self.ledger, &topology)
+            .await
+            .unwrap();
+        assert!(
+            report.discrepancies.is_empty(),
+            "{:#?}",
+            report.discrepancies
+        );
+        let (held, balance) = (report.held_cents, report.ledger_balance_cents);
         assert_eq!(
             balance + held,
             self.deposits,

@@ -119,7 +119,8 @@ struct Deployment {
     /// Kept until the end: the databases are dropped with them.
     _orders: Vec<redcell_harness::TestDb>,
     _ledger_db: redcell_harness::TestDb,
-    order_dsns: Vec<String>,
+    /// The deployment's cells (names, order DBs), for the fleet reconcile.
+    topology: Arc<Topology>,
     ledger: PgLedger,
     router: Channel,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -227,7 +228,7 @@ impl Deployment {
             .connect_lazy();
         let ledger = PgLedger::connect(&ledger_db.dsn, 4).map_err(|e| e.to_string())?;
         Ok(Deployment {
-            order_dsns: orders.iter().map(|db| db.dsn.clone()).collect(),
+            topology: shared,
             _orders: orders,
             _ledger_db: ledger_db,
             ledger,
@@ -239,30 +240,34 @@ impl Deployment {
     }
 
     /// DESIGN §5 over every cell, and conservation: what was deposited is in
-    /// the ledger's balances or held by the cells. Each cell is read in a
-    /// snapshot of its own, at its own moment; a credit settled between two
-    /// of them would count as held in one and as a balance in the other, so
-    /// the cells' outboxes are drained first (the workers keep running).
+    /// the ledger's balances or held by the cells. One fleet check reads the
+    /// ledger in one snapshot and accounts per key, so it is exact while
+    /// workers run; the outboxes are drained first only so that a run ends
+    /// with its money settled.
     async fn reconcile(&self, deposited: i64) -> Result<(), String> {
-        let mut held = 0;
-        let mut balances = 0;
-        for dsn in &self.order_dsns {
-            let (mut client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        let mut clients = Vec::new();
+        for cell in self.topology.cells() {
+            let (client, connection) = tokio_postgres::connect(&cell.db, tokio_postgres::NoTls)
                 .await
                 .map_err(|e| e.to_string())?;
             let connection = tokio::spawn(connection);
             wait_for_settlement(&client).await?;
-            let report = reconcile::check_cell(&mut client, &self.ledger)
-                .await
-                .map_err(|e| e.to_string())?;
+            clients.push((cell.name.as_str(), client, connection));
+        }
+        let cells = clients
+            .iter_mut()
+            .map(|(cell, orders, _)| reconcile::CellOrders { cell, orders });
+        let report = reconcile::check_fleet(cells, &self.ledger, &self.topology)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (_, client, connection) in clients {
             drop(client);
             let _ = connection.await;
-            if !report.discrepancies.is_empty() {
-                return Err(format!("money discrepancies: {:?}", report.discrepancies));
-            }
-            held += report.held_cents;
-            balances = report.ledger_balance_cents;
         }
+        if !report.discrepancies.is_empty() {
+            return Err(format!("money discrepancies: {:?}", report.discrepancies));
+        }
+        let (held, balances) = (report.held_cents, report.ledger_balance_cents);
         if balances + held != deposited {
             return Err(format!(
                 "conservation broken: balances {balances} + held {held} != deposited {deposited}"

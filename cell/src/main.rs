@@ -8,7 +8,8 @@
 //! flag: exit 78 before binding, with the schema problem and what to run. One
 //! that does not answer is an outage, not an error: the server starts
 //! `NOT_SERVING` and the health probe checks the schema before its first
-//! `SERVING` (see [`redcell_cell::health`]).
+//! `SERVING` (see [`redcell_cell::health`]). The ledger is held to the same
+//! rule at start; when it does not answer, the payment boundary reports it.
 
 use std::process::ExitCode;
 
@@ -76,6 +77,7 @@ fn load(args: &CellArgs) -> Result<CellConfig, Vec<String>> {
 
 async fn serve(args: CellArgs, config: CellConfig) -> Result<(), Failure> {
     check_order_db(&config).await?;
+    check_ledger(&args.ledger_dsn).await?;
     let ledger = PgLedger::connect(&args.ledger_dsn, args.ledger_pool)
         .map_err(|error| Failure::Runtime(format!("--ledger-dsn: {error}")))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -113,5 +115,36 @@ async fn check_order_db(config: &CellConfig) -> Result<(), Failure> {
             );
             Ok(())
         }
+    }
+}
+
+/// The same rule for the built-in ledger: refused when it answers with a
+/// schema this binary was not built for; an unreachable ledger is an outage
+/// the payment boundary already reports (`UNAVAILABLE`, retried).
+async fn check_ledger(dsn: &str) -> Result<(), Failure> {
+    let shown = redcell_migrations::display_dsn(dsn);
+    let unreachable = |reason: String| {
+        tracing::warn!(ledger = %shown, %reason, "ledger unreachable at start");
+        Ok(())
+    };
+    let mut config: tokio_postgres::Config = dsn
+        .parse()
+        .map_err(|error| Failure::Config(format!("--ledger-dsn: malformed DSN: {error}")))?;
+    config.connect_timeout(std::time::Duration::from_secs(2));
+    let (client, connection) = match config.connect(tokio_postgres::NoTls).await {
+        Ok(connected) => connected,
+        Err(error) => return unreachable(error.to_string()),
+    };
+    let connection = tokio::spawn(connection);
+    let checked =
+        redcell_migrations::check_current(&client, redcell_migrations::Schema::Ledger).await;
+    drop(client);
+    let _ = connection.await;
+    match checked {
+        Ok(_) => Ok(()),
+        Err(error) if error.is_mismatch() => Err(Failure::Config(format!(
+            "ledger {shown}: {error}; run `cellctl migrate --ledger` (or deploy the binary built for it)"
+        ))),
+        Err(error) => unreachable(error.to_string()),
     }
 }

@@ -983,6 +983,36 @@ async fn an_order_db_with_another_schema_exits_78_naming_it() {
     }
 }
 
+/// The built-in ledger is held to the same rule: a cell whose order DB is
+/// current but whose ledger was never migrated exits 78 naming the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmigrated_ledger_exits_78_naming_it() {
+    let (orders, _ledger) = stack::databases().await;
+    let server = redcell_harness::shared().await.unwrap();
+    server
+        .create_database("ledger_never_migrated")
+        .await
+        .unwrap();
+    let ledger = server.dsn("ledger_never_migrated");
+    let listen = free_port();
+    let topology = TempFile::new("ledger.yaml", &stack::topology_text(&[listen], &orders.dsn));
+    let mut args = schema_args(topology.path(), listen);
+    let ledger_at = args.iter().position(|arg| arg == "--ledger-dsn").unwrap() + 1;
+    args[ledger_at] = ledger.clone();
+    let expected = redcell_migrations::Schema::Ledger.expected_version();
+    let message = format!(
+        "cell: ledger {}: the ledger schema was never migrated (this binary expects version {expected}); run `cellctl migrate --ledger`",
+        redcell_migrations::display_dsn(&ledger)
+    );
+    expect_config_exit(
+        "unmigrated ledger",
+        CellProcess::spawn(&args),
+        listen,
+        &message,
+    )
+    .await;
+}
+
 /// An order DB that is down at start is an outage, not an error: the server
 /// starts NOT_SERVING, and when the database comes back unmigrated it stays
 /// NOT_SERVING (logged as a schema error) until it is migrated, then serves.

@@ -1014,3 +1014,68 @@ fn check_credits(check: &mut CellCheck) {
         check.note(kind, Some(&envelope), message);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "2612021000000000000123";
+
+    #[test]
+    fn the_cells_key_space_names_its_envelope_and_nothing_else_is_in_it() {
+        for key in [
+            format!("send:{ID}"),
+            format!("claim:{ID}:7"),
+            format!("refund:{ID}"),
+        ] {
+            assert_eq!(envelope_of_key(&key), Some(ID), "{key}");
+        }
+        // Malformed keys of the space still name what they name (an orphan,
+        // since no row has that ID); other keys are deposits.
+        assert_eq!(envelope_of_key("claim:e1"), Some("e1"));
+        assert_eq!(envelope_of_key("send:"), Some(""));
+        for key in [
+            "deposit:ann:1",
+            "bench:deposit",
+            "topup:send:x",
+            "sendx",
+            "",
+        ] {
+            assert_eq!(envelope_of_key(key), None, "{key}");
+        }
+        assert_eq!(claim_key(ID, 7), format!("claim:{ID}:7"));
+    }
+
+    fn entry(kind: EntryKind, account: &str, cents: i64) -> LedgerEntry {
+        LedgerEntry {
+            key: format!("send:{ID}"),
+            account: account.to_owned(),
+            kind,
+            amount_cents: cents,
+            order: None,
+        }
+    }
+
+    #[test]
+    fn an_entry_unlike_its_row_is_a_wrong_amount_or_a_wrong_entry() {
+        let debit = entry(EntryKind::Debit, "ann", 500);
+        assert_eq!(entry_mismatch(&debit, EntryKind::Debit, "ann", 500), None);
+        let kind = |found: Option<(DiscrepancyKind, String)>| found.map(|(kind, _)| kind);
+        assert_eq!(
+            kind(entry_mismatch(&debit, EntryKind::Debit, "ann", 499)),
+            Some(DiscrepancyKind::WrongAmount)
+        );
+        assert_eq!(
+            kind(entry_mismatch(&debit, EntryKind::Debit, "bob", 500)),
+            Some(DiscrepancyKind::WrongEntry)
+        );
+        assert_eq!(
+            kind(entry_mismatch(&debit, EntryKind::Credit, "ann", 500)),
+            Some(DiscrepancyKind::WrongEntry)
+        );
+        // Money in and out of the cells, in the ledger's frame.
+        assert_eq!(signed_into_cell(&debit), 500);
+        assert_eq!(signed_into_cell(&entry(EntryKind::Credit, "ann", 70)), -70);
+        assert_eq!(signed_into_cell(&entry(EntryKind::Void, "", 0)), 0);
+    }
+}

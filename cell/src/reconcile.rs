@@ -80,9 +80,13 @@
 //! # Cost
 //!
 //! One pass over each order DB (envelopes, claims, transfers, kept in memory
-//! as compact per-row facts), one streamed pass over the ledger in key order
-//! through a portal (constant memory), and point reads by key for the late
-//! entries. Each read-only snapshot is held only for its own pass. Archived days (`cellctl archive`, to come) must
+//! as compact per-row facts: about 150 bytes per envelope and per transfer),
+//! one streamed pass over the ledger in key order through a portal
+//! (constant memory), and point reads by key for the late entries. The
+//! order-DB side is what grows with the data; bounding it too is a merge
+//! join per key prefix (the ledger's `claim:`/`refund:`/`send:` ranges are
+//! each in ID order, as order-DB portals by key or ID can be), with every
+//! snapshot taken before the ledger's and held for the pass. Each read-only snapshot is held only for its own pass. Archived days (`cellctl archive`, to come) must
 //! archive their ledger keys' facts with them, or their entries become
 //! orphans: the archiver owns that.
 

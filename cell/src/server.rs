@@ -28,6 +28,28 @@ use crate::{
 /// How long tracked tasks get to finish after the server stopped.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// HTTP/2 limits sized for a router's traffic: a cell's clients are a few
+/// routers, each multiplexing every call it sends this server on one
+/// connection.
+///
+/// * Streams in flight per connection: far above what one router sends one
+///   server (it is capped by the router's `--max-in-flight`); beyond it, the
+///   router's calls wait for a slot rather than fail.
+/// * Streams the peer reset before this server accepted them: h2's default of
+///   20 is a guard against rapid-reset floods from the internet. A router
+///   resets every call it stopped waiting for (its client's deadline, an
+///   attempt moved to the other server), and after a stall of this server
+///   (a GC-like pause, SIGSTOP, a full disk) those resets arrive together: at
+///   20 the server sent GOAWAY and dropped the router's one connection, failing
+///   every call on it. Twice the streams in flight bounds what a router can
+///   legitimately have reset while the server was not accepting.
+/// * Keepalive: a router that vanished without closing its connection is
+///   found and the connection's resources freed.
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 4_096;
+pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 2 * HTTP2_MAX_CONCURRENT_STREAMS as usize;
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("order DB: {0}")]
@@ -83,6 +105,10 @@ pub async fn run<P: Payments>(
         tracing::warn!("no internal token: this cell serves any caller (development only)");
     }
     let served = tonic::transport::Server::builder()
+        .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
+        .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(RedEnvelopeServer::with_interceptor(
             CellService::new(context.clone()),

@@ -49,8 +49,9 @@ pub const MIN_HS256_KEY_BYTES: usize = 32;
 pub const MIN_RSA_BITS: usize = 2048;
 
 /// Longest bearer token we try to verify; anything longer is refused unparsed
-/// so a hostile client cannot make us base64-decode megabytes.
-const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// (`UNAUTHENTICATED`) so a hostile client cannot make us base64-decode
+/// megabytes. README documents it.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// The key the router verifies tokens with; also fixes the only accepted
 /// algorithm.

@@ -21,9 +21,14 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    /// `budget` from now, or the client's `grpc-timeout` if it is shorter.
+    /// `budget` from now, or the client's `grpc-timeout` if it is shorter,
+    /// less [`client_margin`] of it: the router must answer
+    /// `DEADLINE_EXCEEDED` itself before tonic's own enforcement of the
+    /// client's timeout (which started a moment earlier) answers `CANCELLED`.
     pub fn for_call(budget: Duration, metadata: &MetadataMap) -> Deadline {
-        let budget = client_timeout(metadata).map_or(budget, |client| client.min(budget));
+        let budget = client_timeout(metadata).map_or(budget, |client| {
+            client.saturating_sub(client_margin(client)).min(budget)
+        });
         Deadline {
             at: Instant::now() + budget,
         }
@@ -42,6 +47,13 @@ impl Deadline {
             Status::deadline_exceeded(format!("the call's deadline passed before {what}"))
         })
     }
+}
+
+/// How much earlier than the client's timeout the router's deadline ends, so
+/// that its answer reaches the client before the client's own timer fires:
+/// 5% of it, at most 50 ms.
+pub fn client_margin(client: Duration) -> Duration {
+    (client / 20).min(Duration::from_millis(50))
 }
 
 /// The client's `grpc-timeout`, if it sent a valid one: at most 8 digits and

@@ -14,6 +14,13 @@
 //! the pool after [`MISSED_CHECKS_TO_FALL`] timeouts in a row, not at the
 //! first: one slow round under load must not empty a region's pool. Any
 //! `SERVING` answer puts it back.
+//!
+//! **Calls see a stall before health checks do (outlier ejection).** A server
+//! on which [`EJECT_AFTER`] calls in a row failed in transport or timed out
+//! (a stalled process, a dying one) is taken out of rotation at once, without
+//! waiting for [`MISSED_CHECKS_TO_FALL`] silent health checks; the first
+//! `SERVING` answer to a health check *started after* the ejection puts it
+//! back. Any answer from the server's handlers resets the count.
 
 use std::{
     collections::HashMap,
@@ -37,6 +44,19 @@ const CELL_SERVICE: &str = "redcell.v1.RedEnvelope";
 /// `SERVING` counts as down (HAProxy's `fall`). At the default 500 ms interval, a
 /// server that silently stopped answering leaves the pool within ~1.5 s.
 pub const MISSED_CHECKS_TO_FALL: u32 = 3;
+
+/// Calls in a row that failed in transport or timed out on one server before
+/// it is ejected (taken out of rotation until a health check answers).
+pub const EJECT_AFTER: u32 = 3;
+
+/// A server's recent call failures, and whether they ejected it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Outlier {
+    /// Calls in a row that failed in transport or timed out.
+    failures: u32,
+    /// When the server was ejected, if it is.
+    ejected_at: Option<Instant>,
+}
 
 /// What one health check learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +105,8 @@ pub struct Directory {
     channels: Mutex<HashMap<String, Channel>>,
     /// The health of every server checked so far (absent: never answered).
     health: RwLock<HashMap<String, ServerHealth>>,
+    /// Servers with calls failing in a row (absent: none failing).
+    outliers: RwLock<HashMap<String, Outlier>>,
     /// Cells that failed a Send, until the instant given.
     suspects: Mutex<HashMap<String, Instant>>,
     connect_timeout: Duration,
@@ -96,6 +118,7 @@ impl Directory {
         Directory {
             channels: Mutex::default(),
             health: RwLock::default(),
+            outliers: RwLock::default(),
             suspects: Mutex::default(),
             connect_timeout,
             suspect_for,
@@ -120,11 +143,63 @@ impl Directory {
         Ok(channel)
     }
 
+    /// Whether `address` is in rotation: its health checks say `SERVING` and
+    /// it is not ejected.
     pub fn is_serving(&self, address: &str) -> bool {
         self.health
             .read()
             .map(|health| health.get(address).is_some_and(|server| server.serving))
             .unwrap_or(false)
+            && !self.is_ejected(address)
+    }
+
+    /// Whether calls failing in a row took `address` out of rotation.
+    pub fn is_ejected(&self, address: &str) -> bool {
+        self.outliers
+            .read()
+            .map(|outliers| {
+                outliers
+                    .get(address)
+                    .is_some_and(|outlier| outlier.ejected_at.is_some())
+            })
+            .unwrap_or(false)
+    }
+
+    /// A call to `address` was answered by its handlers: its failure count
+    /// starts again (an ejection stays until a health check lifts it).
+    pub fn call_answered(&self, address: &str) {
+        let failing = self
+            .outliers
+            .read()
+            .map(|outliers| {
+                outliers
+                    .get(address)
+                    .is_some_and(|outlier| outlier.failures > 0)
+            })
+            .unwrap_or(false);
+        if failing && let Ok(mut outliers) = self.outliers.write() {
+            if let Some(outlier) = outliers.get_mut(address) {
+                outlier.failures = 0;
+            }
+            outliers.retain(|_, outlier| outlier.failures > 0 || outlier.ejected_at.is_some());
+        }
+    }
+
+    /// A call to `address` failed in transport or timed out; the
+    /// [`EJECT_AFTER`]th in a row ejects it.
+    pub fn call_failed(&self, address: &str) {
+        if let Ok(mut outliers) = self.outliers.write() {
+            let outlier = outliers.entry(address.to_owned()).or_default();
+            outlier.failures = outlier.failures.saturating_add(1);
+            if outlier.failures >= EJECT_AFTER && outlier.ejected_at.is_none() {
+                outlier.ejected_at = Some(Instant::now());
+                tracing::warn!(
+                    server = address,
+                    failures = outlier.failures,
+                    "server ejected: calls in a row failed or timed out"
+                );
+            }
+        }
     }
 
     /// Marks a cell suspect: out of the mint pool for a while.
@@ -154,8 +229,33 @@ impl Directory {
                 .is_some_and(|found| found.servers.iter().any(|server| self.is_serving(server)))
     }
 
+    /// Puts back in rotation the ejected servers among `serving` (answered
+    /// `SERVING` to a health check that started at `started`) if they were
+    /// ejected before that check started; forgets servers not in `known`.
+    fn lift_ejections<'a>(
+        &self,
+        started: Instant,
+        serving: impl Iterator<Item = &'a str>,
+        known: &[String],
+    ) {
+        if let Ok(mut outliers) = self.outliers.write() {
+            for address in serving {
+                if let Some(outlier) = outliers.get_mut(address)
+                    && outlier.ejected_at.is_some_and(|at| at < started)
+                {
+                    tracing::info!(server = %address, "ejected server answers its health check: back in rotation");
+                    *outlier = Outlier::default();
+                }
+            }
+            outliers.retain(|address, outlier| {
+                known.contains(address) && (outlier.failures > 0 || outlier.ejected_at.is_some())
+            });
+        }
+    }
+
     /// Asks every server of the topology for its health, concurrently.
     pub async fn check_all(&self, topology: &Topology, timeout: Duration) {
+        let started = Instant::now();
         let servers: Vec<String> = topology
             .cells()
             .iter()
@@ -182,21 +282,26 @@ impl Directory {
             }
         }
         if let Ok(mut health) = self.health.write() {
-            for (address, result) in results {
-                let was = health.get(&address).copied().unwrap_or_default();
-                let now = was.after(result);
+            for (address, result) in &results {
+                let was = health.get(address).copied().unwrap_or_default();
+                let now = was.after(*result);
                 if now.serving && !was.serving {
                     tracing::info!(server = %address, "server SERVING");
                 } else if !now.serving && was.serving {
                     tracing::warn!(server = %address, check = ?result, "server not serving");
-                } else if result == Check::Silent && now.serving {
+                } else if *result == Check::Silent && now.serving {
                     tracing::warn!(server = %address, silent = now.silent, "health check timed out");
                 }
-                health.insert(address, now);
+                health.insert(address.clone(), now);
             }
             // Servers that left the topology are forgotten.
             health.retain(|address, _| servers.contains(address));
         }
+        let serving = results
+            .iter()
+            .filter(|(_, result)| *result == Check::Serving)
+            .map(|(address, _)| address.as_str());
+        self.lift_ejections(started, serving, &servers);
         if let Ok(mut channels) = self.channels.lock() {
             channels.retain(|address, _| servers.contains(address));
         }
@@ -236,6 +341,65 @@ async fn check(channel: Channel, timeout: Duration) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory that believes `servers` are SERVING (as if checked).
+    fn healthy(servers: &[&str]) -> Directory {
+        let directory = Directory::new(Duration::from_secs(1), Duration::from_secs(5));
+        if let Ok(mut health) = directory.health.write() {
+            for server in servers {
+                health.insert(
+                    (*server).to_owned(),
+                    ServerHealth::default().after(Check::Serving),
+                );
+            }
+        }
+        directory
+    }
+
+    #[test]
+    fn failing_calls_in_a_row_eject_a_server_until_a_later_health_check_answers() {
+        let known = vec!["a:1".to_owned(), "b:1".to_owned()];
+        let directory = healthy(&["a:1", "b:1"]);
+        let before_ejection = Instant::now();
+        // Failures with answers in between never eject.
+        for _ in 0..10 {
+            for _ in 1..EJECT_AFTER {
+                directory.call_failed("a:1");
+            }
+            directory.call_answered("a:1");
+            assert!(directory.is_serving("a:1"));
+        }
+        for _ in 1..EJECT_AFTER {
+            directory.call_failed("a:1");
+        }
+        assert!(directory.is_serving("a:1"), "not yet");
+        directory.call_failed("a:1");
+        assert!(
+            !directory.is_serving("a:1"),
+            "ejected at {EJECT_AFTER} in a row"
+        );
+        assert!(directory.is_serving("b:1"), "only the failing server");
+        // An answer to a call does not bring it back, nor a health check that
+        // started before the ejection.
+        directory.call_answered("a:1");
+        assert!(!directory.is_serving("a:1"));
+        directory.lift_ejections(before_ejection, ["a:1"].into_iter(), &known);
+        assert!(
+            !directory.is_serving("a:1"),
+            "a check from before the ejection"
+        );
+        // A health check started after it, answered SERVING, does.
+        let later = Instant::now() + Duration::from_millis(1);
+        directory.lift_ejections(later, ["b:1"].into_iter(), &known);
+        assert!(!directory.is_serving("a:1"), "another server's answer");
+        directory.lift_ejections(later, ["a:1"].into_iter(), &known);
+        assert!(directory.is_serving("a:1"), "back in rotation");
+        // And its count starts again.
+        for _ in 1..EJECT_AFTER {
+            directory.call_failed("a:1");
+        }
+        assert!(directory.is_serving("a:1"));
+    }
 
     #[test]
     fn answers_count_at_once_and_silence_only_when_it_lasts() {

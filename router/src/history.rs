@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 
 use crate::{
-    route,
+    failover, route,
     service::{Caller, RouterService},
 };
 
@@ -274,42 +274,46 @@ impl History {
                     .unwrap_or_default(),
                 limit: limit + 1,
             };
-            let mut attempts = Vec::with_capacity(servers.len());
-            for server in &servers {
-                attempts.push((
-                    router.directory.channel(server)?,
-                    router.outgoing(caller, message.clone())?,
-                ));
-            }
-            // The cell's servers in order, the next one on UNAVAILABLE, each
-            // with what is left of the call's deadline.
-            let deadline = caller.deadline;
+            // The cell's servers in order (the next one after a transport
+            // failure, a stall or UNAVAILABLE), within the call's deadline.
+            let router = router.clone();
+            let caller = caller.clone();
+            let name = cell.name.clone();
             calls.spawn(async move {
-                let mut last = Status::unavailable("cell has no server");
-                for (channel, mut request) in attempts {
-                    let Some(left) = deadline.remaining() else {
-                        break;
-                    };
-                    request.set_timeout(left);
-                    match CellInternalClient::new(channel).cell_history(request).await {
-                        Err(status) if status.code() == tonic::Code::Unavailable => last = status,
-                        other => return other,
-                    }
-                }
-                Err(last)
+                failover::call_cell(
+                    &router.directory,
+                    &name,
+                    &servers,
+                    caller.deadline,
+                    |status| status.code() == tonic::Code::Unavailable,
+                    |channel, budget| {
+                        let request = router.attempt(&caller, message.clone(), budget);
+                        async move {
+                            CellInternalClient::new(channel)
+                                .cell_history(request?)
+                                .await
+                        }
+                    },
+                )
+                .await
             });
         }
         let mut slices = Vec::new();
         let mut degraded = false;
         while let Some(joined) = calls.join_next().await {
             match joined {
-                Ok(Ok(response)) => slices.push(response.into_inner().entries),
-                Ok(Err(status)) => {
+                Ok(Ok(response)) => slices.push(response.entries),
+                Ok(Err(error)) => {
+                    let status = error.into_status();
                     tracing::warn!(%status, "a cell's history slice failed; serving a partial page");
                     degraded = true;
                 }
                 Err(_) => degraded = true,
             }
+        }
+        // A partial page after the deadline is no page: the client gave up.
+        if degraded {
+            caller.deadline.left_for("every cell answered")?;
         }
         let (entries, more) = merge(slices, limit as usize);
         let last_allowed = pages_allowed.is_some_and(|pages| page + 1 >= pages);

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod deadline;
 pub mod directory;
+pub mod failover;
 pub mod history;
 pub mod limits;
 pub mod route;

@@ -21,6 +21,20 @@ use crate::{
 /// How long tracked tasks get after the server stopped.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
+/// The largest header list (all metadata of one call, HTTP/2 accounting) the
+/// router accepts. hyper's default, 16 KiB, answered a 20 KB bearer token
+/// with HTTP 431, which clients see as `UNKNOWN`; up to this size the
+/// authenticator refuses an oversized token as `UNAUTHENTICATED`
+/// ([`crate::auth::MAX_TOKEN_BYTES`]). Beyond it, HTTP/2 itself refuses the
+/// call (431) before any of the router's code runs.
+pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 128 * 1024;
+
+/// Streams a client may reset before the router accepted them before the
+/// router sends GOAWAY (h2's rapid-reset guard, default 20): a client that
+/// abandons its calls on its deadline while the router is briefly busy must
+/// not lose its connection, and the calls on it.
+pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 4_096;
+
 /// A started router's shared parts, for tests and operators' introspection.
 #[derive(Debug, Clone)]
 pub struct RouterHandle {
@@ -112,6 +126,8 @@ pub fn start(
             .await;
         tracing::info!(address = ?listener.local_addr().ok(), "router serving");
         let served = tonic::transport::Server::builder()
+            .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
+            .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS))
             .layer(global_limit_layer(config.max_in_flight))
             .add_service(health_service)
             .add_service(RedEnvelopeServer::new(service))

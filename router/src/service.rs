@@ -17,6 +17,7 @@ use crate::{
     auth::{Authenticator, UserId},
     deadline::Deadline,
     directory::Directory,
+    failover::{self, CellError},
     history::History,
     limits::UserRateLimiter,
     route,
@@ -80,10 +81,13 @@ impl RouterService {
         let metadata = request.metadata();
         let user = self.auth.authenticate(metadata)?;
         self.limiter.check(user.as_str())?;
+        let deadline = Deadline::for_call(self.cell_timeout, metadata);
+        // A call that arrives already late is answered as such, at once.
+        deadline.left_for("the router could start on it")?;
         Ok(Caller {
             user,
             trace: TraceParent::from_metadata(metadata),
-            deadline: Deadline::for_call(self.cell_timeout, metadata),
+            deadline,
         })
     }
 
@@ -108,8 +112,17 @@ impl RouterService {
         Ok(request)
     }
 
-    fn client(&self, server: &str) -> Result<RedEnvelopeClient<tonic::transport::Channel>, Status> {
-        Ok(RedEnvelopeClient::new(self.directory.channel(server)?))
+    /// [`outgoing`](Self::outgoing) for one attempt on one server: its gRPC
+    /// timeout is the attempt's share of the deadline.
+    pub(crate) fn attempt<T>(
+        &self,
+        caller: &Caller,
+        message: T,
+        budget: Duration,
+    ) -> Result<Request<T>, Status> {
+        let mut request = self.outgoing(caller, message)?;
+        request.set_timeout(budget);
+        Ok(request)
     }
 
     /// Routes an idempotent call to the envelope's cell, trying its servers in
@@ -129,35 +142,42 @@ impl RouterService {
         let cell = topology
             .route(&id)
             .map_err(|error| Status::invalid_argument(format!("envelope_id: {error}")))?;
-        let servers = route::servers_for(cell, envelope_id, |server| {
+        let servers: Vec<String> = route::servers_for(cell, envelope_id, |server| {
             self.directory.is_serving(server)
-        });
-        let mut last = Status::unavailable(format!("cell {} has no server", cell.name));
-        for server in servers {
-            if caller.deadline.remaining().is_none() {
-                break;
-            }
-            let mut client = self.client(server)?;
-            let result = match &call {
-                Call::Grab(message) => client
-                    .grab(self.outgoing(caller, message.clone())?)
-                    .await
-                    .map(|response| Reply::Grab(response.into_inner())),
-                Call::Open(message) => client
-                    .open(self.outgoing(caller, message.clone())?)
-                    .await
-                    .map(|response| Reply::Open(response.into_inner())),
-                Call::Get(message) => client
-                    .get(self.outgoing(caller, message.clone())?)
-                    .await
-                    .map(|response| Reply::Get(Box::new(response.into_inner()))),
-            };
-            match result {
-                Err(status) if status.code() == tonic::Code::Unavailable => last = status,
-                other => return other.map_err(from_cell),
-            }
-        }
-        Err(from_cell(last))
+        })
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        // Idempotent: another server of the cell may take it after a
+        // transport failure, a stall, or its own UNAVAILABLE.
+        let retry = |status: &Status| status.code() == tonic::Code::Unavailable;
+        let call = &call;
+        failover::call_cell(
+            &self.directory,
+            &cell.name,
+            &servers,
+            caller.deadline,
+            retry,
+            |channel, budget| async move {
+                let mut client = RedEnvelopeClient::new(channel);
+                match call {
+                    Call::Grab(message) => client
+                        .grab(self.attempt(caller, message.clone(), budget)?)
+                        .await
+                        .map(|response| response.map(Reply::Grab)),
+                    Call::Open(message) => client
+                        .open(self.attempt(caller, message.clone(), budget)?)
+                        .await
+                        .map(|response| response.map(Reply::Open)),
+                    Call::Get(message) => client
+                        .get(self.attempt(caller, message.clone(), budget)?)
+                        .await
+                        .map(|response| response.map(|reply| Reply::Get(Box::new(reply)))),
+                }
+            },
+        )
+        .await
+        .map_err(CellError::into_status)
     }
 
     /// The region new envelopes of this call are minted for.
@@ -197,24 +217,57 @@ impl RouterService {
         message: &pb::SendRequest,
     ) -> Result<pb::SendResponse, SendFailure> {
         let key = format!("{}/{}", caller.user.as_str(), message.idempotency_key);
-        let servers = route::servers_for(cell, &key, |server| self.directory.is_serving(server));
-        let mut last = Status::unavailable(format!("cell {} has no server", cell.name));
-        for server in servers {
-            let mut request = self
-                .outgoing(caller, message.clone())
-                .map_err(SendFailure::Final)?;
-            let suffix_value = MetadataValue::try_from(suffix.to_string())
-                .map_err(|_| SendFailure::Final(Status::internal("suffix")))?;
-            request.metadata_mut().insert(SUFFIX_METADATA, suffix_value);
-            let mut client = self.client(server).map_err(SendFailure::Final)?;
-            match client.send(request).await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) if never_reached(&status) => last = status,
-                Err(status) => return Err(send_failure(status)),
+        let servers: Vec<String> =
+            route::servers_for(cell, &key, |server| self.directory.is_serving(server))
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+        let suffix_value = MetadataValue::try_from(suffix.to_string())
+            .map_err(|_| SendFailure::Final(Status::internal("suffix")))?;
+        // The same Send, with the same idempotency key, on the cell's next
+        // server after a transport failure or a stall: the cell's idempotency
+        // row makes it replay the first attempt. A handler's answer is never
+        // retried here (it may follow a debit); `send_failure` reads it.
+        let sent = failover::call_cell(
+            &self.directory,
+            &cell.name,
+            &servers,
+            caller.deadline,
+            |_| false,
+            |channel, budget| {
+                let request = self
+                    .attempt(caller, message.clone(), budget)
+                    .map(|mut request| {
+                        request
+                            .metadata_mut()
+                            .insert(SUFFIX_METADATA, suffix_value.clone());
+                        request
+                    });
+                async move { RedEnvelopeClient::new(channel).send(request?).await }
+            },
+        )
+        .await;
+        match sent {
+            Ok(response) => Ok(response),
+            Err(CellError::Answered(status)) => Err(send_failure(status)),
+            // Out of time: the client's answer, whatever was reached.
+            Err(CellError::NoAnswer { status, .. })
+                if status.code() == tonic::Code::DeadlineExceeded =>
+            {
+                Err(SendFailure::Final(status))
             }
+            // No server of the cell could be reached: nothing was written.
+            Err(CellError::NoAnswer {
+                status,
+                reached: false,
+            }) => Err(SendFailure::NothingWritten(status)),
+            // Some attempt may have reached a handler, and debited: only this
+            // cell may take the Send again (the client retries with its key).
+            Err(CellError::NoAnswer {
+                status,
+                reached: true,
+            }) => Err(SendFailure::Final(status)),
         }
-        // No server of the cell could be reached: nothing was written.
-        Err(SendFailure::NothingWritten(from_cell(last)))
     }
 
     /// Asks the cell of `envelope_id` for the Send that paid for it: its
@@ -264,38 +317,14 @@ fn send_failure(status: Status) -> SendFailure {
     }
 }
 
-/// Whether a call failed before it reached a server (so it did nothing there):
-/// only a transport error whose cause is a refused or unroutable connection.
-/// Statuses that come from a cell (over the wire) carry no source, so a cell's
-/// own `UNAVAILABLE` — which may follow a debit — never counts as "not reached".
-fn never_reached(status: &Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(error) = source {
-        if let Some(io) = error.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
-            )
-        {
-            return true;
-        }
-        source = error.source();
-    }
-    false
-}
-
-/// A cell's status as the client sees it: the code and message, without the
-/// cell's internal metadata.
+/// A cell's status as the client sees it: [`failover::client_status`].
 fn from_cell(status: Status) -> Status {
-    Status::new(status.code(), status.message().to_owned())
+    failover::client_status(&status)
 }
 
-#[tonic::async_trait]
-impl RedEnvelope for RouterService {
-    async fn send(
+/// The calls, before [`failover::client_status`] maps what they answer.
+impl RouterService {
+    async fn serve_send(
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
@@ -346,7 +375,7 @@ impl RedEnvelope for RouterService {
         }))
     }
 
-    async fn grab(
+    async fn serve_grab(
         &self,
         request: Request<pb::GrabRequest>,
     ) -> Result<Response<pb::GrabResponse>, Status> {
@@ -359,7 +388,7 @@ impl RedEnvelope for RouterService {
         }
     }
 
-    async fn open(
+    async fn serve_open(
         &self,
         request: Request<pb::OpenRequest>,
     ) -> Result<Response<pb::OpenResponse>, Status> {
@@ -372,7 +401,7 @@ impl RedEnvelope for RouterService {
         }
     }
 
-    async fn get(
+    async fn serve_get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
@@ -385,7 +414,7 @@ impl RedEnvelope for RouterService {
         }
     }
 
-    async fn history(
+    async fn serve_history(
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
@@ -398,33 +427,52 @@ impl RedEnvelope for RouterService {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    /// A refused connection is recognised from tonic's real error, and a
-    /// status a server sends is never taken for "not reached".
-    #[tokio::test]
-    async fn only_refused_connections_count_as_never_reached() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect_lazy();
-        let status = RedEnvelopeClient::new(channel)
-            .grab(pb::GrabRequest {
-                envelope_id: "x".into(),
-            })
+/// Every status a client gets passes through [`failover::client_status`], the
+/// one exhaustive mapping: `UNKNOWN` and `CANCELLED` never leave the router.
+#[tonic::async_trait]
+impl RedEnvelope for RouterService {
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        self.serve_send(request)
             .await
-            .unwrap_err();
-        assert!(never_reached(&status), "{status:?}");
-        let from_a_cell =
-            Status::unavailable("payment system unavailable: error connecting to server");
-        assert!(!never_reached(&from_a_cell));
+            .map_err(|status| failover::client_status(&status))
+    }
+
+    async fn grab(
+        &self,
+        request: Request<pb::GrabRequest>,
+    ) -> Result<Response<pb::GrabResponse>, Status> {
+        self.serve_grab(request)
+            .await
+            .map_err(|status| failover::client_status(&status))
+    }
+
+    async fn open(
+        &self,
+        request: Request<pb::OpenRequest>,
+    ) -> Result<Response<pb::OpenResponse>, Status> {
+        self.serve_open(request)
+            .await
+            .map_err(|status| failover::client_status(&status))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        self.serve_get(request)
+            .await
+            .map_err(|status| failover::client_status(&status))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        self.serve_history(request)
+            .await
+            .map_err(|status| failover::client_status(&status))
     }
 }

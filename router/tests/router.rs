@@ -19,3 +19,6 @@ mod access;
 
 #[path = "router/history.rs"]
 mod history;
+
+#[path = "router/failover.rs"]
+mod failover;

@@ -712,3 +712,61 @@ async fn trace_context_user_and_credential_reach_the_cell() {
         assert_eq!(call.internal.as_deref(), Some(INTERNAL_TOKEN), "{what}");
     }
 }
+
+/// Found from outside: a bearer token over hyper's default 16 KiB header list
+/// reached the client as `UNKNOWN` (HTTP 431). Up to the router's header list
+/// limit (128 KiB) an oversized token is the authenticator's to refuse:
+/// `UNAUTHENTICATED`, and nothing happens. Beyond it HTTP/2 itself refuses the
+/// call before the router's code runs (README documents what clients see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_bearer_token_is_unauthenticated_not_unknown() {
+    let mut stack = Builder::default().start().await;
+    stack.fund("alice", 10_000).await;
+    let good = mint_hs256(HS_KEY, "alice", 3600).unwrap();
+    for size in [20 * 1024, 100 * 1024] {
+        // A real token padded out, and plain junk, of `size` bytes.
+        for token in [format!("{good}{}", "a".repeat(size)), "a".repeat(size)] {
+            let mut client = stack.client_with(Some(&format!("Bearer {token}")), None);
+            assert_code(
+                client
+                    .send(send_request(&format!("huge-{size}"), 1_000, 4))
+                    .await,
+                Code::Unauthenticated,
+                &format!("Send with a {size}-byte token"),
+            );
+            assert_code(
+                client
+                    .open(pb::OpenRequest {
+                        envelope_id: "2601221000000000001003".into(),
+                    })
+                    .await,
+                Code::Unauthenticated,
+                &format!("Open with a {size}-byte token"),
+            );
+        }
+    }
+    // Past the header list limit: refused by HTTP/2, whatever code the
+    // client library makes of it; the router keeps serving.
+    let beyond = format!("Bearer {}", "a".repeat(256 * 1024));
+    let refused = stack
+        .client_with(Some(&beyond), None)
+        .send(send_request("huge-beyond", 1_000, 4))
+        .await;
+    eprintln!(
+        "a 256 KiB token: {:?}",
+        refused.as_ref().map(|_| ()).map_err(Status::code)
+    );
+    assert!(refused.is_err());
+    assert_eq!(rows_everywhere(&stack, "envelopes").await, 0, "no envelope");
+    assert_eq!(stack.ledger.balance("alice").await.unwrap(), 10_000);
+    let envelope = stack
+        .client("alice")
+        .send(send_request("good", 1_000, 4))
+        .await
+        .unwrap()
+        .into_inner()
+        .envelope
+        .unwrap();
+    assert_eq!(envelope.sender, "alice");
+    stack.check_money().await;
+}

@@ -44,6 +44,8 @@ pub struct Builder {
     pub rate_per_user: u32,
     pub rate_burst: u32,
     pub max_in_flight: usize,
+    /// The router's budget per call (`--cell-timeout-ms`).
+    pub cell_timeout: Duration,
 }
 
 impl Default for Builder {
@@ -54,6 +56,9 @@ impl Default for Builder {
             rate_per_user: 10_000,
             rate_burst: 10_000,
             max_in_flight: 10_000,
+            // Generous: tests share two cores with many servers; they assert
+            // routing and money, not latency.
+            cell_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -235,9 +240,7 @@ impl Builder {
         );
         config.health_interval = Duration::from_millis(100);
         config.reload_interval = Duration::from_millis(100);
-        // Generous: tests share two cores with many servers; they assert
-        // routing and money, not latency.
-        config.cell_timeout = Duration::from_secs(10);
+        config.cell_timeout = self.cell_timeout;
         config.rate_per_user = std::num::NonZeroU32::new(self.rate_per_user).unwrap();
         config.rate_burst = std::num::NonZeroU32::new(self.rate_burst).unwrap();
         config.max_in_flight = self.max_in_flight;
@@ -694,5 +697,73 @@ impl HealthLog {
 impl Drop for HealthLog {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for router/failover.rs (a logic server that stalls or dies with
+// calls in flight).
+// ---------------------------------------------------------------------------
+
+/// A stalled logic server: see [`Stack::stall_cell_server`]. Dropping it
+/// resumes the server.
+pub struct Stall {
+    resume: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Stall {
+    pub fn resume(mut self) {
+        self.resume.take();
+    }
+}
+
+impl Drop for Stall {
+    fn drop(&mut self) {
+        self.resume.take();
+    }
+}
+
+impl Stack {
+    /// Stalls logic server `index` of `cell` as SIGSTOP would: a task blocks
+    /// the only worker thread of the server's runtime until the returned
+    /// [`Stall`] is resumed, so nothing of the server runs (no handler, no
+    /// HTTP/2 frame read, no health check answered) while the kernel still
+    /// accepts its connections and buffers what peers send. Returns once the
+    /// worker is blocked.
+    pub async fn stall_cell_server(&self, cell: &str, index: usize) -> Stall {
+        let server = &self.cell(cell).servers[index];
+        let runtime = server.runtime.as_ref().expect("the server is alive");
+        let (stalled, blocked) = oneshot::channel::<()>();
+        let (resume, resumed) = std::sync::mpsc::channel::<()>();
+        runtime.spawn(async move {
+            let _ = stalled.send(());
+            // Blocks the worker thread itself: a stall, not an await.
+            let _ = resumed.recv();
+        });
+        blocked.await.unwrap();
+        Stall {
+            resume: Some(resume),
+        }
+    }
+
+    /// Kills a stalled logic server: its runtime is told to shut down while
+    /// the server is still stalled, then the stall ends, so the server's
+    /// tasks (its connections, with every call in flight on them) are dropped
+    /// without running again, like a process killed while stopped.
+    pub async fn kill_stalled_cell_server(&mut self, cell: &str, index: usize, stall: Stall) {
+        let server = &mut self.cell_mut(cell).servers[index];
+        let runtime = server.runtime.take().expect("the server is alive");
+        runtime.shutdown_background();
+        stall.resume();
+        // The listener is gone once its task is dropped: connections are
+        // refused from then on.
+        let address = server.address;
+        for attempt in 0.. {
+            if tokio::net::TcpStream::connect(address).await.is_err() {
+                return;
+            }
+            assert!(attempt < 600, "the killed server {address} still accepts");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -6,7 +6,13 @@ use std::time::SystemTime;
 
 use redcell_proto::v1 as pb;
 
-use crate::{context::CellContext, db::DbError, error::CellError, request::UserId, store};
+use crate::{
+    context::CellContext,
+    db::DbError,
+    error::CellError,
+    request::{HistoryCursor, UserId},
+    store,
+};
 
 /// Entries per slice when the router asks for 0, and the most it may ask for.
 const DEFAULT_LIMIT: u32 = 50;
@@ -41,17 +47,10 @@ pub async fn cell_history<P>(
             ));
         }
     };
-    // No cursor: everything (the far future, and an id above every id).
-    let before = match request.before {
-        Some(timestamp) => SystemTime::try_from(timestamp)
-            .map_err(|_| CellError::invalid("before", "is not a valid timestamp"))?,
-        None => SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799),
-    };
-    let before_id = if request.before_id.is_empty() {
-        "9".repeat(23)
-    } else {
-        request.before_id
-    };
+    // No cursor: everything. Bounded here, at the edge: an out-of-range
+    // time would overflow the driver's encoding, a NUL would reach SQL.
+    let HistoryCursor { before, before_id } =
+        HistoryCursor::parse(request.before, &request.before_id)?;
     let direction = pb::HistoryDirection::try_from(request.direction)
         .map_err(|_| CellError::invalid("direction", "must be SENT or RECEIVED"))?;
     let query = match direction {

@@ -930,3 +930,44 @@ async fn rowlock_schema_drift_is_an_error_not_a_panic() {
     stack.drain_settlement().await;
     stack.check_money().await;
 }
+
+/// CellHistory's cursor is client input passed on by the router: an
+/// out-of-range time (it overflowed the driver's timestamp encoding) and a
+/// `before_id` with a NUL or letters (it reached SQL) are refused at the
+/// edge, naming the field; a valid cursor answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cell_history_cursors_are_checked_at_the_edge() {
+    use redcell_proto::v1::cell_internal_client::CellInternalClient;
+
+    let stack = StackBuilder::default().start().await;
+    let channel = Stack::channel_to(stack.address(0));
+    let mut client = CellInternalClient::with_interceptor(channel, crate::stack::as_user("router"));
+    let request =
+        |before: Option<prost_types::Timestamp>, before_id: &str| pb::CellHistoryRequest {
+            user: "alice".into(),
+            direction: pb::HistoryDirection::Sent.into(),
+            before,
+            before_id: before_id.into(),
+            limit: 10,
+        };
+    let far = prost_types::Timestamp {
+        seconds: i64::MAX,
+        nanos: 0,
+    };
+    for (bad, field) in [
+        (request(Some(far), ""), "before"),
+        (request(None, "123\u{0}456"), "before_id"),
+        (request(None, "12ab"), "before_id"),
+        (request(None, &"9".repeat(24)), "before_id"),
+    ] {
+        let status = client.cell_history(bad).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(field), "{status:?}");
+    }
+    let fine = client
+        .cell_history(request(None, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fine.entries.is_empty());
+}

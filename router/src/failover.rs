@@ -111,7 +111,7 @@ pub(crate) fn attempt_budget(left: Duration, servers_left: usize) -> Duration {
 pub(crate) async fn call_cell<T, F, Fut>(
     directory: &Directory,
     cell: &str,
-    servers: &[String],
+    servers: &[impl AsRef<str>],
     deadline: Deadline,
     retry_answer: impl Fn(&Status) -> bool,
     mut attempt: F,
@@ -124,6 +124,7 @@ where
     let mut last_transport: Option<Status> = None;
     let mut reached = false;
     for (index, server) in servers.iter().enumerate() {
+        let server = server.as_ref();
         let Some(left) = deadline.remaining() else {
             break;
         };

@@ -142,12 +142,9 @@ impl RouterService {
         let cell = topology
             .route(&id)
             .map_err(|error| Status::invalid_argument(format!("envelope_id: {error}")))?;
-        let servers: Vec<String> = route::servers_for(cell, envelope_id, |server| {
+        let servers = route::servers_for(cell, envelope_id, |server| {
             self.directory.is_serving(server)
-        })
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+        });
         // Idempotent: another server of the cell may take it after a
         // transport failure, a stall, or its own UNAVAILABLE.
         let retry = |status: &Status| status.code() == tonic::Code::Unavailable;
@@ -217,11 +214,7 @@ impl RouterService {
         message: &pb::SendRequest,
     ) -> Result<pb::SendResponse, SendFailure> {
         let key = format!("{}/{}", caller.user.as_str(), message.idempotency_key);
-        let servers: Vec<String> =
-            route::servers_for(cell, &key, |server| self.directory.is_serving(server))
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
+        let servers = route::servers_for(cell, &key, |server| self.directory.is_serving(server));
         let suffix_value = MetadataValue::try_from(suffix.to_string())
             .map_err(|_| SendFailure::Final(Status::internal("suffix")))?;
         // The same Send, with the same idempotency key, on the cell's next

@@ -9,32 +9,17 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use redcell_pgsys::PgSysError;
+
 /// Everything that can go wrong while starting, driving or stopping a
 /// throwaway PostgreSQL server.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
-    /// No directory holding both `initdb` and `postgres` was found.
-    #[error(
-        "PostgreSQL server binaries (initdb, postgres) not found; looked in: {searched}. \
-         Install them with `apt-get install -y postgresql` (Debian/Ubuntu), \
-         or set REDCELL_PG_BINDIR to the directory that holds initdb and postgres"
-    )]
-    BinariesNotFound {
-        /// Every place that was searched, in order, with why it was rejected.
-        searched: String,
-    },
-
-    /// The test runs as root (PostgreSQL refuses to), and the unprivileged
-    /// account the server should run as does not exist.
-    #[error(
-        "running as root, and PostgreSQL refuses to run as root, but user `{user}` is not in \
-         /etc/passwd; install the server package (`apt-get install -y postgresql` creates the \
-         `postgres` user), create the user, or set REDCELL_PG_USER to an existing one"
-    )]
-    ServerUserNotFound {
-        /// The account that was looked up.
-        user: String,
-    },
+    /// The binaries or their account could not be found or used (no
+    /// `initdb`/`postgres`, no unprivileged user while root, an OS call
+    /// failed); see [`PgSysError`].
+    #[error(transparent)]
+    System(#[from] PgSysError),
 
     /// `initdb` ran and failed.
     #[error("initdb failed ({status}) for {data_dir}:\n{stderr}")]

@@ -58,20 +58,17 @@
 //!   every server start up, if `/dev/shm` is large (Docker's default 64 MB is
 //!   not).
 
-mod binaries;
 mod databases;
 mod error;
 mod pristine;
-mod process_tree;
 mod server;
 mod server_dirs;
-mod server_user;
 mod shared;
-mod sys;
 
-pub use binaries::{BINDIR_ENV, BinarySearch, PgBinaries};
 pub use databases::TestDb;
 pub use error::HarnessError;
+/// Finding the binaries and the account they run as is shared with
+/// `cellctl up`, in `redcell-pgsys`.
+pub use redcell_pgsys::{BINDIR_ENV, BinarySearch, PgBinaries, PgSysError, SERVER_USER_ENV};
 pub use server::PgServer;
-pub use server_user::SERVER_USER_ENV;
 pub use shared::shared;

@@ -22,11 +22,11 @@ use std::process::Command;
 
 use tokio::sync::OnceCell;
 
-use crate::binaries::PgBinaries;
+use redcell_pgsys::{PgBinaries, ServerUser};
+
 use crate::error::HarnessError;
 use crate::server::run_blocking;
 use crate::server_dirs;
-use crate::server_user::ServerUser;
 
 /// `initdb` arguments besides `-D`. Changing them changes the cache key.
 ///

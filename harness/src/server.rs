@@ -36,11 +36,10 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
 
-use crate::binaries::{BinarySearch, PgBinaries};
+use redcell_pgsys::sys::{self, Signal};
+use redcell_pgsys::{BinarySearch, PgBinaries, ServerUser, process_tree};
+
 use crate::error::HarnessError;
-use crate::process_tree;
-use crate::server_user::{self, ServerUser};
-use crate::sys::{self, Signal};
 use crate::{pristine, server_dirs};
 
 /// The only address the server listens on.
@@ -149,7 +148,7 @@ impl PgServer {
         };
         let (from, to, user) = (pristine, server.data_dir.clone(), server.user.clone());
         run_blocking("copying the pristine cluster", move || {
-            server_user::copy_tree(&from, &to, user.as_ref())
+            Ok(redcell_pgsys::copy_tree(&from, &to, user.as_ref())?)
         })
         .await?;
         server.launch(PortChoice::Fresh).await?;

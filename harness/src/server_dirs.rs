@@ -25,9 +25,9 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use redcell_pgsys::{ServerUser, process_tree};
+
 use crate::error::HarnessError;
-use crate::process_tree;
-use crate::server_user::{self, ServerUser};
 
 const PREFIX: &str = "redcell-pg-";
 
@@ -46,9 +46,9 @@ pub(crate) fn create(user: Option<&ServerUser>) -> Result<PathBuf, HarnessError>
         let dir = root.join(format!("{PREFIX}{pid}-{n}"));
         match fs::create_dir(&dir) {
             Ok(()) => {
-                if let Err(err) = server_user::make_private_dir(&dir, user) {
+                if let Err(err) = redcell_pgsys::make_private_dir(&dir, user) {
                     remove(&dir);
-                    return Err(err);
+                    return Err(err.into());
                 }
                 return Ok(dir);
             }

@@ -21,7 +21,9 @@ use tokio::sync::OnceCell;
 
 use crate::error::HarnessError;
 use crate::server::PgServer;
-use crate::{process_tree, server_dirs, sys};
+use redcell_pgsys::{process_tree, sys};
+
+use crate::server_dirs;
 
 /// How long the exit hook waits for an immediate shutdown before SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(3);

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use redcell_harness::{BinarySearch, HarnessError, PgBinaries, PgServer, shared};
+use redcell_harness::{BinarySearch, HarnessError, PgBinaries, PgServer, PgSysError, shared};
 
 // ---------------------------------------------------------------- helpers
 
@@ -93,7 +93,7 @@ fn search_nowhere(root: &Path) -> BinarySearch {
 fn missing_binaries_error_says_how_to_install() {
     let scratch = tempfile::tempdir().unwrap();
     let err = PgBinaries::locate(&search_nowhere(scratch.path())).unwrap_err();
-    assert!(matches!(err, HarnessError::BinariesNotFound { .. }));
+    assert!(matches!(err, PgSysError::BinariesNotFound { .. }));
     let message = err.to_string();
     assert!(
         message.contains("apt-get install -y postgresql"),

@@ -20,7 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::error::HarnessError;
+use crate::error::PgSysError;
 
 /// Environment variable that names the server binary directory outright.
 pub const BINDIR_ENV: &str = "REDCELL_PG_BINDIR";
@@ -62,14 +62,14 @@ pub struct PgBinaries {
 impl PgBinaries {
     /// Finds the server programs, or explains where it looked and how to
     /// install them.
-    pub fn locate(search: &BinarySearch) -> Result<PgBinaries, HarnessError> {
+    pub fn locate(search: &BinarySearch) -> Result<PgBinaries, PgSysError> {
         let mut searched = Vec::new();
 
         if let Some(dir) = &search.override_dir {
             if holds_server_programs(dir) {
                 return Ok(PgBinaries::at(dir));
             }
-            return Err(HarnessError::BinariesNotFound {
+            return Err(PgSysError::BinariesNotFound {
                 searched: format!(
                     "{BINDIR_ENV}={} (no executable initdb and postgres there)",
                     dir.display()
@@ -112,7 +112,7 @@ impl PgBinaries {
             searched.push("PATH (unset)".to_owned());
         }
 
-        Err(HarnessError::BinariesNotFound {
+        Err(PgSysError::BinariesNotFound {
             searched: searched.join("; "),
         })
     }

@@ -1,5 +1,5 @@
 #![allow(unsafe_code)]
-//! The only `unsafe` in the harness: four thin wrappers over libc.
+//! The only `unsafe` of the harness and `cellctl up`: four thin wrappers over libc.
 //!
 //! Each wrapper validates its arguments so that callers cannot reach the
 //! dangerous corners of the underlying call (for `kill(2)`, a pid of 0 or -1
@@ -7,11 +7,14 @@
 
 use std::io;
 
-/// Signals the harness sends to PostgreSQL processes.
+/// Signals sent to PostgreSQL servers and to the processes `cellctl up` starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Signal {
+pub enum Signal {
     /// Fast shutdown: roll back open transactions, checkpoint, exit.
     Interrupt,
+    /// Polite termination (a logic server or router drains and exits; for
+    /// PostgreSQL, smart shutdown).
+    Terminate,
     /// Immediate shutdown: exit without a checkpoint (crash recovery on next start).
     Quit,
     /// Freeze the process so it cannot fork new children while we kill them.
@@ -24,6 +27,7 @@ impl Signal {
     fn number(self) -> libc::c_int {
         match self {
             Signal::Interrupt => libc::SIGINT,
+            Signal::Terminate => libc::SIGTERM,
             Signal::Quit => libc::SIGQUIT,
             Signal::Stop => libc::SIGSTOP,
             Signal::Kill => libc::SIGKILL,
@@ -32,7 +36,7 @@ impl Signal {
 }
 
 /// The effective user id of this process.
-pub(crate) fn effective_uid() -> u32 {
+pub fn effective_uid() -> u32 {
     // SAFETY: geteuid(2) takes no arguments, touches no memory of ours and
     // cannot fail.
     unsafe { libc::geteuid() }
@@ -42,7 +46,7 @@ pub(crate) fn effective_uid() -> u32 {
 ///
 /// Refuses pids below 2: 0 and negative pids address process groups, -1
 /// addresses every process we may signal, and 1 is init.
-pub(crate) fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
+pub fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
     let pid = single_pid(pid)?;
     // SAFETY: kill(2) only reads its two integer arguments; `pid` was checked
     // above to name exactly one process, never a group.
@@ -59,7 +63,7 @@ pub(crate) fn send_signal(pid: u32, signal: Signal) -> io::Result<()> {
 ///
 /// Used only where no [`std::process::Child`] is at hand: in the `atexit`
 /// hook, whose postmaster `Child` lives in a static that is never dropped.
-pub(crate) fn reap_child_if_exited(pid: u32) -> bool {
+pub fn reap_child_if_exited(pid: u32) -> bool {
     let Ok(pid) = single_pid(pid) else {
         return true;
     };
@@ -74,7 +78,7 @@ pub(crate) fn reap_child_if_exited(pid: u32) -> bool {
 
 /// Registers `hook` to run when the process exits normally (`exit(3)`, which
 /// is how both `main` returning and `std::process::exit` end a test binary).
-pub(crate) fn run_at_exit(hook: extern "C" fn()) -> io::Result<()> {
+pub fn run_at_exit(hook: extern "C" fn()) -> io::Result<()> {
     // SAFETY: `hook` is a plain `extern "C" fn()` with 'static lifetime, as
     // atexit(3) requires; the hook itself never unwinds (it catches nothing
     // because it calls nothing that panics: see `shared::stop_shared_at_exit`).

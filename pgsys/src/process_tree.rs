@@ -30,19 +30,19 @@ fn stat_of(pid: u32) -> Option<(char, u32)> {
 
 /// True while `pid` exists and has not exited (a zombie has exited: it holds
 /// no memory, sockets or shared memory attachments any more).
-pub(crate) fn is_alive(pid: u32) -> bool {
+pub fn is_alive(pid: u32) -> bool {
     matches!(stat_of(pid), Some((state, _)) if state != 'Z' && state != 'X')
 }
 
 /// The command name (`/proc/<pid>/comm`) of `pid`, if it exists.
-pub(crate) fn command_name(pid: u32) -> Option<String> {
+pub fn command_name(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|name| name.trim_end().to_owned())
 }
 
 /// Live processes whose parent is `parent`.
-pub(crate) fn children_of(parent: u32) -> Vec<u32> {
+pub fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -56,7 +56,7 @@ pub(crate) fn children_of(parent: u32) -> Vec<u32> {
 /// seconds at most) until none of them is alive.
 ///
 /// The postmaster itself may remain a zombie until its parent reaps it.
-pub(crate) fn kill_tree(postmaster: u32) {
+pub fn kill_tree(postmaster: u32) {
     // Freeze it first: a stopped postmaster cannot fork, so the scan below
     // sees every child there will ever be.
     if let Err(err) = sys::send_signal(postmaster, Signal::Stop) {
@@ -84,11 +84,7 @@ pub(crate) fn kill_tree(postmaster: u32) {
 ///
 /// `has_exited` must reap the postmaster when it is our child, or a zombie
 /// would never count as exited.
-pub(crate) fn end_postmaster(
-    postmaster: u32,
-    grace: Duration,
-    has_exited: &mut dyn FnMut() -> bool,
-) {
+pub fn end_postmaster(postmaster: u32, grace: Duration, has_exited: &mut dyn FnMut() -> bool) {
     if sys::send_signal(postmaster, Signal::Quit).is_ok() {
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {

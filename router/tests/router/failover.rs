@@ -411,3 +411,103 @@ async fn a_call_past_its_deadline_answers_deadline_exceeded() {
     drop(stalls);
     stack.check_money().await;
 }
+
+/// kill -9 of logic servers with Sends in flight on them: each Send is tried
+/// again on its cell's other server with the same idempotency key, and
+/// answers OK, paid once. Found from outside: such Sends answered `UNKNOWN`
+/// (the client's retry with the same key then succeeded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_killed_with_sends_in_flight_fail_none_and_debit_once() {
+    const SENDERS: usize = 8;
+    const TOTAL: i64 = 1_000;
+    let mut stack = Builder {
+        servers_per_cell: 2,
+        ..Builder::default()
+    }
+    .start()
+    .await;
+    let north = ["n1", "n2", "n3"];
+    // Senders whose Send goes first to server 0 of its (north) cell, by the
+    // router's draw and rendezvous order.
+    let topology = stack.router.topology.load();
+    let region = topology.region_digit("north").unwrap();
+    let mut senders = Vec::new();
+    for index in 0.. {
+        let sender = format!("payer-{index}");
+        let draw = route::stable_hash(&[sender.as_bytes(), b"k"]);
+        let (_, cell) = route::mint_suffix(&topology, region, draw, |_| true).unwrap();
+        let cell = &topology.cells()[cell];
+        let first = route::rendezvous(cell, &format!("{sender}/k"))[0].to_owned();
+        if stack.cell(&cell.name).servers[0].address.to_string() == first {
+            senders.push((sender, cell.name.clone()));
+        }
+        if senders.len() == SENDERS {
+            break;
+        }
+    }
+    drop(topology);
+    for (sender, _) in &senders {
+        stack.fund(sender, TOTAL).await;
+    }
+
+    let mut stalls = Vec::new();
+    for cell in north {
+        stalls.push((cell, stack.stall_cell_server(cell, 0).await));
+    }
+    let mut sends = JoinSet::new();
+    for (sender, cell) in &senders {
+        let mut client = stack.client(sender);
+        let (sender, cell) = (sender.clone(), cell.clone());
+        sends.spawn(async move {
+            let result = client
+                .send(crate::stack::lucky(TOTAL, 2, "k"))
+                .await
+                .map(tonic::Response::into_inner);
+            (sender, cell, result)
+        });
+    }
+    let directory = stack.router.directory.clone();
+    let stalled: Vec<String> = north
+        .iter()
+        .map(|cell| stack.cell(cell).servers[0].address.to_string())
+        .collect();
+    wait_until("the router sees the stalled servers silent", || {
+        stalled.iter().all(|address| !directory.is_serving(address))
+    })
+    .await;
+    for (cell, stall) in stalls {
+        stack.kill_stalled_cell_server(cell, 0, stall).await;
+    }
+
+    while let Some(joined) = sends.join_next().await {
+        let (sender, cell, result) = joined.unwrap();
+        let envelope = result
+            .unwrap_or_else(|status| {
+                panic!(
+                    "{sender}'s Send failed: {status:?}\nrouter view: {}",
+                    stack.router_view()
+                )
+            })
+            .envelope
+            .unwrap();
+        assert_eq!(stack.cell_of(&envelope.id), cell, "{sender}: its cell");
+        assert_eq!(envelope.sender, sender);
+        // Paid once: one envelope, one debit.
+        let mut mine = 0;
+        for other in &stack.cells {
+            let orders = other.orders.connect().await.unwrap();
+            let count: i64 = orders
+                .query_one(
+                    "SELECT count(*) FROM envelopes WHERE sender = $1",
+                    &[&sender],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            mine += count;
+        }
+        assert_eq!(mine, 1, "{sender}: one envelope");
+        assert_eq!(stack.ledger.balance(&sender).await.unwrap(), 0, "{sender}");
+    }
+    stack.check_money().await;
+}

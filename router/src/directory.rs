@@ -24,7 +24,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -107,6 +110,9 @@ pub struct Directory {
     health: RwLock<HashMap<String, ServerHealth>>,
     /// Servers with calls failing in a row (absent: none failing).
     outliers: RwLock<HashMap<String, Outlier>>,
+    /// `outliers.len()`, read without the lock: calls on healthy servers (the
+    /// hot path) skip it while nothing is failing.
+    outlier_count: AtomicUsize,
     /// Cells that failed a Send, until the instant given.
     suspects: Mutex<HashMap<String, Instant>>,
     connect_timeout: Duration,
@@ -119,6 +125,7 @@ impl Directory {
             channels: Mutex::default(),
             health: RwLock::default(),
             outliers: RwLock::default(),
+            outlier_count: AtomicUsize::new(0),
             suspects: Mutex::default(),
             connect_timeout,
             suspect_for,
@@ -155,6 +162,9 @@ impl Directory {
 
     /// Whether calls failing in a row took `address` out of rotation.
     pub fn is_ejected(&self, address: &str) -> bool {
+        if self.outlier_count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
         self.outliers
             .read()
             .map(|outliers| {
@@ -168,6 +178,9 @@ impl Directory {
     /// A call to `address` was answered by its handlers: its failure count
     /// starts again (an ejection stays until a health check lifts it).
     pub fn call_answered(&self, address: &str) {
+        if self.outlier_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let failing = self
             .outliers
             .read()
@@ -182,6 +195,7 @@ impl Directory {
                 outlier.failures = 0;
             }
             outliers.retain(|_, outlier| outlier.failures > 0 || outlier.ejected_at.is_some());
+            self.outlier_count.store(outliers.len(), Ordering::Relaxed);
         }
     }
 
@@ -189,6 +203,8 @@ impl Directory {
     /// [`EJECT_AFTER`]th in a row ejects it.
     pub fn call_failed(&self, address: &str) {
         if let Ok(mut outliers) = self.outliers.write() {
+            let count = outliers.len() + usize::from(!outliers.contains_key(address));
+            self.outlier_count.store(count, Ordering::Relaxed);
             let outlier = outliers.entry(address.to_owned()).or_default();
             outlier.failures = outlier.failures.saturating_add(1);
             if outlier.failures >= EJECT_AFTER && outlier.ejected_at.is_none() {
@@ -250,6 +266,7 @@ impl Directory {
             outliers.retain(|address, outlier| {
                 known.contains(address) && (outlier.failures > 0 || outlier.ejected_at.is_some())
             });
+            self.outlier_count.store(outliers.len(), Ordering::Relaxed);
         }
     }
 

@@ -38,13 +38,16 @@
 //! 5. Conservation: every balance equals its credits minus its debits.
 
 mod error;
+pub mod keys;
 pub mod ledger;
 mod sql;
+pub mod sqlstate;
 
 use std::future::Future;
 use std::sync::Arc;
 
 pub use error::PaymentsError;
+pub use keys::{KeyError, KeyKind, LedgerKey, deposit_key};
 pub use ledger::{
     AccountDiscrepancy, EntryKind, EntryTotals, LedgerAudit, LedgerBooks, LedgerEntry, PgLedger,
 };

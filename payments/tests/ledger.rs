@@ -857,3 +857,109 @@ async fn an_audit_of_the_books_visits_every_entry_once_in_key_order() {
     assert_eq!(books.discrepancies.len(), 1);
     assert_eq!(books.discrepancies[0].account, "bob");
 }
+
+// ------------------------------------------------- the shared storage contracts
+
+/// The SQL fragments of `keys::sql` compute, in PostgreSQL, exactly the text
+/// `LedgerKey` displays in Rust: statements that pick keys from rows (the
+/// expiry worker, the reconciler's joins) and code that builds them (the
+/// batch commit, Send, recovery) agree on every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_computed_in_sql_are_the_keys_built_in_rust() {
+    use redcell_payments::{LedgerKey, keys::sql};
+    use redcell_topology::EnvelopeId;
+
+    let server = redcell_harness::shared().await.unwrap();
+    let client = server.connect("postgres").await.unwrap();
+    let query = format!(
+        "SELECT {}, {}, {}",
+        sql::send_key("$1::text"),
+        sql::claim_key("$1::text", "$2::int"),
+        sql::refund_key("$1::text"),
+    );
+    let ids: Vec<EnvelopeId> = [
+        "2612021000000000000123",
+        "0001011990000000000000",
+        "9912319999999999999999",
+    ]
+    .iter()
+    .map(|text| text.parse().unwrap())
+    .collect();
+    for envelope in ids {
+        for sequence in [0_u32, 1, 7, 10, 4_096, i32::MAX.unsigned_abs()] {
+            let row = client
+                .query_one(
+                    &query,
+                    &[&envelope.to_string(), &i32::try_from(sequence).unwrap()],
+                )
+                .await
+                .unwrap();
+            let in_sql: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+            let in_rust = (
+                LedgerKey::Send(envelope).to_string(),
+                LedgerKey::Claim { envelope, sequence }.to_string(),
+                LedgerKey::Refund(envelope).to_string(),
+            );
+            assert_eq!(in_sql, in_rust);
+            for key in [&in_sql.0, &in_sql.1, &in_sql.2] {
+                assert_eq!(key.parse::<LedgerKey>().unwrap().envelope(), envelope);
+            }
+        }
+    }
+}
+
+/// The shared SQLSTATE table against the real server: the errors that a
+/// statement timeout, a lock timeout, a unique index and a bad query really
+/// raise are classified as the module doc says (a statement timeout is a
+/// transient `TimedOut`, for the cell as for the ledger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_postgres_errors_are_classified_by_the_shared_table() {
+    use redcell_payments::sqlstate::SqlFailure;
+
+    let stack = stack().await;
+    let server = redcell_harness::shared().await.unwrap();
+    let client = server.connect(&stack.db.name).await.unwrap();
+    let failure = |error: tokio_postgres::Error| SqlFailure::of(&error);
+
+    // pg_sleep(60) always outlives a 1 ms statement timeout.
+    client
+        .batch_execute("SET statement_timeout = '1ms'")
+        .await
+        .unwrap();
+    let timeout = client.query("SELECT pg_sleep(60)", &[]).await.unwrap_err();
+    assert_eq!(failure(timeout), SqlFailure::TimedOut);
+    client
+        .batch_execute("RESET statement_timeout")
+        .await
+        .unwrap();
+
+    // A lock held by another session, asked for with NOWAIT.
+    let holder = server.connect(&stack.db.name).await.unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let locked = client
+        .batch_execute("BEGIN; LOCK TABLE accounts NOWAIT")
+        .await
+        .unwrap_err();
+    assert_eq!(failure(locked), SqlFailure::TimedOut);
+    client.batch_execute("ROLLBACK").await.unwrap();
+    holder.batch_execute("ROLLBACK").await.unwrap();
+
+    client
+        .batch_execute("INSERT INTO accounts VALUES ('kay', 1)")
+        .await
+        .unwrap();
+    let duplicate = client
+        .batch_execute("INSERT INTO accounts VALUES ('kay', 1)")
+        .await
+        .unwrap_err();
+    assert_eq!(failure(duplicate), SqlFailure::UniqueViolation);
+    let typo = client
+        .batch_execute("SELECT no_such_column FROM accounts")
+        .await
+        .unwrap_err();
+    assert_eq!(failure(typo), SqlFailure::Unexpected);
+    assert!(SqlFailure::TimedOut.is_transient());
+}

@@ -48,6 +48,10 @@ const CELL_SERVICE: &str = "redcell.v1.RedEnvelope";
 /// server that silently stopped answering leaves the pool within ~1.5 s.
 pub const MISSED_CHECKS_TO_FALL: u32 = 3;
 
+/// HTTP/2 keepalive of the router's connections to logic servers.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Calls in a row that failed in transport or timed out on one server before
 /// it is ejected (taken out of rotation until a health check answers).
 pub const EJECT_AFTER: u32 = 3;
@@ -144,7 +148,14 @@ impl Directory {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|_| tonic::Status::internal(format!("bad server address {address}")))?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A connection whose peer vanished without closing it (a host
+            // gone, a partition) would otherwise carry every call and health
+            // check into silence forever: HTTP/2 pings find it, the channel
+            // drops it and connects again.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)

@@ -4,6 +4,11 @@
 //! the loaded [`Topology`], write a human-readable report to the given output.
 //! Exit codes: 0 success, 1 the command ran and found a problem (an invalid
 //! topology, an unroutable ID), 2 bad usage (clap's own code).
+//!
+//! **Owns**: the operator's commands (check, plan, migrate, reconcile, ...)
+//! over cells.yaml and the databases it names. **Never**: serves traffic,
+//! writes an order DB or the ledger except through a crate that owns it
+//! (migrations, payments), or edits cells.yaml without validating it first.
 
 mod commands;
 mod load;
@@ -80,6 +85,31 @@ pub enum Command {
         #[arg(long, env = "REDCELL_LEDGER_DSN")]
         ledger_dsn: Option<String>,
     },
+    /// Start the whole fleet of the topology on this machine (PostgreSQL,
+    /// logic servers, routers) and keep it running until Ctrl-C.
+    Up(commands::up::UpArgs),
+    /// Stop everything an `up` on the state directory left running.
+    Down {
+        #[arg(long, env = "REDCELL_STATE_DIR", default_value = commands::state_dir::DEFAULT)]
+        state_dir: PathBuf,
+    },
+    /// Top up an account in the built-in ledger (CENTS: 10000 is 100.00).
+    Fund {
+        user: String,
+        #[arg(allow_hyphen_values = true)]
+        cents: String,
+        #[arg(long, env = "REDCELL_STATE_DIR", default_value = commands::state_dir::DEFAULT)]
+        state_dir: PathBuf,
+        /// The ledger's DSN (default: the one the `up` on --state-dir runs).
+        #[arg(long)]
+        ledger_dsn: Option<String>,
+    },
+    /// Against a running `up`: fund users, send envelopes of every kind, open
+    /// them concurrently, wait for expiry and settlement, print a summary.
+    Demo {
+        #[arg(long, env = "REDCELL_STATE_DIR", default_value = commands::state_dir::DEFAULT)]
+        state_dir: PathBuf,
+    },
 }
 
 /// Why a command failed; each maps to an exit code.
@@ -146,6 +176,15 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
             hs256_key_file,
             ttl_secs,
         } => commands::dev_token::run(&user, &hs256_key_file, ttl_secs, out),
+        Command::Up(args) => commands::up::run(&cli.topology, args, out),
+        Command::Down { state_dir } => commands::down::run(&state_dir, out),
+        Command::Fund {
+            user,
+            cents,
+            state_dir,
+            ledger_dsn,
+        } => commands::fund::run(&user, &cents, &state_dir, ledger_dsn, out),
+        Command::Demo { state_dir } => commands::demo::run(&state_dir, out),
         Command::MintPool { region } => {
             commands::mint_pool::run(&load::topology(&cli.topology)?, region.as_deref(), out)
         }

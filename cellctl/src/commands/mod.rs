@@ -1,7 +1,12 @@
 //! One module per command, each `run(inputs, out)`.
 
+pub mod demo;
 pub mod dev_token;
+pub mod down;
+pub mod fund;
 pub mod migrate;
 pub mod mint_pool;
 pub mod route;
+pub mod state_dir;
+pub mod up;
 pub mod validate;

@@ -1,0 +1,533 @@
+//! `cellctl up`: the whole fleet of a cells.yaml on this machine, in the
+//! foreground, until Ctrl-C (or `cellctl down`).
+//!
+//! In order, each step shown as it runs:
+//! 1. **Plan** ([`plan`]): PostgreSQL servers from the cells' `db` DSNs and
+//!    `--ledger-dsn`, a `cell` process per address in `servers`, `--routers`
+//!    routers. Every problem is listed before anything starts.
+//! 2. **Preflight**: the `cell` and `router` binaries next to this `cellctl`,
+//!    PostgreSQL's binaries and account ([`redcell_pgsys`]), no other `up` on
+//!    the state directory, and every port free — a taken port is an error
+//!    naming it and its part, never a hang.
+//! 3. **PostgreSQL** ([`postgres`]): `initdb` once per data directory (a
+//!    second `up` reuses the data), start, create and migrate databases.
+//! 4. **Logic servers, then routers** ([`fleet`]), with the state directory's
+//!    internal token and HS256 key; each must answer the gRPC health check
+//!    `SERVING` before the deadline, or `up` stops everything it started and
+//!    names the part, its log and the log's last lines.
+//! 5. **Ready**: the routers file is written (what `demo` and later commands
+//!    read), the router address, a dev token and the next commands printed.
+//!    `--demo` then runs `cellctl demo` in this process.
+//! 6. **Stop** on SIGINT/SIGTERM, at any step: routers, logic servers, then
+//!    PostgreSQL, each bounded.
+
+pub mod fleet;
+pub mod plan;
+pub mod postgres;
+pub mod progress;
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use redcell_pgsys::{BinarySearch, PgBinaries, ServerUser};
+use tokio::signal::unix::{SignalKind, signal};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use self::{
+    fleet::{Fleet, Kind},
+    plan::Plan,
+};
+use super::state_dir::{self, StateDir};
+use crate::{CommandError, load};
+
+/// The ledger `up` runs when `--ledger-dsn` is not given (the README's).
+pub const DEFAULT_LEDGER_DSN: &str = "postgres://redcell@127.0.0.1:6001/ledger";
+/// The demo user `up` prints a token for.
+const DEMO_USER: &str = "alice";
+/// Longest `--demo-expiry`: a day, the cells' own default TTL.
+const MAX_DEMO_EXPIRY_SECS: u64 = 86_400;
+/// One health probe's deadline.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `cellctl up`'s flags.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Where data directories, keys, logs and pids live (kept across runs).
+    #[arg(long, env = "REDCELL_STATE_DIR", default_value = state_dir::DEFAULT)]
+    pub state_dir: PathBuf,
+    /// The ledger's DSN: a PostgreSQL server on this machine `up` starts.
+    #[arg(long, env = "REDCELL_LEDGER_DSN", default_value = DEFAULT_LEDGER_DSN)]
+    pub ledger_dsn: String,
+    /// How many routers to start, on consecutive ports from --router-listen.
+    #[arg(long, default_value_t = 1)]
+    pub routers: u16,
+    /// Address of the first router.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub router_listen: SocketAddr,
+    /// PostgreSQL without fsync (demos and tests only: a machine crash may
+    /// lose committed money).
+    #[arg(long)]
+    pub fast: bool,
+    /// Envelopes expire after SECS (the cells' --envelope-ttl-secs), so a demo
+    /// shows refunds; default: the cells' own (a day).
+    #[arg(long, value_name = "SECS")]
+    pub demo_expiry: Option<u64>,
+    /// Run `cellctl demo` once the fleet is up, then keep running.
+    #[arg(long)]
+    pub demo: bool,
+    /// How long every logic server and router gets to answer SERVING.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub start_timeout: u64,
+}
+
+/// Runs `up` until a stop signal.
+pub fn run(topology: &Path, args: UpArgs, out: &mut impl Write) -> Result<(), CommandError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| CommandError::Input(format!("cannot start a runtime: {error}")))?;
+    runtime.block_on(up(topology, args, out))
+}
+
+async fn up(topology_path: &Path, args: UpArgs, out: &mut impl Write) -> Result<(), CommandError> {
+    if let Some(secs) = args.demo_expiry
+        && !(1..=MAX_DEMO_EXPIRY_SECS).contains(&secs)
+    {
+        return Err(CommandError::Input(format!(
+            "--demo-expiry: must be 1 to {MAX_DEMO_EXPIRY_SECS} seconds, got {secs}"
+        )));
+    }
+    let topology_path = std::path::absolute(topology_path).map_err(|error| {
+        CommandError::Input(format!("--topology {}: {error}", topology_path.display()))
+    })?;
+    let topology = load::topology(&topology_path)?;
+    let plan = Plan::new(
+        &topology,
+        &args.ledger_dsn,
+        args.routers,
+        args.router_listen,
+    )
+    .map_err(|errors| {
+        CommandError::Input(format!(
+            "cannot start {} ({} problems):\n  {}",
+            topology_path.display(),
+            errors.len(),
+            errors.join("\n  ")
+        ))
+    })?;
+
+    let (cell_binary, router_binary) = fleet_binaries()?;
+    let pg_binaries = PgBinaries::locate(&BinarySearch::from_env())
+        .map_err(|error| CommandError::Input(error.to_string()))?;
+    let pg_user =
+        ServerUser::for_this_process().map_err(|error| CommandError::Input(error.to_string()))?;
+    let state = StateDir::at(&args.state_dir)?;
+    refuse_second_up(&state, &args.state_dir)?;
+    state.create()?;
+    if let Some(user) = &pg_user {
+        check_reachable(state.root(), user)?;
+    }
+    check_ports(&plan, &state, &args.state_dir)?;
+
+    let internal_token = state.internal_token()?;
+    state.ensure_hs256_key()?;
+    state.write_record(
+        &state.topology_file(),
+        &format!("{}\n", topology_path.display()),
+    )?;
+    state.write_record(&state.ledger_dsn_file(), &format!("{}\n", args.ledger_dsn))?;
+    let _ = std::fs::remove_file(state.routers_file());
+    state.write_record(&state.up_pid_file(), &format!("{}\n", std::process::id()))?;
+
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|error| CommandError::Input(format!("cannot catch SIGINT: {error}")))?;
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|error| CommandError::Input(format!("cannot catch SIGTERM: {error}")))?;
+
+    progress::note(&format!(
+        "starting {} from {} (state in {})",
+        summary(&plan),
+        topology_path.display(),
+        args.state_dir.display()
+    ));
+    let mut fleet = Fleet::new(state.clone());
+    let launch = Launch {
+        plan: &plan,
+        topology: &topology_path,
+        args: &args,
+        state: &state,
+        pg_binaries: &pg_binaries,
+        pg_user: pg_user.as_ref(),
+        cell_binary: &cell_binary,
+        router_binary: &router_binary,
+        internal_token: &internal_token,
+    };
+    let started = tokio::select! {
+        started = launch.start(&mut fleet) => started.map(|()| true),
+        _ = interrupt.recv() => Ok(false),
+        _ = terminate.recv() => Ok(false),
+    };
+    let outcome = match started {
+        Ok(true) => {
+            let served = serve(
+                &plan,
+                &args,
+                &state,
+                &mut fleet,
+                out,
+                &mut interrupt,
+                &mut terminate,
+            )
+            .await;
+            progress::note("stopping");
+            served
+        }
+        Ok(false) => {
+            progress::note("interrupted; stopping what was started");
+            Ok(())
+        }
+        Err(error) => {
+            progress::note("start failed; stopping what was started");
+            Err(error)
+        }
+    };
+    let _ = std::fs::remove_file(state.routers_file());
+    fleet.stop_all().await;
+    let _ = std::fs::remove_file(state.up_pid_file());
+    outcome
+}
+
+/// Everything the start sequence needs.
+struct Launch<'a> {
+    plan: &'a Plan,
+    topology: &'a Path,
+    args: &'a UpArgs,
+    state: &'a StateDir,
+    pg_binaries: &'a PgBinaries,
+    pg_user: Option<&'a ServerUser>,
+    cell_binary: &'a Path,
+    router_binary: &'a Path,
+    internal_token: &'a str,
+}
+
+impl Launch<'_> {
+    async fn start(&self, fleet: &mut Fleet) -> Result<(), CommandError> {
+        for pg in &self.plan.postgres {
+            postgres::start(
+                pg,
+                self.pg_binaries,
+                self.pg_user,
+                self.args.fast,
+                self.state,
+                fleet,
+            )
+            .await?;
+        }
+
+        let step = progress::step(format!("starting {} logic servers", self.plan.cells.len()));
+        let mut cells = Vec::new();
+        for cell in &self.plan.cells {
+            let mut command = Command::new(self.cell_binary);
+            command
+                .arg("--topology")
+                .arg(self.topology)
+                .args(["--cell", &cell.cell])
+                .args(["--listen", &cell.listen.to_string()])
+                .args(["--ledger-dsn", &self.args.ledger_dsn])
+                .env("REDCELL_INTERNAL_TOKEN", self.internal_token)
+                .env_remove("REDCELL_DB_DSN");
+            if let Some(secs) = self.args.demo_expiry {
+                command.args(["--envelope-ttl-secs", &secs.to_string()]);
+            }
+            if let Err(error) = fleet.spawn(&cell.part(), Kind::Cell, command) {
+                step.failed();
+                return Err(error);
+            }
+            cells.push((cell.part(), cell.listen));
+        }
+        self.healthy(fleet, step, &cells).await?;
+
+        let step = progress::step(format!("starting {} router(s)", self.plan.routers.len()));
+        let mut routers = Vec::new();
+        for router in &self.plan.routers {
+            let mut command = Command::new(self.router_binary);
+            command
+                .arg("--topology")
+                .arg(self.topology)
+                .args(["--listen", &router.listen.to_string()])
+                .args(["--region", &router.region])
+                .arg("--jwt-hs256-key-file")
+                .arg(self.state.hs256_key_file())
+                .env("REDCELL_INTERNAL_TOKEN", self.internal_token)
+                .env_remove("REDCELL_JWT_RS256_PUBLIC_KEY_FILE");
+            if let Err(error) = fleet.spawn(&router.part(), Kind::Router, command) {
+                step.failed();
+                return Err(error);
+            }
+            routers.push((router.part(), router.listen));
+        }
+        self.healthy(fleet, step, &routers).await
+    }
+
+    /// Waits until every part answers SERVING; the first that exits or
+    /// misses the deadline fails the start.
+    async fn healthy(
+        &self,
+        fleet: &mut Fleet,
+        step: progress::Step,
+        parts: &[(String, SocketAddr)],
+    ) -> Result<(), CommandError> {
+        let deadline = Instant::now() + Duration::from_secs(self.args.start_timeout);
+        let mut waiting: Vec<&(String, SocketAddr)> = parts.iter().collect();
+        while !waiting.is_empty() {
+            let mut still = Vec::new();
+            for part in waiting {
+                let (name, address) = part;
+                if let Some(status) = fleet.exit_status(name) {
+                    step.failed();
+                    return Err(fleet.failure(name, &format!("exited ({status}) while starting")));
+                }
+                if !serving(*address).await {
+                    still.push(part);
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                step.failed();
+                let (name, address) = waiting[0];
+                return Err(fleet.failure(
+                    name,
+                    &format!(
+                        "did not answer SERVING on {address} within {}s (--start-timeout)",
+                        self.args.start_timeout
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        step.done("SERVING");
+        Ok(())
+    }
+}
+
+/// True when the gRPC health service at `address` answers SERVING (for the
+/// server as a whole, `""`) within [`PROBE_TIMEOUT`].
+pub async fn serving(address: SocketAddr) -> bool {
+    let probe = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .ok()?
+            .connect_timeout(PROBE_TIMEOUT)
+            .connect()
+            .await
+            .ok()?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?;
+        Some(response.into_inner().status() == ServingStatus::Serving)
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// The fleet is up: record it, say how to use it, then wait for a stop
+/// signal, reporting parts that exit meanwhile.
+async fn serve(
+    plan: &Plan,
+    args: &UpArgs,
+    state: &StateDir,
+    fleet: &mut Fleet,
+    out: &mut impl Write,
+    interrupt: &mut tokio::signal::unix::Signal,
+    terminate: &mut tokio::signal::unix::Signal,
+) -> Result<(), CommandError> {
+    let routers: Vec<String> = plan.routers.iter().map(|r| r.listen.to_string()).collect();
+    state.write_record(&state.routers_file(), &format!("{}\n", routers.join("\n")))?;
+    let mut token = Vec::new();
+    super::dev_token::run(DEMO_USER, &state.hs256_key_file(), 3600, &mut token)?;
+    let token = String::from_utf8_lossy(&token).trim().to_owned();
+    let dir = args.state_dir.display();
+    writeln!(out, "redcell is up: {}", summary(plan))?;
+    for router in &plan.routers {
+        writeln!(
+            out,
+            "router     {} (region {})",
+            router.listen, router.region
+        )?;
+    }
+    writeln!(out, "state      {dir} (logs in {dir}/logs)")?;
+    writeln!(out, "token      {DEMO_USER} (1 h): {token}")?;
+    writeln!(out, "next, in another terminal:")?;
+    writeln!(out, "  cellctl demo --state-dir {dir}")?;
+    writeln!(out, "  cellctl fund {DEMO_USER} 10000 --state-dir {dir}")?;
+    writeln!(
+        out,
+        "  cellctl dev-token --user bob --hs256-key-file {dir}/hs256.key"
+    )?;
+    writeln!(
+        out,
+        "  cellctl down --state-dir {dir}      (or Ctrl-C here)"
+    )?;
+    out.flush()?;
+
+    if args.demo {
+        let demo = super::demo::run_async(state, out);
+        tokio::select! {
+            shown = demo => shown?,
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+        }
+        out.flush()?;
+    }
+
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = poll.tick() => {
+                for (name, status, log) in fleet.newly_exited() {
+                    progress::note(&format!(
+                        "{name} exited ({status}); its log is {}; the rest keeps running",
+                        log.display()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn summary(plan: &Plan) -> String {
+    let mut cells: Vec<&str> = plan.cells.iter().map(|c| c.cell.as_str()).collect();
+    cells.dedup();
+    format!(
+        "{} cells ({} logic servers), {} router(s), {} PostgreSQL server(s)",
+        cells.len(),
+        plan.cells.len(),
+        plan.routers.len(),
+        plan.postgres.len()
+    )
+}
+
+/// `cell` and `router` from the directory this `cellctl` runs from (cargo
+/// builds them side by side).
+fn fleet_binaries() -> Result<(PathBuf, PathBuf), CommandError> {
+    let exe = std::env::current_exe()
+        .map_err(|error| CommandError::Input(format!("cannot find this program: {error}")))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let build = if dir.ends_with("release") {
+        "cargo build --release --bins"
+    } else {
+        "cargo build --bins"
+    };
+    let find = |name: &str| {
+        let path = dir.join(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(CommandError::Input(format!(
+                "the `{name}` binary is not next to cellctl ({} is missing); build every binary first: {build}",
+                path.display()
+            )))
+        }
+    };
+    Ok((find("cell")?, find("router")?))
+}
+
+/// Refuses to start while another `up` runs on the same state directory.
+fn refuse_second_up(state: &StateDir, shown: &Path) -> Result<(), CommandError> {
+    if let Some(pid) = state_dir::read_pid(&state.up_pid_file())
+        && pid != std::process::id()
+        && state_dir::runs(pid, "cellctl")
+    {
+        return Err(CommandError::Input(format!(
+            "another `cellctl up` (pid {pid}) runs on {}; stop it first: cellctl down --state-dir {}",
+            shown.display(),
+            shown.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Every port of the plan must be free now; lists each taken one with its
+/// part, and points at `down` when a part of an earlier `up` still runs.
+fn check_ports(plan: &Plan, state: &StateDir, shown: &Path) -> Result<(), CommandError> {
+    let mut taken = Vec::new();
+    for (port, part) in plan.ports() {
+        let ip = plan
+            .cells
+            .iter()
+            .map(|c| c.listen)
+            .chain(plan.routers.iter().map(|r| r.listen))
+            .find(|address| address.port() == port)
+            .map_or_else(|| [127, 0, 0, 1].into(), |address| address.ip());
+        if let Err(error) = TcpListener::bind((ip, port)) {
+            taken.push(format!("port {port} ({part}) is already in use: {error}"));
+        }
+    }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let leftovers: Vec<String> = state
+        .pid_records()
+        .into_iter()
+        .filter(|record| state_dir::runs(record.pid, state_dir::program_of(&record.part)))
+        .map(|record| format!("{} (pid {})", record.part, record.pid))
+        .collect();
+    let hint = if leftovers.is_empty() {
+        "stop what holds it, or change the port in the topology/flags".to_owned()
+    } else {
+        format!(
+            "an earlier `up` left {} running: cellctl down --state-dir {}",
+            leftovers.join(", "),
+            shown.display()
+        )
+    };
+    Err(CommandError::Input(format!(
+        "cannot start: {}\n  {hint}",
+        taken.join("\n  ")
+    )))
+}
+
+/// When root, PostgreSQL runs as `user`, which must be able to enter every
+/// directory above its data directory.
+fn check_reachable(root: &Path, user: &ServerUser) -> Result<(), CommandError> {
+    use std::os::unix::fs::MetadataExt as _;
+    for dir in root.ancestors() {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let enter = if meta.uid() == user.uid {
+            meta.mode() & 0o100 != 0
+        } else if meta.gid() == user.gid {
+            meta.mode() & 0o010 != 0
+        } else {
+            meta.mode() & 0o001 != 0
+        };
+        if !enter {
+            return Err(CommandError::Input(format!(
+                "--state-dir {}: PostgreSQL runs as `{}` (this is root), which cannot enter {}; \
+                 choose a state directory it can reach (e.g. --state-dir /tmp/redcell) or `chmod o+x {}`",
+                root.display(),
+                user.name,
+                dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! What `cellctl up` starts, decided from the topology and the flags before
+//! anything runs (pure: no I/O), so that every problem is reported at once and
+//! every port can be checked before the first process starts.
+//!
+//! - One PostgreSQL server per distinct port among the cells' `db` DSNs and
+//!   the ledger DSN; each holds the databases its DSNs name. The DSNs must
+//!   name this machine (`127.0.0.1` or `localhost`; the servers listen on 127.0.0.1): `up` cannot start
+//!   a server elsewhere.
+//! - One `cell` process per address in each cell's `servers`.
+//! - `--routers N` routers on consecutive ports from `--router-listen`, each
+//!   in a region of the topology in turn (the region new envelopes of its
+//!   clients are minted in unless they ask for another).
+
+use std::net::SocketAddr;
+
+use redcell_migrations::Schema;
+use redcell_topology::Topology;
+
+/// Everything one `up` runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub postgres: Vec<PgPlan>,
+    pub cells: Vec<CellPlan>,
+    pub routers: Vec<RouterPlan>,
+}
+
+/// One PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgPlan {
+    pub port: u16,
+    /// The superuser `initdb` creates: the user of the first DSN on this
+    /// port (trust authentication on loopback, as the DSNs carry no password).
+    pub superuser: String,
+    pub databases: Vec<PgDatabase>,
+}
+
+/// One database on a [`PgPlan`] server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgDatabase {
+    /// `cell n1` or `ledger`, for progress and errors.
+    pub label: String,
+    pub name: String,
+    /// The DSN's user: created (LOGIN) if it is not the superuser, and the
+    /// database's owner.
+    pub owner: String,
+    pub schema: Schema,
+}
+
+/// One logic server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellPlan {
+    pub cell: String,
+    pub listen: SocketAddr,
+}
+
+/// One router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterPlan {
+    pub listen: SocketAddr,
+    pub region: String,
+}
+
+impl PgPlan {
+    pub fn part(&self) -> String {
+        format!("postgres-{}", self.port)
+    }
+}
+
+impl CellPlan {
+    pub fn part(&self) -> String {
+        format!("cell-{}-{}", self.cell, self.listen.port())
+    }
+}
+
+impl RouterPlan {
+    pub fn part(&self) -> String {
+        format!("router-{}", self.listen.port())
+    }
+}
+
+impl Plan {
+    /// The plan, or every reason there is none (each naming its source).
+    pub fn new(
+        topology: &Topology,
+        ledger_dsn: &str,
+        routers: u16,
+        router_listen: SocketAddr,
+    ) -> Result<Plan, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut postgres: Vec<PgPlan> = Vec::new();
+        let mut add_database =
+            |source: String, dsn: &str, label: String, schema: Schema| match local_database(dsn) {
+                Ok((port, user, name)) => {
+                    let database = PgDatabase {
+                        label,
+                        name,
+                        owner: user.clone(),
+                        schema,
+                    };
+                    match postgres.iter_mut().find(|server| server.port == port) {
+                        Some(server) => {
+                            if server
+                                .databases
+                                .iter()
+                                .any(|known| known.name == database.name)
+                            {
+                                errors.push(format!(
+                                    "{source}: database {} on port {port} is already used by {}",
+                                    database.name,
+                                    server
+                                        .databases
+                                        .iter()
+                                        .find(|known| known.name == database.name)
+                                        .map_or("another part", |known| known.label.as_str())
+                                ));
+                            } else {
+                                server.databases.push(database);
+                            }
+                        }
+                        None => postgres.push(PgPlan {
+                            port,
+                            superuser: user,
+                            databases: vec![database],
+                        }),
+                    }
+                }
+                Err(reason) => errors.push(format!("{source}: {reason}")),
+            };
+        for (index, cell) in topology.cells().iter().enumerate() {
+            add_database(
+                format!("cells[{index}].db ({})", cell.name),
+                &cell.db,
+                format!("cell {}", cell.name),
+                Schema::Orders,
+            );
+        }
+        add_database(
+            "--ledger-dsn".to_owned(),
+            ledger_dsn,
+            "ledger".to_owned(),
+            Schema::Ledger,
+        );
+
+        let mut cells = Vec::new();
+        for (index, cell) in topology.cells().iter().enumerate() {
+            for (server, address) in cell.servers.iter().enumerate() {
+                match address.parse::<SocketAddr>() {
+                    Ok(listen) => cells.push(CellPlan {
+                        cell: cell.name.clone(),
+                        listen,
+                    }),
+                    Err(_) => errors.push(format!(
+                        "cells[{index}].servers[{server}] ({}): {address:?} is not IP:port; \
+                         `up` starts logic servers on this machine's addresses",
+                        cell.name
+                    )),
+                }
+            }
+        }
+
+        let mut planned_routers = Vec::new();
+        if routers == 0 {
+            errors.push("--routers: must be at least 1".to_owned());
+        }
+        let regions = topology.regions();
+        for index in 0..routers {
+            let Some(port) = router_listen.port().checked_add(index) else {
+                errors.push(format!(
+                    "--routers {routers} from --router-listen {router_listen}: ports run past 65535"
+                ));
+                break;
+            };
+            let Some(region) = regions.get(usize::from(index) % regions.len().max(1)) else {
+                errors.push("the topology has no region for a router".to_owned());
+                break;
+            };
+            planned_routers.push(RouterPlan {
+                listen: SocketAddr::new(router_listen.ip(), port),
+                region: region.clone(),
+            });
+        }
+
+        let plan = Plan {
+            postgres,
+            cells,
+            routers: planned_routers,
+        };
+        let mut seen: Vec<(u16, String)> = Vec::new();
+        for (port, part) in plan.ports() {
+            if let Some((_, first)) = seen.iter().find(|(known, _)| *known == port) {
+                errors.push(format!("port {port} is given to both {first} and {part}"));
+            } else {
+                seen.push((port, part));
+            }
+        }
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Every port the fleet listens on, with the part that will.
+    pub fn ports(&self) -> Vec<(u16, String)> {
+        let postgres = self.postgres.iter().map(|pg| {
+            let labels: Vec<&str> = pg.databases.iter().map(|db| db.label.as_str()).collect();
+            (pg.port, format!("PostgreSQL for {}", labels.join(", ")))
+        });
+        let cells = self.cells.iter().map(|cell| {
+            (
+                cell.listen.port(),
+                format!("logic server of cell {}", cell.cell),
+            )
+        });
+        let routers = self
+            .routers
+            .iter()
+            .map(|router| (router.listen.port(), format!("router ({})", router.region)));
+        postgres.chain(cells).chain(routers).collect()
+    }
+}
+
+/// `(port, user, database)` of a DSN that names a server on this machine.
+fn local_database(dsn: &str) -> Result<(u16, String, String), String> {
+    let config: tokio_postgres::Config = dsn
+        .parse()
+        .map_err(|error| format!("malformed DSN: {error}"))?;
+    let shown = redcell_migrations::display_dsn(dsn);
+    let local = match config.get_hosts() {
+        [tokio_postgres::config::Host::Tcp(host)] => {
+            matches!(host.as_str(), "127.0.0.1" | "localhost")
+        }
+        _ => false,
+    };
+    if !local {
+        return Err(format!(
+            "{shown} is not one server on 127.0.0.1/localhost; `up` starts PostgreSQL on this machine only"
+        ));
+    }
+    let port = match config.get_ports() {
+        [port] => *port,
+        [] => 5432,
+        _ => return Err(format!("{shown} names several ports")),
+    };
+    let user = config
+        .get_user()
+        .ok_or_else(|| format!("{shown} names no user"))?
+        .to_owned();
+    let database = config
+        .get_dbname()
+        .ok_or_else(|| format!("{shown} names no database"))?
+        .to_owned();
+    Ok((port, user, database))
+}

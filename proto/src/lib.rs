@@ -4,6 +4,8 @@
 //! required fields live in the crates that own them and are made from these wire
 //! types by `TryFrom`, which validates; wire types stop at the edge.
 
+pub mod page;
+
 /// Generated code of package `redcell.v1`.
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {

@@ -1,16 +1,21 @@
-//! The order DB connection pool and the one place where PostgreSQL errors are
-//! classified by SQLSTATE, so callers match on meaning.
+//! The order DB connection pool, and [`DbError`]: the order DB's failures by
+//! what the cell does about them. The SQLSTATE table itself is shared with
+//! the ledger ([`redcell_payments::sqlstate`]), so a failure means the same
+//! on both sides of the money boundary (a statement timeout is retryable in
+//! both); this module only picks the cell's variant for each meaning.
 
 use std::{str::FromStr, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{NoTls, error::SqlState};
+use redcell_payments::sqlstate::SqlFailure;
+use tokio_postgres::NoTls;
 
 /// A database failure, by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// Connection refused / lost / pool timeout / server shutting down: retryable
-    /// elsewhere or later; the DB may not have seen the statement at all.
+    /// Connection refused / lost / pool timeout / server shutting down or out
+    /// of resources / a statement, lock or session timeout: retryable
+    /// elsewhere or later; nothing committed (or the outcome is unknown).
     #[error("{0}")]
     Unavailable(String),
     /// Serialization failure or deadlock: the transaction rolled back; retry it.
@@ -29,25 +34,15 @@ impl From<tokio_postgres::Error> for DbError {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
             None => error.to_string(),
         };
-        match error.code() {
-            None => DbError::Unavailable(message),
-            Some(code) if *code == SqlState::UNIQUE_VIOLATION => DbError::UniqueViolation(message),
-            Some(code)
-                if *code == SqlState::T_R_SERIALIZATION_FAILURE
-                    || *code == SqlState::T_R_DEADLOCK_DETECTED =>
-            {
-                DbError::Conflict(message)
-            }
-            Some(code)
-                if code.code().starts_with("08")
-                    || *code == SqlState::ADMIN_SHUTDOWN
-                    || *code == SqlState::CRASH_SHUTDOWN
-                    || *code == SqlState::CANNOT_CONNECT_NOW
-                    || *code == SqlState::TOO_MANY_CONNECTIONS =>
-            {
-                DbError::Unavailable(message)
-            }
-            Some(_) => DbError::Other(message),
+        match SqlFailure::of(&error) {
+            SqlFailure::Unavailable => DbError::Unavailable(message),
+            // Statement, lock and session timeouts: the database is
+            // overloaded or a lock is held long. Nothing committed; the
+            // client may retry (UNAVAILABLE), as it would against the ledger.
+            SqlFailure::TimedOut => DbError::Unavailable(format!("timed out: {message}")),
+            SqlFailure::Conflict => DbError::Conflict(message),
+            SqlFailure::UniqueViolation => DbError::UniqueViolation(message),
+            SqlFailure::Unexpected => DbError::Other(message),
         }
     }
 }

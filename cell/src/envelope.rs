@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use redcell_payments::{KeyKind, LedgerKey};
 use redcell_proto::v1 as pb;
 use redcell_topology::EnvelopeId;
 
@@ -149,14 +150,18 @@ impl Claim {
     }
 }
 
-/// The ledger idempotency key of the sender's debit for an envelope.
+/// The ledger idempotency key of the sender's debit for an envelope
+/// (`send:<id>`, spelled by [`LedgerKey`]).
 pub fn debit_key(id: &EnvelopeId) -> String {
-    format!("{DEBIT_KEY_PREFIX}{id}")
+    LedgerKey::Send(*id).to_string()
 }
 
-/// The envelope a debit key of [`debit_key`] pays for (its text, unparsed).
+/// The envelope a debit key pays for (its text, unparsed: the key came back
+/// from the ledger, which names the debit that paid an order); `None` for
+/// a key that is no debit key of the cells.
 pub fn envelope_of_debit_key(key: &str) -> Option<&str> {
-    key.strip_prefix(DEBIT_KEY_PREFIX)
+    match LedgerKey::split(key)? {
+        (KeyKind::Send, envelope) => Some(envelope),
+        (KeyKind::Claim | KeyKind::Refund, _) => None,
+    }
 }
-
-const DEBIT_KEY_PREFIX: &str = "send:";

@@ -91,12 +91,13 @@
 //! orphans: the archiver owns that.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
-use redcell_payments::{EntryKind, LedgerEntry, PgLedger};
+use redcell_payments::{EntryKind, KeyKind, LedgerEntry, LedgerKey, PgLedger, keys};
 use redcell_topology::{EnvelopeId, Topology};
 use tokio_postgres::{Client, Row, types::FromSql};
 
-use crate::envelope::{Status, envelope_of_debit_key};
+use crate::envelope::Status;
 
 /// What kind of invariant an entry or row breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -298,18 +299,33 @@ const ENVELOPE_SUMS: &str = "SELECT e.id, e.sender, e.status, e.total_cents, e.c
        ON r.envelope_id = e.id";
 const DOUBLE_CLAIMS: &str =
     "SELECT envelope_id, user_id, count(*) FROM claims GROUP BY 1, 2 HAVING count(*) > 1";
-/// Claims whose transfer (by key) is missing or differs from the claim.
-const CLAIMS_WITHOUT_THEIR_TRANSFER: &str = "SELECT c.envelope_id, c.seq, c.user_id, c.amount_cents, \
-       t.kind, t.user_id, t.amount_cents \
-     FROM claims c \
-     LEFT JOIN transfers t ON t.key = 'claim:' || c.envelope_id || ':' || c.seq \
-     WHERE t.id IS NULL OR t.kind <> 1 OR t.user_id <> c.user_id OR t.amount_cents <> c.amount_cents";
+// Statements that join a claim to its transfer by the claim's key compute
+// the key with its SQL spelling (`keys::sql::claim_key`, the same prefixes as
+// `LedgerKey::Claim`'s text; checked against PostgreSQL in the ledger tests).
+
+/// Claims whose transfer (by key) is missing or differs from the claim, with
+/// the key the claim's transfer has.
+static CLAIMS_WITHOUT_THEIR_TRANSFER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT c.envelope_id, c.seq, c.user_id, c.amount_cents, \
+           t.kind, t.user_id, t.amount_cents, {claim_key} \
+         FROM claims c \
+         LEFT JOIN transfers t ON t.key = {claim_key} \
+         WHERE t.id IS NULL OR t.kind <> 1 OR t.user_id <> c.user_id OR t.amount_cents <> c.amount_cents",
+        claim_key = keys::sql::claim_key("c.envelope_id", "c.seq"),
+    )
+});
 /// Claim transfers whose key names no claim; whether the user has a claim on
 /// the envelope anyway (then it pays the user twice).
-const TRANSFERS_WITHOUT_CLAIM: &str = "SELECT t.envelope_id, t.key, t.user_id, \
-       EXISTS (SELECT 1 FROM claims c WHERE c.envelope_id = t.envelope_id AND c.user_id = t.user_id) \
-     FROM transfers t WHERE t.kind = 1 AND NOT EXISTS \
-     (SELECT 1 FROM claims c WHERE 'claim:' || c.envelope_id || ':' || c.seq = t.key)";
+static TRANSFERS_WITHOUT_CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT t.envelope_id, t.key, t.user_id, \
+           EXISTS (SELECT 1 FROM claims c WHERE c.envelope_id = t.envelope_id AND c.user_id = t.user_id) \
+         FROM transfers t WHERE t.kind = 1 AND NOT EXISTS \
+         (SELECT 1 FROM claims c WHERE {claim_key} = t.key)",
+        claim_key = keys::sql::claim_key("c.envelope_id", "c.seq"),
+    )
+});
 /// Refunds to anyone but the envelope's sender.
 const MISDIRECTED_REFUNDS: &str = "SELECT t.envelope_id, t.key, t.user_id, e.sender \
      FROM transfers t JOIN envelopes e ON e.id = t.envelope_id \
@@ -320,8 +336,13 @@ const TRANSFERS: &str = "SELECT envelope_id, key, user_id, amount_cents, status 
 const ENVELOPES_BY_ID: &str = "SELECT id, sender, total_cents FROM envelopes WHERE id = ANY($1)";
 const TRANSFERS_BY_KEY: &str =
     "SELECT key, user_id, amount_cents FROM transfers WHERE key = ANY($1)";
-const CLAIMS_BY_KEY: &str = "SELECT 'claim:' || envelope_id || ':' || seq, user_id, amount_cents \
-     FROM claims WHERE envelope_id = ANY($1) AND 'claim:' || envelope_id || ':' || seq = ANY($2)";
+static CLAIMS_BY_KEY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {claim_key}, user_id, amount_cents \
+         FROM claims WHERE envelope_id = ANY($1) AND {claim_key} = ANY($2)",
+        claim_key = keys::sql::claim_key("envelope_id", "seq"),
+    )
+});
 
 /// An envelope of O1 and what the ledger holds under its debit key.
 struct EnvelopeFacts {
@@ -540,7 +561,10 @@ async fn read_orders(cell: &str, orders: &mut Client) -> Result<CellCheck, Recon
             format!("user {user} has {n} claims"),
         );
     }
-    for row in orders.query(CLAIMS_WITHOUT_THEIR_TRANSFER, &[]).await? {
+    for row in orders
+        .query(CLAIMS_WITHOUT_THEIR_TRANSFER.as_str(), &[])
+        .await?
+    {
         let id: String = column(&row, 0, "claims.envelope_id")?;
         let seq: i32 = column(&row, 1, "claims.seq")?;
         let user: String = column(&row, 2, "claims.user_id")?;
@@ -548,7 +572,7 @@ async fn read_orders(cell: &str, orders: &mut Client) -> Result<CellCheck, Recon
         let transfer_kind: Option<i16> = column(&row, 4, "transfers.kind")?;
         let transfer_user: Option<String> = column(&row, 5, "transfers.user_id")?;
         let transfer_amount: Option<i64> = column(&row, 6, "transfers.amount_cents")?;
-        let key = claim_key(&id, seq);
+        let key: String = column(&row, 7, "claim key")?;
         match (transfer_kind, transfer_user, transfer_amount) {
             (Some(1), Some(to), Some(cents)) if to == user => check.note(
                 K::WrongAmount,
@@ -582,7 +606,7 @@ async fn read_orders(cell: &str, orders: &mut Client) -> Result<CellCheck, Recon
             }
         }
     }
-    for row in orders.query(TRANSFERS_WITHOUT_CLAIM, &[]).await? {
+    for row in orders.query(TRANSFERS_WITHOUT_CLAIM.as_str(), &[]).await? {
         let id: String = column(&row, 0, "transfers.envelope_id")?;
         let key: String = column(&row, 1, "transfers.key")?;
         let user: String = column(&row, 2, "transfers.user_id")?;
@@ -636,26 +660,25 @@ async fn read_orders(cell: &str, orders: &mut Client) -> Result<CellCheck, Recon
     Ok(check)
 }
 
-fn claim_key(envelope: &str, seq: i32) -> String {
-    format!("{CLAIM_KEY_PREFIX}{envelope}:{seq}")
-}
-
-// Ledger keys written by the cells (the debit's in `crate::envelope`; the
-// credits' are spelled by the outbox writers' SQL: `store`, `rowlock`,
-// `workers::expiry`).
-const CLAIM_KEY_PREFIX: &str = "claim:";
-const REFUND_KEY_PREFIX: &str = "refund:";
-
-/// The envelope a key of the cells' key space names, as text; `None` for a
+/// The envelope a key of the cells' key space names, as text (even a
+/// malformed one: it names no row, so its money is an orphan); `None` for a
 /// key outside it (a deposit).
 fn envelope_of_key(key: &str) -> Option<&str> {
-    if let Some(id) = envelope_of_debit_key(key) {
-        return Some(id);
+    LedgerKey::split(key).map(|(_, envelope)| envelope)
+}
+
+/// The debit key of an envelope ID read from an order DB, for a message;
+/// one that is no envelope ID has no key.
+fn debit_key_text(envelope: &str) -> String {
+    match envelope.parse() {
+        Ok(id) => LedgerKey::Send(id).to_string(),
+        Err(_) => format!("the debit key of envelope {envelope}"),
     }
-    if let Some(rest) = key.strip_prefix(CLAIM_KEY_PREFIX) {
-        return Some(rest.split_once(':').map_or(rest, |(id, _)| id));
-    }
-    key.strip_prefix(REFUND_KEY_PREFIX)
+}
+
+/// Whether `key` is a debit key of the cells (`send:`).
+fn is_debit_key(key: &str) -> bool {
+    matches!(LedgerKey::split(key), Some((KeyKind::Send, _)))
 }
 
 // ---------------------------------------------------------------------------
@@ -720,7 +743,7 @@ where
                 return;
             };
             let check = &mut checks[index];
-            if envelope_of_debit_key(&entry.key).is_some() {
+            if is_debit_key(&entry.key) {
                 if let Some(facts) = check.envelopes.get_mut(id) {
                     check.report.hold(&entry);
                     facts.debit = Some(entry);
@@ -812,11 +835,12 @@ async fn match_late_entries(check: &mut CellCheck, orders: &Client) -> Result<()
     let unmatched = std::mem::take(&mut check.unmatched);
     let debit_ids: Vec<&str> = unmatched
         .iter()
-        .filter_map(|entry| envelope_of_debit_key(&entry.key))
+        .filter(|entry| is_debit_key(&entry.key))
+        .filter_map(|entry| envelope_of_key(&entry.key))
         .collect();
     let credit_keys: Vec<&str> = unmatched
         .iter()
-        .filter(|entry| envelope_of_debit_key(&entry.key).is_none())
+        .filter(|entry| !is_debit_key(&entry.key))
         .map(|entry| entry.key.as_str())
         .collect();
     // envelope ID -> (sender, total): what a debit must be.
@@ -841,14 +865,20 @@ async fn match_late_entries(check: &mut CellCheck, orders: &Client) -> Result<()
         let claims_left: Vec<&str> = credit_keys
             .iter()
             .copied()
-            .filter(|key| !rows.contains_key(*key) && key.starts_with(CLAIM_KEY_PREFIX))
+            .filter(|key| {
+                !rows.contains_key(*key)
+                    && matches!(LedgerKey::split(key), Some((KeyKind::Claim, _)))
+            })
             .collect();
         if !claims_left.is_empty() {
             let ids: Vec<&str> = claims_left
                 .iter()
                 .filter_map(|key| envelope_of_key(key))
                 .collect();
-            for row in orders.query(CLAIMS_BY_KEY, &[&ids, &claims_left]).await? {
+            for row in orders
+                .query(CLAIMS_BY_KEY.as_str(), &[&ids, &claims_left])
+                .await?
+            {
                 let key: String = column(&row, 0, "claim key")?;
                 let user: String = column(&row, 1, "claims.user_id")?;
                 let amount: i64 = column(&row, 2, "claims.amount_cents")?;
@@ -858,9 +888,9 @@ async fn match_late_entries(check: &mut CellCheck, orders: &Client) -> Result<()
     }
     for entry in unmatched {
         let envelope = envelope_of_key(&entry.key).map(str::to_owned);
-        let (row, expected) = match envelope_of_debit_key(&entry.key) {
-            Some(id) => (envelopes.get(id), EntryKind::Debit),
-            None => (rows.get(&entry.key), EntryKind::Credit),
+        let (row, expected) = match (is_debit_key(&entry.key), envelope.as_deref()) {
+            (true, Some(id)) => (envelopes.get(id), EntryKind::Debit),
+            _ => (rows.get(&entry.key), EntryKind::Credit),
         };
         match row {
             Some((account, amount)) => {
@@ -954,8 +984,9 @@ async fn check_envelopes(check: &mut CellCheck, orders: &Client) -> Result<(), R
                 (
                     K::MissingTransfer,
                     format!(
-                        "{:?} but the ledger has no debit of its sender under send:{id}",
-                        facts.status
+                        "{:?} but the ledger has no debit of its sender under {}",
+                        facts.status,
+                        debit_key_text(id)
                     ),
                 ),
             )),
@@ -1026,18 +1057,21 @@ mod tests {
     const ID: &str = "2612021000000000000123";
 
     #[test]
-    fn the_cells_key_space_names_its_envelope_and_nothing_else_is_in_it() {
+    fn the_reconciler_reads_the_cells_key_space_through_ledger_key() {
+        // The grammar itself is tested with `redcell_payments::keys`; here,
+        // that malformed keys of the space still name what they name (an
+        // orphan: no row has that ID) and other keys are deposits.
         for key in [
             format!("send:{ID}"),
             format!("claim:{ID}:7"),
             format!("refund:{ID}"),
         ] {
             assert_eq!(envelope_of_key(&key), Some(ID), "{key}");
+            assert_eq!(is_debit_key(&key), key.starts_with("send:"), "{key}");
         }
-        // Malformed keys of the space still name what they name (an orphan,
-        // since no row has that ID); other keys are deposits.
         assert_eq!(envelope_of_key("claim:e1"), Some("e1"));
         assert_eq!(envelope_of_key("send:"), Some(""));
+        assert!(is_debit_key("send:"));
         for key in [
             "deposit:ann:1",
             "bench:deposit",
@@ -1046,8 +1080,10 @@ mod tests {
             "",
         ] {
             assert_eq!(envelope_of_key(key), None, "{key}");
+            assert!(!is_debit_key(key), "{key}");
         }
-        assert_eq!(claim_key(ID, 7), format!("claim:{ID}:7"));
+        assert_eq!(debit_key_text(ID), format!("send:{ID}"));
+        assert_eq!(debit_key_text("e1"), "the debit key of envelope e1");
     }
 
     fn entry(kind: EntryKind, account: &str, cents: i64) -> LedgerEntry {

@@ -7,6 +7,7 @@
 use std::time::SystemTime;
 
 use deadpool_postgres::Pool;
+use redcell_payments::LedgerKey;
 use redcell_topology::EnvelopeId;
 
 use crate::{
@@ -110,7 +111,16 @@ pub async fn open(pool: &Pool, id: &EnvelopeId, user: &str) -> Result<OpenResult
     transaction
         .execute(
             INSERT_TRANSFER,
-            &[&format!("claim:{id}:{sequence}"), &text, &user, &amount],
+            &[
+                &LedgerKey::Claim {
+                    envelope: *id,
+                    sequence,
+                }
+                .to_string(),
+                &text,
+                &user,
+                &amount,
+            ],
         )
         .await
         .map_err(DbError::from)?;

@@ -12,6 +12,7 @@ use std::{
 };
 
 use deadpool_postgres::Pool;
+use redcell_payments::LedgerKey;
 use redcell_topology::{EnvelopeId, MintDate};
 use tokio_postgres::{GenericClient, Row, row::RowIndex, types::FromSql};
 
@@ -24,14 +25,46 @@ use crate::{
 
 /// The envelope columns [`envelope_from_row`] decodes (by name, so a query may
 /// add its own columns in any order). Every read of an envelope selects them
-/// through this macro: one list, not one per query.
+/// through this macro: one list, not one per query. `envelope_columns!("e")`
+/// qualifies each with a table alias, for joins.
 macro_rules! envelope_columns {
-    () => {
-        "id, sender, kind, status, total_cents, count, remaining_cents, remaining_count, \
-         greeting, recipients, seed, split_rule, version, created_at, expires_at"
+    ($($table:literal)?) => {
+        concat!(
+            $($table, ".",)? "id, ",
+            $($table, ".",)? "sender, ",
+            $($table, ".",)? "kind, ",
+            $($table, ".",)? "status, ",
+            $($table, ".",)? "total_cents, ",
+            $($table, ".",)? "count, ",
+            $($table, ".",)? "remaining_cents, ",
+            $($table, ".",)? "remaining_count, ",
+            $($table, ".",)? "greeting, ",
+            $($table, ".",)? "recipients, ",
+            $($table, ".",)? "seed, ",
+            $($table, ".",)? "split_rule, ",
+            $($table, ".",)? "version, ",
+            $($table, ".",)? "created_at, ",
+            $($table, ".",)? "expires_at"
+        )
     };
 }
 pub(crate) use envelope_columns;
+
+/// The claim columns [`claim_from_row`] decodes, by name; `claim_columns!("c")`
+/// qualifies them with a table alias.
+macro_rules! claim_columns {
+    ($($table:literal)?) => {
+        concat!(
+            $($table, ".",)? "user_id, ",
+            $($table, ".",)? "amount_cents, ",
+            $($table, ".",)? "seq, ",
+            $($table, ".",)? "opened_at"
+        )
+    };
+}
+
+mod history;
+pub use history::{HistoryEntry, HistoryKind, history};
 
 const INSERT_SEND_REQUEST: &str = "INSERT INTO send_requests (sender, idempotency_key, envelope_id) VALUES ($1, $2, $3) \
      ON CONFLICT (sender, idempotency_key) DO NOTHING";
@@ -48,9 +81,16 @@ const SELECT_ENVELOPE: &str = concat!(
     envelope_columns!(),
     " FROM envelopes WHERE day = $1 AND id = $2"
 );
-const SELECT_CLAIMS: &str = "SELECT user_id, amount_cents, seq, opened_at FROM claims WHERE day = $1 AND envelope_id = $2 ORDER BY seq";
-const SELECT_CLAIMS_PAGE: &str = "SELECT user_id, amount_cents, seq, opened_at FROM claims \
-     WHERE day = $1 AND envelope_id = $2 AND seq > $3 ORDER BY seq LIMIT $4";
+const SELECT_CLAIMS: &str = concat!(
+    "SELECT ",
+    claim_columns!(),
+    " FROM claims WHERE day = $1 AND envelope_id = $2 ORDER BY seq"
+);
+const SELECT_CLAIMS_PAGE: &str = concat!(
+    "SELECT ",
+    claim_columns!(),
+    " FROM claims WHERE day = $1 AND envelope_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+);
 const SET_STATUS_FROM_PENDING: &str = "UPDATE envelopes SET status = $3, version = version + 1 \
      WHERE day = $1 AND id = $2 AND status = 1 RETURNING version";
 /// A Send's envelope that will never be paid, with the states it may be in:
@@ -68,8 +108,10 @@ const WHY_NOT_UPDATED: &str =
     "SELECT version, status, expires_at <= now() FROM envelopes WHERE day = $1 AND id = $2";
 const INSERT_CLAIMS: &str = "INSERT INTO claims (day, envelope_id, user_id, seq, amount_cents, opened_at) \
      SELECT $1, $2, u, s, a, now() FROM unnest($3::text[], $4::int[], $5::bigint[]) AS t(u, s, a)";
+/// The claims' settlement transfers, under keys built in Rust
+/// ([`LedgerKey::Claim`]) and bound as a `text[]`.
 const INSERT_CLAIM_TRANSFERS: &str = "INSERT INTO transfers (key, kind, envelope_id, user_id, amount_cents) \
-     SELECT 'claim:' || $1 || ':' || s, 1, $1, u, a FROM unnest($2::text[], $3::int[], $4::bigint[]) AS t(u, s, a)";
+     SELECT k, 1, $1, u, a FROM unnest($2::text[], $3::text[], $4::bigint[]) AS t(k, u, a)";
 
 /// Outcome of inserting a new envelope.
 #[derive(Debug)]
@@ -270,6 +312,17 @@ pub struct NewClaim {
     pub amount_cents: i64,
 }
 
+impl NewClaim {
+    /// The key of the share's settlement transfer and ledger credit.
+    pub fn transfer_key(&self, envelope: EnvelopeId) -> String {
+        LedgerKey::Claim {
+            envelope,
+            sequence: self.sequence,
+        }
+        .to_string()
+    }
+}
+
 /// What the version-checked batch commit found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -338,11 +391,15 @@ pub async fn commit_opens(
         .map(|claim| count_i32(claim.sequence))
         .collect();
     let amounts: Vec<i64> = claims.iter().map(|claim| claim.amount_cents).collect();
+    let keys: Vec<String> = claims
+        .iter()
+        .map(|claim| claim.transfer_key(envelope.id))
+        .collect();
     transaction
         .execute(INSERT_CLAIMS, &[&day, &id, &users, &sequences, &amounts])
         .await?;
     transaction
-        .execute(INSERT_CLAIM_TRANSFERS, &[&id, &users, &sequences, &amounts])
+        .execute(INSERT_CLAIM_TRANSFERS, &[&id, &keys, &users, &amounts])
         .await?;
     transaction.commit().await?;
     Ok(CommitOutcome::Committed(column(&updated, 0)?))
@@ -401,6 +458,7 @@ pub fn envelope_from_row(row: &Row) -> Result<Envelope, DbError> {
     })
 }
 
+/// Decodes the [`claim_columns!`] of a row, by name.
 fn claim_from_row(row: &Row) -> Result<Claim, DbError> {
     let sequence: i32 = column(row, "seq")?;
     Ok(Claim {

@@ -22,3 +22,6 @@ mod bad_input;
 
 #[path = "cell/reconcile.rs"]
 mod reconcile;
+
+#[path = "cell/storage.rs"]
+mod storage;

@@ -24,8 +24,7 @@ use crate::{
 };
 
 /// Entries per page when the caller asks for 0, and the most per page.
-const DEFAULT_PAGE: u32 = 20;
-const MAX_PAGE: u32 = 100;
+const PAGE: redcell_proto::page::PageSize = redcell_proto::page::PageSize::new(20, 100);
 
 /// The latest instant a cursor may name (9999-12-31T23:59:59Z): far beyond
 /// any entry, and small enough that no conversion of it can overflow.
@@ -233,15 +232,9 @@ impl History {
                 degraded: true,
             });
         }
-        let limit = match request.page_size {
-            0 => DEFAULT_PAGE,
-            size if size <= MAX_PAGE => size,
-            size => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size: must be at most {MAX_PAGE}, got {size}"
-                )));
-            }
-        };
+        let limit = PAGE
+            .resolve(request.page_size)
+            .map_err(|error| Status::invalid_argument(format!("page_size: {error}")))?;
         let direction = match pb::HistoryDirection::try_from(request.direction) {
             Ok(direction @ (pb::HistoryDirection::Sent | pb::HistoryDirection::Received)) => {
                 direction

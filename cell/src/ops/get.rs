@@ -1,13 +1,12 @@
 //! Get: an envelope and its claims in sequence order, paginated. Read from the
 //! order DB (not the lane), so it shows only committed claims.
 
-use redcell_proto::v1 as pb;
+use redcell_proto::{page::PageSize, v1 as pb};
 
 use crate::{context::CellContext, db::DbError, error::CellError, request, store};
 
 /// Claims per page when the caller asks for 0, and the most it may ask for.
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 500;
+const PAGE: PageSize = PageSize::new(100, 500);
 
 pub async fn get<P>(
     cell: &CellContext<P>,
@@ -15,16 +14,9 @@ pub async fn get<P>(
 ) -> Result<pb::GetResponse, CellError> {
     let id = super::owned_envelope(cell, &request.envelope_id)?;
     let after = request::parse_page_token(&request.page_token)?;
-    let limit = match request.page_size {
-        0 => DEFAULT_PAGE,
-        size if size <= MAX_PAGE => size,
-        size => {
-            return Err(CellError::invalid(
-                "page_size",
-                format!("must be at most {MAX_PAGE}, got {size}"),
-            ));
-        }
-    };
+    let limit = PAGE
+        .resolve(request.page_size)
+        .map_err(|error| CellError::invalid("page_size", error.to_string()))?;
     let client = cell.pool.get().await.map_err(DbError::from)?;
     let envelope = store::load_envelope(&**client, &id)
         .await?

@@ -11,21 +11,32 @@
 //! join, which would read the statement's older snapshot and could refund cents
 //! a lane committed a moment before (found in review: money created).
 
+use std::sync::LazyLock;
+
 use deadpool_postgres::Pool;
+use redcell_payments::keys;
 
 use crate::db::DbError;
 
-const EXPIRE_DUE: &str = "WITH due AS ( \
-       SELECT day, id, sender, remaining_cents FROM envelopes WHERE status = 2 AND expires_at <= now() \
-       ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
-     expired AS ( \
-       UPDATE envelopes e SET status = 4, remaining_cents = 0, remaining_count = 0, version = e.version + 1 \
-       FROM due WHERE e.day = due.day AND e.id = due.id \
-       RETURNING due.id, due.sender, due.remaining_cents), \
-     refunds AS ( \
-       INSERT INTO transfers (key, kind, envelope_id, user_id, amount_cents) \
-       SELECT 'refund:' || id, 2, id, sender, remaining_cents FROM expired WHERE remaining_cents > 0) \
-     SELECT count(*) FROM expired";
+/// The refund's key is computed by the statement from the expired row's ID,
+/// with the SQL spelling of [`LedgerKey::Refund`](redcell_payments::LedgerKey)
+/// (`keys::sql`), so it is made once, at first use.
+static EXPIRE_DUE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH due AS ( \
+           SELECT day, id, sender, remaining_cents FROM envelopes WHERE status = 2 AND expires_at <= now() \
+           ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         expired AS ( \
+           UPDATE envelopes e SET status = 4, remaining_cents = 0, remaining_count = 0, version = e.version + 1 \
+           FROM due WHERE e.day = due.day AND e.id = due.id \
+           RETURNING due.id, due.sender, due.remaining_cents), \
+         refunds AS ( \
+           INSERT INTO transfers (key, kind, envelope_id, user_id, amount_cents) \
+           SELECT {refund_key}, 2, id, sender, remaining_cents FROM expired WHERE remaining_cents > 0) \
+         SELECT count(*) FROM expired",
+        refund_key = keys::sql::refund_key("id"),
+    )
+});
 
 /// Envelopes expired per statement.
 pub const BATCH: i64 = 500;
@@ -33,7 +44,7 @@ pub const BATCH: i64 = 500;
 /// One batch; returns how many envelopes expired.
 pub async fn expire_batch(pool: &Pool) -> Result<usize, DbError> {
     let client = pool.get().await?;
-    let row = client.query_one(EXPIRE_DUE, &[&BATCH]).await?;
+    let row = client.query_one(EXPIRE_DUE.as_str(), &[&BATCH]).await?;
     let count: i64 = crate::store::column(&row, 0)?;
     Ok(usize::try_from(count).unwrap_or(0))
 }

@@ -18,12 +18,12 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use redcell_payments::{DebitResolution, Payments};
+use redcell_payments::{DebitResolution, LedgerKey, Payments};
 use tokio_postgres::GenericClient;
 
 use crate::{
     db::DbError,
-    envelope::{Status, debit_key},
+    envelope::Status,
     store::{self, column},
     workers::settlement::backoff,
 };
@@ -64,7 +64,10 @@ pub async fn recover_batch<P: Payments>(
             tracing::error!(envelope = %text, "malformed envelope id in order DB");
             continue;
         };
-        let to = match payments.resolve_debit(&debit_key(&id)).await {
+        let to = match payments
+            .resolve_debit(&LedgerKey::Send(id).to_string())
+            .await
+        {
             Ok(DebitResolution::Debited) => Status::Active,
             Ok(DebitResolution::Voided) => Status::Cancelled,
             Err(error) => {

@@ -10,6 +10,10 @@
 //!
 //! No I/O beyond parsing text handed in by the caller: binaries read files and
 //! swap snapshots; this crate decides what they mean.
+//!
+//! **Owns**: cells.yaml's meaning, the envelope-ID codec and routing, minting
+//! and topology plans. **Never**: reads files, opens sockets or databases,
+//! keeps mutable state, or depends on another redcell crate.
 
 pub mod document;
 mod endpoint;
@@ -23,6 +27,6 @@ pub mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use id::{EnvelopeId, EpochId, IdError, MintDate, RegionDigit};
-pub use mint::{PoolCell, RegionPool};
+pub use mint::{CellMint, PoolCell, RegionPool};
 pub use model::{Cell, CellStatus, Epoch, HistoryMode, RangeTable, RouteError, Topology};
 pub use suffix::{Suffix, SuffixRange};

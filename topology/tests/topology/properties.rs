@@ -1,12 +1,14 @@
 //! Property tests (DESIGN.md §3, STYLE 17): the ID codec round-trips; after any
 //! sequence of valid plans every suffix is covered exactly once per region and
 //! epoch; the mint pool never holds a non-active cell; an expansion never
-//! reroutes an existing (region, epoch, suffix).
+//! reroutes an existing (region, epoch, suffix); a pool without some cells is
+//! the pool minus exactly them; a cell mints exactly the suffixes that route
+//! back to it in the minting epoch.
 
 use indexmap::IndexMap;
 use proptest::prelude::*;
 use redcell_topology::{
-    CellStatus, EnvelopeId, EpochId, MintDate, RegionDigit, Suffix, Topology,
+    Cell, CellStatus, EnvelopeId, EpochId, MintDate, RegionDigit, Suffix, Topology,
     document::{CellDoc, Document, EpochDoc, MintingDoc},
     plan::{self, NewCell, Split},
 };
@@ -259,5 +261,87 @@ proptest! {
             }
             Err(error) => prop_assert!(before < 2, "{}", error),
         }
+    }
+
+    #[test]
+    fn a_pool_without_some_cells_is_the_pool_minus_them(
+        topology in topology_strategy(),
+        steps in prop::collection::vec(step_strategy(), 0..5),
+        left_out in prop::collection::vec(any::<bool>(), 16),
+        randoms in prop::collection::vec(any::<u64>(), 32),
+    ) {
+        let mut current = topology;
+        let mut counter = 0;
+        for step in &steps {
+            if let Some(next) = apply(&current, step, &mut counter) {
+                current = next;
+            }
+        }
+        let names: Vec<&str> = current.cells().iter().map(|cell| cell.name.as_str()).collect();
+        let usable = |cell: &Cell| {
+            let index = names.iter().position(|name| *name == cell.name).unwrap();
+            !left_out[index % left_out.len()]
+        };
+        for full in current.mint_pools() {
+            let pool = current.mint_pool_where(full.sender, usable).unwrap();
+            prop_assert_eq!((pool.sender, pool.minter, pool.epoch), (full.sender, full.minter, full.epoch));
+            let expected: Vec<_> = full
+                .cells
+                .iter()
+                .filter(|pool_cell| usable(&current.cells()[pool_cell.cell]))
+                .cloned()
+                .collect();
+            prop_assert_eq!(pool.total, expected.iter().map(|cell| cell.suffixes).sum::<u32>());
+            prop_assert_eq!(&pool.cells, &expected);
+            for random in &randoms {
+                match pool.draw(*random) {
+                    Some((suffix, index)) => {
+                        let cell = &current.cells()[index];
+                        prop_assert!(usable(cell), "{} was left out", cell.name);
+                        let id = EnvelopeId::new(MintDate::new(2026, 1, 22).unwrap(), pool.minter, pool.epoch, 1, suffix).unwrap();
+                        prop_assert_eq!(&current.route(&id).unwrap().name, &cell.name);
+                    }
+                    None => prop_assert_eq!(pool.total, 0),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_cell_mints_exactly_the_suffixes_that_route_back_to_it(
+        topology in topology_strategy(),
+        steps in prop::collection::vec(step_strategy(), 0..6),
+        randoms in prop::collection::vec(any::<u64>(), 16),
+    ) {
+        let mut current = topology;
+        let mut counter = 0;
+        for step in &steps {
+            if let Some(next) = apply(&current, step, &mut counter) {
+                current = next;
+            }
+        }
+        let date = MintDate::new(2026, 1, 22).unwrap();
+        let mut per_region = std::collections::HashMap::<u8, u32>::new();
+        for cell in current.cells() {
+            let mint = current.minted_by(&cell.name).unwrap();
+            prop_assert_eq!(mint.region, cell.region);
+            prop_assert_eq!(mint.epoch, current.minting_epoch());
+            *per_region.entry(cell.region.get()).or_default() += mint.suffixes;
+            for value in 0..1000 {
+                let suffix = Suffix::new(value).unwrap();
+                let id = EnvelopeId::new(date, mint.region, mint.epoch, 1, suffix).unwrap();
+                let routes_back = current.route(&id).unwrap().name == cell.name;
+                prop_assert_eq!(mint.contains(suffix), routes_back, "suffix {} of {}", suffix, cell.name);
+            }
+            for random in &randoms {
+                match mint.draw(*random) {
+                    Some(suffix) => prop_assert!(mint.contains(suffix)),
+                    None => prop_assert_eq!(mint.suffixes, 0),
+                }
+            }
+        }
+        // The cells of a region mint the whole suffix space between them.
+        prop_assert!(per_region.values().all(|suffixes| *suffixes == 1000), "{:?}", per_region);
+        prop_assert!(current.minted_by("no-such-cell").is_none());
     }
 }

@@ -1058,30 +1058,13 @@ mod tests {
 
     #[test]
     fn the_reconciler_reads_the_cells_key_space_through_ledger_key() {
-        // The grammar itself is tested with `redcell_payments::keys`; here,
-        // that malformed keys of the space still name what they name (an
-        // orphan: no row has that ID) and other keys are deposits.
-        for key in [
-            format!("send:{ID}"),
-            format!("claim:{ID}:7"),
-            format!("refund:{ID}"),
-        ] {
-            assert_eq!(envelope_of_key(&key), Some(ID), "{key}");
-            assert_eq!(is_debit_key(&key), key.starts_with("send:"), "{key}");
-        }
+        // The grammar is tested with `redcell_payments::keys`; here, that a
+        // malformed key of the space still names its envelope text (an
+        // orphan: no row has that ID) and that a deposit is outside.
+        assert_eq!(envelope_of_key(&format!("claim:{ID}:7")), Some(ID));
         assert_eq!(envelope_of_key("claim:e1"), Some("e1"));
-        assert_eq!(envelope_of_key("send:"), Some(""));
-        assert!(is_debit_key("send:"));
-        for key in [
-            "deposit:ann:1",
-            "bench:deposit",
-            "topup:send:x",
-            "sendx",
-            "",
-        ] {
-            assert_eq!(envelope_of_key(key), None, "{key}");
-            assert!(!is_debit_key(key), "{key}");
-        }
+        assert!(is_debit_key("send:") && !is_debit_key(&format!("refund:{ID}")));
+        assert_eq!(envelope_of_key("deposit:ann:1"), None);
         assert_eq!(debit_key_text(ID), format!("send:{ID}"));
         assert_eq!(debit_key_text("e1"), "the debit key of envelope e1");
     }

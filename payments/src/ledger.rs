@@ -169,6 +169,34 @@ pub struct AccountDiscrepancy {
     pub entries_net_cents: i64,
 }
 
+impl AccountDiscrepancy {
+    fn from_row(row: &Row) -> Result<AccountDiscrepancy, PaymentsError> {
+        Ok(AccountDiscrepancy {
+            account: row.try_get(0)?,
+            balance_cents: row.try_get(1)?,
+            entries_net_cents: row.try_get(2)?,
+        })
+    }
+}
+
+/// The total balance and the accounts' discrepancies, read in the snapshot
+/// of `transaction` (an auditor's, with whatever else it read).
+async fn books_on(
+    transaction: &deadpool_postgres::Transaction<'_>,
+) -> Result<(i64, Vec<AccountDiscrepancy>), PaymentsError> {
+    let total_balance_cents = transaction
+        .query_one(sql::TOTAL_BALANCE, &[])
+        .await?
+        .try_get(0)?;
+    let discrepancies = transaction
+        .query(sql::DISCREPANCIES, &[])
+        .await?
+        .iter()
+        .map(AccountDiscrepancy::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((total_balance_cents, discrepancies))
+}
+
 /// The built-in [`Payments`]: a PostgreSQL ledger behind a connection pool.
 ///
 /// Cheap to clone (the pool is shared); clones are the same ledger.
@@ -298,15 +326,7 @@ impl PgLedger {
     pub async fn discrepancies(&self) -> Result<Vec<AccountDiscrepancy>, PaymentsError> {
         let client = self.pool.get().await?;
         let rows = client.query(sql::DISCREPANCIES, &[]).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AccountDiscrepancy {
-                    account: row.try_get(0)?,
-                    balance_cents: row.try_get(1)?,
-                    entries_net_cents: row.try_get(2)?,
-                })
-            })
-            .collect()
+        rows.iter().map(AccountDiscrepancy::from_row).collect()
     }
 }
 
@@ -338,22 +358,7 @@ impl PgLedger {
             .iter()
             .map(LedgerEntry::from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let total_balance_cents = transaction
-            .query_one(sql::TOTAL_BALANCE, &[])
-            .await?
-            .try_get(0)?;
-        let discrepancies = transaction
-            .query(sql::DISCREPANCIES, &[])
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(AccountDiscrepancy {
-                    account: row.try_get(0)?,
-                    balance_cents: row.try_get(1)?,
-                    entries_net_cents: row.try_get(2)?,
-                })
-            })
-            .collect::<Result<Vec<_>, PaymentsError>>()?;
+        let (total_balance_cents, discrepancies) = books_on(&transaction).await?;
         transaction.commit().await?;
         Ok(LedgerAudit {
             entries,
@@ -409,22 +414,7 @@ impl PgLedger {
                 break;
             }
         }
-        let total_balance_cents = transaction
-            .query_one(sql::TOTAL_BALANCE, &[])
-            .await?
-            .try_get(0)?;
-        let discrepancies = transaction
-            .query(sql::DISCREPANCIES, &[])
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(AccountDiscrepancy {
-                    account: row.try_get(0)?,
-                    balance_cents: row.try_get(1)?,
-                    entries_net_cents: row.try_get(2)?,
-                })
-            })
-            .collect::<Result<Vec<_>, PaymentsError>>()?;
+        let (total_balance_cents, discrepancies) = books_on(&transaction).await?;
         transaction.commit().await?;
         Ok(LedgerBooks {
             entries,

@@ -22,11 +22,28 @@ use std::{
 };
 
 use redcell_cell::reconcile::{self, CellOrders, DiscrepancyKind};
-use redcell_payments::{Debit, DebitOutcome, Payments};
+use redcell_payments::{Debit, DebitOutcome, LedgerKey, Payments};
 use redcell_proto::v1 as pb;
 use tonic::Code;
 
 use crate::stack::{Client, ORDERS_TEMPLATE, Stack, StackBuilder};
+
+/// The ledger keys of an envelope (by its ID's text), as the cell writes them.
+fn send_key(id: &str) -> String {
+    LedgerKey::Send(id.parse().unwrap()).to_string()
+}
+
+fn claim_key(id: &str, sequence: u32) -> String {
+    LedgerKey::Claim {
+        envelope: id.parse().unwrap(),
+        sequence,
+    }
+    .to_string()
+}
+
+fn refund_key(id: &str) -> String {
+    LedgerKey::Refund(id.parse().unwrap()).to_string()
+}
 
 /// Polls happen every 50 ms, at most 600 times: 30 s for any worker.
 const POLL: Duration = Duration::from_millis(50);
@@ -263,7 +280,7 @@ async fn every_injected_corruption_is_reported_by_kind() {
     let paid = stack
         .ledger
         .debit(Debit {
-            key: &format!("send:{ghost}"),
+            key: &send_key(&ghost),
             order: "ghost-order",
             account: "s",
             cents: 500,
@@ -273,7 +290,7 @@ async fn every_injected_corruption_is_reported_by_kind() {
     assert_eq!(paid, DebitOutcome::Debited);
     // 1. Missing transfer: a done claim transfer whose credit the ledger
     //    does not have.
-    let missing = format!("claim:{}:1", ids[1]);
+    let missing = claim_key(&ids[1], 1);
     let row = books
         .query_one(
             "DELETE FROM entries WHERE key = $1 RETURNING account, amount_cents",
@@ -290,7 +307,7 @@ async fn every_injected_corruption_is_reported_by_kind() {
         .await
         .unwrap();
     // 2. Double credit: a second claim transfer paying user a, credited.
-    let twice = format!("claim:{}:9", ids[2]);
+    let twice = claim_key(&ids[2], 9);
     orders
         .execute(
             "INSERT INTO transfers (key, kind, envelope_id, user_id, amount_cents, status) \
@@ -301,18 +318,18 @@ async fn every_injected_corruption_is_reported_by_kind() {
         .unwrap();
     stack.ledger.credit(&twice, "a", 50).await.unwrap();
     // 3. Wrong amount: the ledger credited a claim one cent more than it is.
-    edit_entry(format!("claim:{}:1", ids[3]), 1).await;
+    edit_entry(claim_key(&ids[3], 1), 1).await;
     // 4. Claim without transfer: the claim's outbox row is gone.
     orders
         .execute(
             "DELETE FROM transfers WHERE key = $1",
-            &[&format!("claim:{}:1", ids[4])],
+            &[&claim_key(&ids[4], 1)],
         )
         .await
         .unwrap();
     // 5. Refund of the wrong remainder: one cent too much, in the outbox and
     //    in the ledger alike.
-    let refund = format!("refund:{}", ids[5]);
+    let refund = refund_key(&ids[5]);
     orders
         .execute(
             "UPDATE transfers SET amount_cents = amount_cents + 1 WHERE key = $1",
@@ -410,7 +427,7 @@ async fn a_fleet_check_routes_every_entry_to_its_cell() {
         let paid = stack
             .ledger
             .debit(Debit {
-                key: &format!("send:{id}"),
+                key: &send_key(&id),
                 order,
                 account: "p",
                 cents,

@@ -53,6 +53,9 @@ pub const DEFAULT_LEDGER_DSN: &str = "postgres://redcell@127.0.0.1:6001/ledger";
 const DEMO_USER: &str = "alice";
 /// Longest `--demo-expiry`: a day, the cells' own default TTL.
 const MAX_DEMO_EXPIRY_SECS: u64 = 86_400;
+/// `--demo` without `--demo-expiry`: long enough for the demo's opens, short
+/// enough that its refunds show.
+const DEMO_DEFAULT_EXPIRY_SECS: u64 = 10;
 /// One health probe's deadline.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -76,7 +79,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub fast: bool,
     /// Envelopes expire after SECS (the cells' --envelope-ttl-secs), so a demo
-    /// shows refunds; default: the cells' own (a day).
+    /// shows refunds; default: the cells' own (a day), 10 s with --demo.
     #[arg(long, value_name = "SECS")]
     pub demo_expiry: Option<u64>,
     /// Run `cellctl demo` once the fleet is up, then keep running.
@@ -96,7 +99,14 @@ pub fn run(topology: &Path, args: UpArgs, out: &mut impl Write) -> Result<(), Co
     runtime.block_on(up(topology, args, out))
 }
 
-async fn up(topology_path: &Path, args: UpArgs, out: &mut impl Write) -> Result<(), CommandError> {
+async fn up(
+    topology_path: &Path,
+    mut args: UpArgs,
+    out: &mut impl Write,
+) -> Result<(), CommandError> {
+    if args.demo && args.demo_expiry.is_none() {
+        args.demo_expiry = Some(DEMO_DEFAULT_EXPIRY_SECS);
+    }
     if let Some(secs) = args.demo_expiry
         && !(1..=MAX_DEMO_EXPIRY_SECS).contains(&secs)
     {

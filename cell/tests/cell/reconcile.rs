@@ -427,7 +427,7 @@ async fn a_fleet_check_routes_every_entry_to_its_cell() {
         let paid = stack
             .ledger
             .debit(Debit {
-                key: &send_key(&id),
+                key: &send_key(id),
                 order,
                 account: "p",
                 cents,

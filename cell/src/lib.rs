@@ -6,6 +6,12 @@
 //! envelope run through its [`lane`] and commit in batches ([`store`]); money
 //! leaves the cell only through the settlement outbox ([`workers::settlement`])
 //! into the [`redcell_payments::Payments`] boundary.
+//!
+//! **Owns**: its order DB (the only code that writes it), the lanes, the
+//! allocation of shares, the outbox workers and reconciliation. **Never**:
+//! calls the payment system inside an order-DB transaction, moves money
+//! except through a ledger key of [`redcell_payments::keys`], serves an
+//! envelope whose ID routes to another cell, or panics on client input.
 
 pub mod allocation;
 pub mod config;

@@ -7,8 +7,9 @@
 //!
 //! **Owns**: the operator's commands (check, plan, migrate, reconcile, ...)
 //! over cells.yaml and the databases it names. **Never**: serves traffic,
-//! writes an order DB or the ledger except through a crate that owns it
-//! (migrations, payments), or edits cells.yaml without validating it first.
+//! writes rows of an order DB or the ledger except through the crate that
+//! owns them (migrations, payments), or edits cells.yaml without validating
+//! it first.
 
 mod commands;
 mod load;

@@ -57,6 +57,10 @@
 //!   machines' ext4, ~0.06 s on tmpfs), `TMPDIR=/dev/shm cargo test` speeds
 //!   every server start up, if `/dev/shm` is large (Docker's default 64 MB is
 //!   not).
+//!
+//! **Owns**: starting, cloning and cleaning up PostgreSQL for tests and
+//! benchmarks. **Never**: linked into a server binary (a dev-dependency and
+//! loadgen's only), knows a redcell schema, or leaves a server running.
 
 mod databases;
 mod error;

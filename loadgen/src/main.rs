@@ -13,6 +13,10 @@
 //! lanes), again per strategy of the cells in the same run, reconciled over
 //! every cell afterwards. `cell-hot` isolates the cell, where the contention
 //! is; `router` adds what the front door costs.
+//!
+//! **Owns**: workloads, latency histograms and the benchmark report.
+//! **Never**: part of a deployment, reaches into a cell's internals past
+//! its public API, or reports a run whose money does not reconcile.
 
 mod bench;
 mod cell_hot;

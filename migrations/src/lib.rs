@@ -15,6 +15,11 @@
 //! each with its embedded checksum. The version a binary expects is the last of
 //! its embedded list, never a number typed elsewhere, so adding a migration
 //! moves every check with it.
+//!
+//! **Owns**: the schemas (SQL files) of the order DB and the ledger, applying
+//! them, and saying whether a database matches them. **Never**: reads or
+//! writes application rows, or holds a query of the request path; a schema
+//! change is a new migration, never an edit of an applied one.
 
 use tokio_postgres::{Client, Row, types::FromSql};
 

@@ -36,6 +36,12 @@
 //! 3. A voided key can never be debited.
 //! 4. One debit per (account, merchant order).
 //! 5. Conservation: every balance equals its credits minus its debits.
+//!
+//! **Owns**: the [`Payments`] contract and its PostgreSQL ledger, the cells'
+//! ledger keys ([`keys`]: built and parsed here only) and the SQLSTATE
+//! classification shared with the order DB ([`sqlstate`]). **Never**: reads
+//! a cell's order DB, lets money move twice for a key, panics on a storage
+//! failure, or retries on its own (the caller retries with the same key).
 
 mod error;
 pub mod keys;

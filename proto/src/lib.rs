@@ -3,6 +3,10 @@
 //! This crate is deliberately slim — generated code only. Domain types with
 //! required fields live in the crates that own them and are made from these wire
 //! types by `TryFrom`, which validates; wire types stop at the edge.
+//!
+//! **Owns**: the `redcell.v1` wire types and services, and the wire rules
+//! more than one crate applies alike. **Never**: holds domain logic or
+//! state, or does I/O; a rule lands here only when two crates speak it.
 
 pub mod page;
 

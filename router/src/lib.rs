@@ -5,6 +5,11 @@
 //! envelope gets a suffix from its region's mint pool (healthy cells only); an
 //! existing ID resolves `(R, EE, SSS)` to its cell and, by rendezvous hashing, to
 //! one logic server of it. The router is stateless: any number of replicas.
+//!
+//! **Owns**: authentication, rate limits, routing and failover between a
+//! cell's servers, and merging History across cells. **Never**: opens a
+//! database, holds money state, or links a cell crate to borrow its code
+//! (it speaks to cells only through `proto`'s contract).
 
 pub mod auth;
 pub mod config;

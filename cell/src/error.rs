@@ -14,6 +14,7 @@
 //! may reach a client (a lane carries one failure to all its callers as
 //! text), so this is the one place to strip it.
 
+use redcell_proto::internal::SendRefusal;
 use tonic::{Code, Status};
 
 use crate::db::DbError;
@@ -117,28 +118,15 @@ impl From<redcell_payments::PaymentsError> for CellError {
     }
 }
 
-/// Metadata entry marking an error after which nothing was written.
-pub const NOTHING_WRITTEN_METADATA: &str = "x-redcell-nothing-written";
-
-/// Metadata entry naming the envelope a Send's idempotency key already paid for.
-pub const PAID_ENVELOPE_METADATA: &str = "x-redcell-paid-envelope";
-
 impl From<CellError> for Status {
     fn from(error: CellError) -> Status {
+        // The two Send signals for the router: [`SendRefusal`] is their one
+        // wire form.
         if let CellError::NothingWritten(inner) = error {
-            let mut status = Status::from(*inner);
-            status.metadata_mut().insert(
-                NOTHING_WRITTEN_METADATA,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-            return status;
+            return SendRefusal::NothingWritten(Status::from(*inner)).into();
         }
-        if let CellError::AlreadyPaid { envelope_id } = &error {
-            let mut status = Status::already_exists(error.to_string());
-            if let Ok(value) = tonic::metadata::MetadataValue::try_from(envelope_id.as_str()) {
-                status.metadata_mut().insert(PAID_ENVELOPE_METADATA, value);
-            }
-            return status;
+        if let CellError::AlreadyPaid { envelope_id } = error {
+            return SendRefusal::PaidFor { envelope_id }.into();
         }
         let code = match &error {
             // Handled above; kept here so the match stays exhaustive.

@@ -2,101 +2,21 @@
 //! Handlers are three lines: take the caller from metadata, call the operation,
 //! convert back. The caller's identity is the `x-redcell-user` metadata entry,
 //! set by the router from the verified bearer token, never a request field.
+//! The metadata names and the credential check are the router↔cell contract
+//! in [`redcell_proto::internal`].
 
 use std::sync::Arc;
 
 use redcell_payments::Payments;
-use redcell_proto::v1::{
-    self as pb, cell_internal_server::CellInternal, red_envelope_server::RedEnvelope,
+pub(crate) use redcell_proto::internal::RequireInternal;
+use redcell_proto::{
+    internal::{SUFFIX_METADATA, USER_METADATA},
+    v1::{self as pb, cell_internal_server::CellInternal, red_envelope_server::RedEnvelope},
 };
 use redcell_topology::Suffix;
 use tonic::{Request, Response, Status};
 
 use crate::{context::CellContext, error::CellError, ops, request::UserId};
-
-/// Metadata entry naming the authenticated caller.
-pub const USER_METADATA: &str = "x-redcell-user";
-/// Metadata entry with the suffix the router drew from the mint pool (Send).
-pub const SUFFIX_METADATA: &str = "x-redcell-suffix";
-/// Metadata entry carrying the internal credential: cells serve routers only.
-pub const INTERNAL_METADATA: &str = "x-redcell-internal";
-
-/// Server-side check of the internal credential, in constant time. With no
-/// token configured every call passes (local development only; `cell` requires
-/// one).
-#[derive(Debug, Clone)]
-pub struct RequireInternal(Option<std::sync::Arc<str>>);
-
-impl RequireInternal {
-    pub fn new(token: Option<&str>) -> RequireInternal {
-        RequireInternal(token.map(std::sync::Arc::from))
-    }
-}
-
-impl tonic::service::Interceptor for RequireInternal {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.0 else {
-            return Ok(request);
-        };
-        let presented = request
-            .metadata()
-            .get(INTERNAL_METADATA)
-            .map(|value| value.as_bytes())
-            .unwrap_or_default();
-        if constant_time_eq(presented, expected.as_bytes()) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated(
-                "cells serve routers only: missing or wrong internal credential",
-            ))
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// A client-side interceptor that names the caller the way routers do
-/// (`x-redcell-user`, plus the internal credential when one is set), for
-/// routers, load generators and tests.
-#[derive(Debug, Clone)]
-pub struct AsUser {
-    user: tonic::metadata::AsciiMetadataValue,
-    internal: Option<tonic::metadata::AsciiMetadataValue>,
-}
-
-impl AsUser {
-    /// `None` when `user` is not valid metadata (not visible ASCII).
-    pub fn new(user: &str) -> Option<AsUser> {
-        Some(AsUser {
-            user: user.parse().ok()?,
-            internal: None,
-        })
-    }
-
-    /// Also present the internal credential; `None` if it is not visible ASCII.
-    pub fn with_internal(self, token: &str) -> Option<AsUser> {
-        Some(AsUser {
-            internal: Some(token.parse().ok()?),
-            ..self
-        })
-    }
-}
-
-impl tonic::service::Interceptor for AsUser {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert(USER_METADATA, self.user.clone());
-        if let Some(token) = &self.internal {
-            request
-                .metadata_mut()
-                .insert(INTERNAL_METADATA, token.clone());
-        }
-        Ok(request)
-    }
-}
 
 #[derive(Debug)]
 pub struct CellService<P> {

@@ -1,14 +1,21 @@
 //! redcell's wire contract: the generated `redcell.v1` messages and services.
 //!
-//! This crate is deliberately slim — generated code only. Domain types with
-//! required fields live in the crates that own them and are made from these wire
-//! types by `TryFrom`, which validates; wire types stop at the edge.
+//! This crate is deliberately slim: generated code, plus the few wire rules
+//! that more than one crate must agree on and that the .proto cannot say —
+//! [`internal`] (the router↔cell metadata, credential and Send signals),
+//! [`token`] (bearer tokens as clients present them; minting behind the `mint`
+//! feature) and [`page`] (page sizes). Domain types with required fields live
+//! in the crates that own them and are made from these wire types by
+//! `TryFrom`, which validates; wire types stop at the edge. It never depends
+//! on another redcell crate.
 //!
 //! **Owns**: the `redcell.v1` wire types and services, and the wire rules
 //! more than one crate applies alike. **Never**: holds domain logic or
 //! state, or does I/O; a rule lands here only when two crates speak it.
 
+pub mod internal;
 pub mod page;
+pub mod token;
 
 /// Generated code of package `redcell.v1`.
 #[allow(missing_debug_implementations, clippy::all)]

@@ -33,17 +33,17 @@ use std::fmt;
 use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
 
-/// Shortest accepted HS256 secret: RFC 7518 §3.2 asks for a key at least as
-/// long as the hash output (256 bits).
-pub const MIN_HS256_KEY_BYTES: usize = 32;
+/// Shortest accepted HS256 secret (RFC 7518 §3.2): the same bound the
+/// minting side ([`redcell_proto::token`]) holds to.
+pub use redcell_proto::token::MIN_HS256_KEY_BYTES;
 
 /// Smallest accepted RSA modulus (RFC 7518 §3.3: 2048 bits or larger).
 pub const MIN_RSA_BITS: usize = 2048;
@@ -92,17 +92,6 @@ pub enum AuthConfigError {
     RsaKeyTooSmall { bits: usize },
 }
 
-/// Why [`mint_hs256`] could not make a token.
-#[derive(Debug, thiserror::Error)]
-pub enum MintError {
-    #[error("HS256 key is {len} bytes; at least {MIN_HS256_KEY_BYTES} are required")]
-    KeyTooShort { len: usize },
-    #[error("subject {0:?} is not a valid user id (1-64 of A-Z a-z 0-9 _ -)")]
-    InvalidSubject(String),
-    #[error("encoding the token failed: {0}")]
-    Encode(#[from] jsonwebtoken::errors::Error),
-}
-
 /// An authenticated caller: the verified token's `sub`, 1-64 of
 /// `[A-Za-z0-9_-]` (the same rule the cell applies to user ids, since it is
 /// also the ledger account name).
@@ -112,11 +101,7 @@ pub struct UserId(String);
 impl UserId {
     /// `None` unless `text` is 1-64 of `[A-Za-z0-9_-]`.
     pub fn parse(text: &str) -> Option<UserId> {
-        let valid = (1..=64).contains(&text.len())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        valid.then(|| UserId(text.to_owned()))
+        redcell_proto::internal::is_user_id(text).then(|| UserId(text.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -193,60 +178,6 @@ impl Authenticator {
         }
         .ok_or_else(|| Status::unauthenticated("token subject is not a valid user id"))
     }
-}
-
-/// Mints an HS256 token for `sub` valid for `ttl_secs` from now.
-///
-/// For dev tooling (cellctl, loadgen) and the router's integration tests only:
-/// servers never call it. A server that can mint tokens with the key it
-/// verifies with could vouch for anyone.
-pub fn mint_hs256(key: &[u8], sub: &str, ttl_secs: u64) -> Result<String, MintError> {
-    if key.len() < MIN_HS256_KEY_BYTES {
-        return Err(MintError::KeyTooShort { len: key.len() });
-    }
-    if UserId::parse(sub).is_none() {
-        return Err(MintError::InvalidSubject(sub.to_owned()));
-    }
-    let now = jsonwebtoken::get_current_timestamp();
-    let claims = MintedClaims {
-        sub,
-        iat: now,
-        exp: now.saturating_add(ttl_secs),
-    };
-    Ok(jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(key),
-    )?)
-}
-
-/// The client's side of [`Authenticator`]: an interceptor that sends
-/// `authorization: Bearer <token>` with every call (Rust clients of the
-/// router: loadgen, tests).
-#[derive(Debug, Clone)]
-pub struct BearerToken(tonic::metadata::AsciiMetadataValue);
-
-impl BearerToken {
-    /// `None` if the token cannot be metadata (not visible ASCII).
-    pub fn new(token: &str) -> Option<BearerToken> {
-        format!("Bearer {token}").parse().ok().map(BearerToken)
-    }
-}
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-#[derive(Serialize)]
-struct MintedClaims<'a> {
-    sub: &'a str,
-    iat: u64,
-    exp: u64,
 }
 
 /// The claims we read ourselves; `exp`/`nbf`/`aud` are checked by
@@ -353,6 +284,9 @@ fn modulus_bits(n: &[u8]) -> usize {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use redcell_proto::token::mint_hs256;
+    use serde::Serialize;
     use tonic::Code;
 
     const HS_KEY: &[u8] = b"dev-only-hs256-key-of-32-bytes!!";
@@ -478,23 +412,13 @@ mod tests {
         assert_eq!(hs_auth().authenticate(&metadata).unwrap().as_str(), "alice");
     }
 
+    /// What dev tooling mints (`redcell_proto::token`, cellctl dev-token)
+    /// is what the router accepts: the two sides of the claims contract.
     #[test]
     fn minted_token_is_accepted() {
         let token = mint_hs256(HS_KEY, "carol", 60).unwrap();
         let user = hs_auth().authenticate(&bearer(&token)).unwrap();
         assert_eq!(user.as_str(), "carol");
-    }
-
-    #[test]
-    fn mint_refuses_short_keys_and_bad_subjects() {
-        assert!(matches!(
-            mint_hs256(b"short", "carol", 60),
-            Err(MintError::KeyTooShort { len: 5 })
-        ));
-        assert!(matches!(
-            mint_hs256(HS_KEY, "carol smith", 60),
-            Err(MintError::InvalidSubject(_))
-        ));
     }
 
     #[test]

@@ -3,12 +3,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use redcell_cell::{
-    error::{NOTHING_WRITTEN_METADATA, PAID_ENVELOPE_METADATA},
-    service::{INTERNAL_METADATA, SUFFIX_METADATA, USER_METADATA},
-};
-use redcell_proto::v1::{
-    self as pb, red_envelope_client::RedEnvelopeClient, red_envelope_server::RedEnvelope,
+use redcell_proto::{
+    internal::{AsUser, REGION_METADATA, SUFFIX_METADATA, SendRefusal},
+    v1::{self as pb, red_envelope_client::RedEnvelopeClient, red_envelope_server::RedEnvelope},
 };
 use redcell_topology::{Cell, EnvelopeId, RegionDigit, Suffix, Topology};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
@@ -24,9 +21,6 @@ use crate::{
     topology::TopologyHandle,
     traceparent::TraceParent,
 };
-
-/// Metadata entry naming the region a caller sends from.
-pub const REGION_METADATA: &str = "x-redcell-region";
 
 #[derive(Debug, Clone)]
 pub struct RouterService {
@@ -62,18 +56,6 @@ enum Reply {
     Get(Box<pb::GetResponse>),
 }
 
-/// Why a Send to one cell did not return an envelope.
-enum SendFailure {
-    /// Nothing was written and no money moved: another cell may take it.
-    NothingWritten(Status),
-    /// The Send's idempotency key already paid for this envelope, which
-    /// lives in another cell (the client retried after its first cell left
-    /// the pool): that cell's replay is the answer.
-    PaidFor(String),
-    /// The client's answer.
-    Final(Status),
-}
-
 impl RouterService {
     /// Authenticates the caller and charges their rate limit; the call's
     /// deadline starts now.
@@ -96,18 +78,12 @@ impl RouterService {
     pub(crate) fn outgoing<T>(&self, caller: &Caller, message: T) -> Result<Request<T>, Status> {
         let left = caller.deadline.left_for("a cell was asked")?;
         let mut request = Request::new(message);
-        let metadata = request.metadata_mut();
-        metadata.insert(
-            USER_METADATA,
-            MetadataValue::try_from(caller.user.as_str())
-                .map_err(|_| Status::internal("user id is not metadata"))?,
-        );
-        metadata.insert(
-            INTERNAL_METADATA,
-            MetadataValue::try_from(&*self.internal_token)
-                .map_err(|_| Status::internal("bad internal token"))?,
-        );
-        caller.trace.child().inject(metadata);
+        AsUser::new(caller.user.as_str())
+            .ok_or_else(|| Status::internal("user id is not metadata"))?
+            .with_internal(&self.internal_token)
+            .ok_or_else(|| Status::internal("bad internal token"))?
+            .stamp(request.metadata_mut());
+        caller.trace.child().inject(request.metadata_mut());
         request.set_timeout(left);
         Ok(request)
     }
@@ -212,11 +188,11 @@ impl RouterService {
         suffix: Suffix,
         caller: &Caller,
         message: &pb::SendRequest,
-    ) -> Result<pb::SendResponse, SendFailure> {
+    ) -> Result<pb::SendResponse, SendRefusal> {
         let key = format!("{}/{}", caller.user.as_str(), message.idempotency_key);
         let servers = route::servers_for(cell, &key, |server| self.directory.is_serving(server));
         let suffix_value = MetadataValue::try_from(suffix.to_string())
-            .map_err(|_| SendFailure::Final(Status::internal("suffix")))?;
+            .map_err(|_| SendRefusal::Final(Status::internal("suffix")))?;
         // The same Send, with the same idempotency key, on the cell's next
         // server after a transport failure or a stall: the cell's idempotency
         // row makes it replay the first attempt. A handler's answer is never
@@ -247,19 +223,19 @@ impl RouterService {
             Err(CellError::NoAnswer { status, .. })
                 if status.code() == tonic::Code::DeadlineExceeded =>
             {
-                Err(SendFailure::Final(status))
+                Err(SendRefusal::Final(status))
             }
             // No server of the cell could be reached: nothing was written.
             Err(CellError::NoAnswer {
                 status,
                 reached: false,
-            }) => Err(SendFailure::NothingWritten(status)),
+            }) => Err(SendRefusal::NothingWritten(status)),
             // Some attempt may have reached a handler, and debited: only this
             // cell may take the Send again (the client retries with its key).
             Err(CellError::NoAnswer {
                 status,
                 reached: true,
-            }) => Err(SendFailure::Final(status)),
+            }) => Err(SendRefusal::Final(status)),
         }
     }
 
@@ -287,8 +263,8 @@ impl RouterService {
             .map_err(|error| unroutable(error.to_string()))?;
         match self.send_to_cell(cell, id.suffix(), caller, message).await {
             Ok(response) => Ok(response),
-            Err(SendFailure::NothingWritten(status) | SendFailure::Final(status)) => Err(status),
-            Err(SendFailure::PaidFor(other)) => Err(unroutable(format!(
+            Err(SendRefusal::NothingWritten(status) | SendRefusal::Final(status)) => Err(status),
+            Err(SendRefusal::PaidFor { envelope_id: other }) => Err(unroutable(format!(
                 "its cell {} says the key paid for {other}",
                 cell.name
             ))),
@@ -296,17 +272,13 @@ impl RouterService {
     }
 }
 
-/// What a cell's error on a Send means for the router.
-fn send_failure(status: Status) -> SendFailure {
-    if let Some(paid) = status.metadata().get(PAID_ENVELOPE_METADATA)
-        && let Ok(envelope_id) = paid.to_str()
-    {
-        return SendFailure::PaidFor(envelope_id.to_owned());
-    }
-    if status.metadata().get(NOTHING_WRITTEN_METADATA).is_some() {
-        SendFailure::NothingWritten(from_cell(status))
-    } else {
-        SendFailure::Final(from_cell(status))
+/// What a cell's error on a Send means for the router: the cell's signal
+/// ([`SendRefusal`]), with the status as the client would see it.
+fn send_failure(status: Status) -> SendRefusal {
+    match SendRefusal::from(status) {
+        SendRefusal::NothingWritten(status) => SendRefusal::NothingWritten(from_cell(status)),
+        SendRefusal::Final(status) => SendRefusal::Final(from_cell(status)),
+        paid @ SendRefusal::PaidFor { .. } => paid,
     }
 }
 
@@ -346,18 +318,18 @@ impl RouterService {
             };
             match self.send_to_cell(cell, suffix, &caller, &message).await {
                 Ok(response) => return Ok(Response::new(response)),
-                Err(SendFailure::NothingWritten(status)) => {
+                Err(SendRefusal::NothingWritten(status)) => {
                     self.directory.suspect(&cell.name);
                     excluded.push(cell.name.clone());
                     last = Some(status);
                 }
-                Err(SendFailure::PaidFor(envelope_id)) => {
+                Err(SendRefusal::PaidFor { envelope_id }) => {
                     return self
                         .send_to_paid_envelope(&topology, &envelope_id, &caller, &message)
                         .await
                         .map(Response::new);
                 }
-                Err(SendFailure::Final(status)) => return Err(status),
+                Err(SendRefusal::Final(status)) => return Err(status),
             }
         }
         Err(last.unwrap_or_else(|| {

@@ -3,7 +3,10 @@
 //! ops/mod.rs and the topology's ID errors), and writes nothing: the order DB's
 //! tables and the ledger are the same before and after.
 
-use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
+use redcell_proto::{
+    internal::{INTERNAL_METADATA, SUFFIX_METADATA, USER_METADATA},
+    v1::{self as pb, red_envelope_client::RedEnvelopeClient},
+};
 use redcell_topology::EnvelopeId;
 use tonic::{Code, Request, Status, transport::Channel};
 
@@ -44,18 +47,18 @@ struct Case {
 fn with_metadata<T>(body: T, user: User, suffix: Option<&str>) -> Request<T> {
     let mut request = Request::new(body);
     request.metadata_mut().insert(
-        "x-redcell-internal",
+        INTERNAL_METADATA,
         crate::stack::INTERNAL_TOKEN.parse().unwrap(),
     );
     if let Some(user) = user {
         request
             .metadata_mut()
-            .insert("x-redcell-user", user.parse().unwrap());
+            .insert(USER_METADATA, user.parse().unwrap());
     }
     if let Some(suffix) = suffix {
         request
             .metadata_mut()
-            .insert("x-redcell-suffix", suffix.parse().unwrap());
+            .insert(SUFFIX_METADATA, suffix.parse().unwrap());
     }
     request
 }

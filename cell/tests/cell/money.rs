@@ -969,7 +969,7 @@ async fn a_cancelled_send_whose_order_another_cell_paid_names_that_envelope() {
     );
     let named = status
         .metadata()
-        .get(redcell_cell::error::PAID_ENVELOPE_METADATA)
+        .get(redcell_proto::internal::PAID_ENVELOPE_METADATA)
         .map(|value| value.to_str().unwrap().to_owned());
     assert_eq!(named.as_deref(), Some(in_n2.as_str()));
     // Nothing changed here: the envelope stays cancelled, unpaid, unopened.

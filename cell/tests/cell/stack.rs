@@ -5,7 +5,8 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use redcell_cell::{CellConfig, OpenStrategy, reconcile, service::AsUser};
+use redcell_cell::{CellConfig, OpenStrategy, reconcile};
+use redcell_proto::internal::AsUser;
 use redcell_harness::TestDb;
 use redcell_payments::PgLedger;
 use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};

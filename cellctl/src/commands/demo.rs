@@ -29,7 +29,7 @@ use std::{
 
 use redcell_payments::PgLedger;
 use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
-use redcell_router::auth::{BearerToken, mint_hs256};
+use redcell_proto::token::{BearerToken, mint_hs256};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use super::{
@@ -187,7 +187,7 @@ pub async fn run_async(state: &StateDir, out: &mut impl Write) -> Result<(), Com
         if let Ok(value) = region.parse() {
             request
                 .metadata_mut()
-                .insert(redcell_router::service::REGION_METADATA, value);
+                .insert(redcell_proto::internal::REGION_METADATA, value);
         }
         let envelope = client(plot.sender)?
             .send(request)

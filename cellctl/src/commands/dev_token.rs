@@ -1,6 +1,7 @@
 //! `cellctl dev-token`: a bearer token for local use of the router with an
 //! HS256 key. Production routers verify RS256 tokens of the identity provider;
-//! nothing in a server mints tokens.
+//! nothing in a server mints tokens. The minting is [`redcell_proto::token`]'s
+//! (the claims the router's verifier reads), so cellctl links no router.
 
 use std::{io::Write, path::Path};
 
@@ -18,7 +19,7 @@ pub fn run(
             key_file.display()
         ))
     })?;
-    let token = redcell_router::auth::mint_hs256(&key, user, ttl_secs)
+    let token = redcell_proto::token::mint_hs256(&key, user, ttl_secs)
         .map_err(|error| CommandError::Input(format!("cannot mint a token: {error}")))?;
     writeln!(out, "{token}")?;
     Ok(())

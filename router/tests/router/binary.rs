@@ -182,7 +182,7 @@ impl RouterProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rereads_the_topology() {
     let router = RouterProcess::start(&["--reload-interval-ms", "3600000"]).await;
-    let token = redcell_router::auth::mint_hs256(HS256_KEY, "alice", 600).unwrap();
+    let token = redcell_proto::token::mint_hs256(HS256_KEY, "alice", 600).unwrap();
     let history = || {
         let mut request = tonic::Request::new(pb::HistoryRequest {
             direction: pb::HistoryDirection::Sent.into(),

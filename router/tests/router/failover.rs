@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use redcell_cell::service::AsUser;
+use redcell_proto::internal::AsUser;
 use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use redcell_router::route;
 use tokio::task::JoinSet;

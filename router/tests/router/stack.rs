@@ -9,9 +9,10 @@ use redcell_cell::{CellConfig, metrics::CellMetrics, reconcile};
 use redcell_harness::{PgServer, TestDb};
 use redcell_payments::PgLedger;
 use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
+use redcell_proto::{internal::REGION_METADATA, token::mint_hs256};
 use redcell_router::{
     RouterConfig, RouterHandle,
-    auth::{Authenticator, VerifierKey, mint_hs256},
+    auth::{Authenticator, VerifierKey},
 };
 use redcell_topology::Topology;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -113,7 +114,7 @@ impl Interceptor for Credentials {
         if let Some(value) = &self.region {
             request
                 .metadata_mut()
-                .insert("x-redcell-region", value.clone());
+                .insert(REGION_METADATA, value.clone());
         }
         if let Some(value) = &self.traceparent {
             request.metadata_mut().insert("traceparent", value.clone());

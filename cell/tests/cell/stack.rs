@@ -202,7 +202,7 @@ impl Stack {
 
     /// Deposits `cents` for `user` in the ledger (tracked for conservation).
     pub async fn fund(&mut self, user: &str, cents: i64) {
-        let key = format!("deposit:{user}:{}", self.deposits);
+        let key = redcell_payments::deposit_key(user, self.deposits);
         self.ledger.deposit(&key, user, cents).await.unwrap();
         self.deposits += cents;
     }

@@ -10,10 +10,10 @@
 //! - **Money is `i64` cents**, always positive in a request; `cents <= 0` is
 //!   [`PaymentsError::InvalidAmount`] before anything is sent anywhere.
 //! - **Idempotent by key.** Every operation carries a key chosen by the
-//!   caller (`send:<envelope id>`, `claim:<envelope id>:<seq>`,
-//!   `refund:<envelope id>`); the first call with a key decides, every later
-//!   call with the same key and the same request gets the same answer and
-//!   moves no money. The same key with a different request is
+//!   caller (the cells' keys are [`keys::LedgerKey`]: `send:<envelope id>`,
+//!   `claim:<envelope id>:<seq>`, `refund:<envelope id>`); the first call
+//!   with a key decides, every later call with the same key and the same
+//!   request gets the same answer and moves no money. The same key with a different request is
 //!   [`PaymentsError::KeyConflict`], a bug in the caller.
 //! - **One debit per merchant order.** Every debit names the merchant's order
 //!   it pays for (for a Send, the client's idempotency key); at most one debit
@@ -60,9 +60,10 @@ pub use ledger::{
 
 /// What a cell needs from the payment system it is a merchant of.
 ///
-/// Idempotency keys are chosen by the caller: e.g. `send:<envelope id>` for a
-/// debit, `claim:<envelope id>:<seq>` or `refund:<envelope id>` for credits.
-/// A key names one operation forever: debits and credits share one key space.
+/// Idempotency keys are chosen by the caller (the cells build theirs with
+/// [`LedgerKey`]: a `send:` key for a debit, `claim:` or `refund:` keys for
+/// credits). A key names one operation forever: debits and credits share one
+/// key space.
 ///
 /// Implementations are generic-friendly (`async fn` in trait, futures are
 /// `Send`), not object-safe; hold an `Arc<P>` or a cheap `Clone` like

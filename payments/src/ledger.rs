@@ -388,7 +388,7 @@ impl PgLedger {
     /// balance and the accounts' own discrepancies, all in **one**
     /// `REPEATABLE READ` snapshot: an entry is visited iff its money is in the
     /// balances read. The entries are read through a portal
-    /// [`AUDIT_PAGE_ROWS`] at a time, so memory does not grow with the ledger.
+    /// `AUDIT_PAGE_ROWS` at a time, so memory does not grow with the ledger.
     pub async fn audit_books<F>(&self, mut visit: F) -> Result<LedgerBooks, PaymentsError>
     where
         F: FnMut(LedgerEntry),

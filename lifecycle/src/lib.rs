@@ -3,6 +3,10 @@
 //! stderr, filtered by `RUST_LOG` (default `info`); SIGINT and SIGTERM begin a
 //! graceful shutdown.
 
+pub mod topology;
+
+pub use topology::{Reload, TopologyFileError, TopologyHandle, read_topology};
+
 /// Installs the global `tracing` subscriber. Call once, first thing in `main`.
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

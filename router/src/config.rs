@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use clap::Parser;
+use redcell_lifecycle::TopologyFileError;
 use redcell_topology::{RegionDigit, Topology};
 
 use crate::auth::{Authenticator, VerifierKey};
@@ -108,20 +109,14 @@ impl RouterConfig {
     /// Validates flags; every problem, each naming its flag.
     pub fn from_args(args: &RouterArgs) -> Result<RouterConfig, Vec<String>> {
         let mut errors = Vec::new();
-        let topology = std::fs::read_to_string(&args.topology)
-            .map_err(|error| {
-                format!(
-                    "--topology: cannot read {}: {error}",
-                    args.topology.display()
-                )
-            })
-            .and_then(|text| {
-                Topology::parse(&text).map_err(|all| {
-                    all.iter()
-                        .map(|error| format!("--topology: {}: {error}", args.topology.display()))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                })
+        let topology =
+            redcell_lifecycle::read_topology(&args.topology).map_err(|error| match error {
+                TopologyFileError::Invalid { errors, .. } => errors
+                    .iter()
+                    .map(|error| format!("--topology: {}: {error}", args.topology.display()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                read => format!("--topology: {read}"),
             });
         let region = topology
             .as_ref()

@@ -55,23 +55,18 @@ pub fn servers_for<'a>(cell: &'a Cell, key: &str, usable: impl Fn(&str) -> bool)
 }
 
 /// A suffix for a new envelope of `sender` region: from the mint pool (after
-/// `region_override`), only cells for which `usable(cell name)` holds. Returns
-/// the suffix and the index of its cell in `topology.cells()`.
+/// `region_override`), only cells for which `usable(cell name)` holds (the
+/// topology builds that pool: [`Topology::mint_pool_where`]). Returns the
+/// suffix and the index of its cell in `topology.cells()`.
 pub fn mint_suffix(
     topology: &Topology,
     sender: RegionDigit,
     draw: u64,
     usable: impl Fn(&str) -> bool,
 ) -> Option<(Suffix, usize)> {
-    let mut pool = topology.mint_pool(sender)?;
-    pool.cells.retain(|pool_cell| {
-        topology
-            .cells()
-            .get(pool_cell.cell)
-            .is_some_and(|cell| usable(&cell.name))
-    });
-    pool.total = pool.cells.iter().map(|cell| cell.suffixes).sum();
-    pool.draw(draw)
+    topology
+        .mint_pool_where(sender, |cell| usable(&cell.name))?
+        .draw(draw)
 }
 
 #[cfg(test)]

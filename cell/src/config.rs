@@ -1,10 +1,16 @@
 //! The logic server's configuration: flags (with environment fallbacks) parsed
 //! by clap, then validated against the topology into a [`CellConfig`] before any
 //! port is bound. A bad value exits with a message naming its flag.
+//!
+//! The topology is live: [`CellConfig::topology`] is a handle that the server
+//! reloads from `--topology` (file watch every `--topology-reload-ms`, and
+//! SIGHUP), so an expansion or a failed cell reaches a running cell without a
+//! restart (DESIGN.md §3 hot reload).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Parser;
+use redcell_lifecycle::TopologyHandle;
 use redcell_topology::Topology;
 
 use crate::{context::OpenStrategy, lane::LaneConfig, metrics::CellMetrics, request::Limits};
@@ -13,9 +19,12 @@ use crate::{context::OpenStrategy, lane::LaneConfig, metrics::CellMetrics, reque
 #[derive(Debug, Clone, Parser)]
 #[command(name = "cell", version, about)]
 pub struct CellArgs {
-    /// The topology file.
+    /// The topology file; reread when its contents change and on SIGHUP.
     #[arg(long, env = "REDCELL_TOPOLOGY", default_value = "cells.yaml")]
     pub topology: PathBuf,
+    /// Milliseconds between checks of the topology file for changes.
+    #[arg(long, env = "REDCELL_TOPOLOGY_RELOAD_MS", default_value_t = 1_000)]
+    pub topology_reload_ms: u64,
     /// This server's cell (a name in the topology).
     #[arg(long, env = "REDCELL_CELL")]
     pub cell: String,
@@ -112,7 +121,13 @@ impl Default for WorkerConfig {
 #[derive(Debug, Clone)]
 pub struct CellConfig {
     pub cell: String,
-    pub topology: Arc<Topology>,
+    /// The serving topology. [`CellConfig::new`] makes it fixed; a handle with
+    /// a file ([`TopologyHandle::new`], as [`CellConfig::from_args`] makes it)
+    /// is watched by the server, which reads one snapshot per request. Servers
+    /// given clones of one config share the handle.
+    pub topology: Arc<TopologyHandle>,
+    /// How often the server checks the topology file for changes.
+    pub topology_reload: Duration,
     pub db_dsn: String,
     pub db_pool: usize,
     pub limits: Limits,
@@ -127,7 +142,8 @@ pub struct CellConfig {
 }
 
 impl CellConfig {
-    /// Defaults for `cell` of `topology` (tests and embedders adjust fields).
+    /// Defaults for `cell` of a fixed `topology` (tests and embedders adjust
+    /// fields, e.g. put a [`TopologyHandle`] with a file in `topology`).
     pub fn new(cell: &str, topology: Arc<Topology>) -> Result<CellConfig, String> {
         let db_dsn = topology
             .cell(cell)
@@ -135,7 +151,8 @@ impl CellConfig {
             .ok_or_else(|| unknown_cell(cell, &topology))?;
         Ok(CellConfig {
             cell: cell.to_owned(),
-            topology,
+            topology: Arc::new(TopologyHandle::fixed(topology)),
+            topology_reload: Duration::from_secs(1),
             db_dsn,
             db_pool: 16,
             limits: Limits::default(),
@@ -148,12 +165,13 @@ impl CellConfig {
         })
     }
 
-    /// Validates flags against the loaded topology; every problem, each naming
-    /// its flag.
+    /// Validates flags against the topology read from `args.topology`; every
+    /// problem, each naming its flag. The topology is then reloaded from that
+    /// file.
     pub fn from_args(args: &CellArgs, topology: Topology) -> Result<CellConfig, Vec<String>> {
         let mut errors = Vec::new();
         let topology = Arc::new(topology);
-        let mut config = match CellConfig::new(&args.cell, topology) {
+        let mut config = match CellConfig::new(&args.cell, topology.clone()) {
             Ok(config) => Some(config),
             Err(error) => {
                 errors.push(error);
@@ -169,6 +187,7 @@ impl CellConfig {
             ("--lane-idle-secs", args.lane_idle_secs),
             ("--max-count", u64::from(args.max_count)),
             ("--worker-interval-ms", args.worker_interval_ms),
+            ("--topology-reload-ms", args.topology_reload_ms),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -209,6 +228,8 @@ impl CellConfig {
         let Some(config) = config.as_mut().filter(|_| errors.is_empty()) else {
             return Err(errors);
         };
+        config.topology = Arc::new(TopologyHandle::new(args.topology.clone(), topology));
+        config.topology_reload = Duration::from_millis(args.topology_reload_ms);
         if let Some(dsn) = &args.db_dsn {
             config.db_dsn = dsn.clone();
         }

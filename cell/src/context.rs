@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use deadpool_postgres::Pool;
-use redcell_topology::Topology;
+use redcell_lifecycle::TopologyHandle;
 
 use crate::{ids::IdMinter, lane::Lanes, metrics::CellMetrics, request::Limits};
 
@@ -20,7 +20,9 @@ pub enum OpenStrategy {
 #[derive(Debug)]
 pub struct CellContext<P> {
     pub cell: String,
-    pub topology: Arc<Topology>,
+    /// The live topology; a request reads one snapshot (`topology.load()`) and
+    /// asks it every topology question it has.
+    pub topology: Arc<TopologyHandle>,
     pub pool: Pool,
     pub payments: P,
     pub lanes: Lanes,

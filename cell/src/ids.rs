@@ -6,11 +6,10 @@
 //! blocks, so every server of the cell mints distinct IDs without a round trip
 //! per envelope; a block abandoned by a restart only leaves a gap.
 
-use std::{sync::Arc, time::SystemTime};
+use std::time::SystemTime;
 
 use deadpool_postgres::Pool;
-use rand::RngExt;
-use redcell_topology::{EnvelopeId, MintDate, RegionDigit, Suffix, SuffixRange, Topology};
+use redcell_topology::{EnvelopeId, MintDate, Suffix, Topology};
 use tokio::sync::Mutex;
 
 use crate::{error::CellError, store};
@@ -43,22 +42,28 @@ impl IdMinter {
     }
 
     /// A new ID with `suffix` (chosen by the router from the mint pool), or with
-    /// a suffix of this cell drawn at random when none is given.
+    /// a suffix of this cell drawn at random when none is given. `topology` is
+    /// the request's snapshot of the live topology: the suffixes this cell
+    /// mints are asked of it ([`Topology::minted_by`]), so a reload that moves
+    /// minting to a new epoch applies from the next Send.
     pub async fn mint(
         &self,
-        topology: &Arc<Topology>,
+        topology: &Topology,
         suffix: Option<Suffix>,
     ) -> Result<EnvelopeId, CellError> {
-        let (region, epoch, owned) = self.owned_suffixes(topology)?;
+        let mint = topology
+            .minted_by(&self.cell)
+            .ok_or_else(|| CellError::Internal(format!("cell {} left the topology", self.cell)))?;
+        let epoch = mint.epoch;
         let suffix = match suffix {
-            Some(suffix) if owned.iter().any(|range| range.contains(suffix)) => suffix,
+            Some(suffix) if mint.contains(suffix) => suffix,
             Some(suffix) => {
                 return Err(CellError::FailedPrecondition(format!(
                     "suffix {suffix} is not minted by cell {} in epoch {epoch}",
                     self.cell
                 )));
             }
-            None => draw(&owned).ok_or_else(|| {
+            None => mint.draw(rand::random::<u64>()).ok_or_else(|| {
                 CellError::FailedPrecondition(format!(
                     "cell {} mints no suffix in epoch {epoch}",
                     self.cell
@@ -68,36 +73,9 @@ impl IdMinter {
         let date = MintDate::from_system_time(SystemTime::now())
             .ok_or_else(|| CellError::Internal("the clock is outside 2000-2099".into()))?;
         let sequence = self.next_sequence(date).await?;
-        EnvelopeId::new(date, region, epoch, sequence, suffix).ok_or_else(|| {
+        EnvelopeId::new(date, mint.region, epoch, sequence, suffix).ok_or_else(|| {
             CellError::Unavailable(format!("sequence space of {date:?} is exhausted"))
         })
-    }
-
-    fn owned_suffixes(
-        &self,
-        topology: &Topology,
-    ) -> Result<(RegionDigit, redcell_topology::EpochId, Vec<SuffixRange>), CellError> {
-        let cell = topology
-            .cell(&self.cell)
-            .ok_or_else(|| CellError::Internal(format!("cell {} left the topology", self.cell)))?;
-        let index = topology
-            .cells()
-            .iter()
-            .position(|candidate| candidate.name == self.cell)
-            .unwrap_or(usize::MAX);
-        let epoch_id = topology.minting_epoch();
-        let owned = topology
-            .epoch(epoch_id)
-            .and_then(|epoch| epoch.table(cell.region))
-            .and_then(|table| {
-                table
-                    .assignments()
-                    .iter()
-                    .find(|(owner, _)| *owner == index)
-            })
-            .map(|(_, ranges)| ranges.clone())
-            .unwrap_or_default();
-        Ok((cell.region, epoch_id, owned))
     }
 
     async fn next_sequence(&self, date: MintDate) -> Result<u64, CellError> {
@@ -120,20 +98,4 @@ impl IdMinter {
             }
         }
     }
-}
-
-fn draw(owned: &[SuffixRange]) -> Option<Suffix> {
-    let total: u32 = owned.iter().map(|range| u32::from(range.len())).sum();
-    if total == 0 {
-        return None;
-    }
-    let mut position = rand::rng().random_range(0..total);
-    for range in owned {
-        let len = u32::from(range.len());
-        if position < len {
-            return Suffix::new(range.start().get() + u16::try_from(position).ok()?);
-        }
-        position -= len;
-    }
-    None
 }

@@ -18,8 +18,8 @@ use redcell_cell::{
     CellArgs, CellConfig,
     db::{self, SchemaCheck},
 };
+use redcell_lifecycle::TopologyFileError;
 use redcell_payments::PgLedger;
-use redcell_topology::Topology;
 
 /// Exit code of a configuration error (EX_CONFIG of sysexits.h).
 const EXIT_CONFIG: u8 = 78;
@@ -63,15 +63,14 @@ enum Failure {
 }
 
 fn load(args: &CellArgs) -> Result<CellConfig, Vec<String>> {
-    let path = args.topology.display();
-    let text = std::fs::read_to_string(&args.topology)
-        .map_err(|error| vec![format!("--topology: cannot read {path}: {error}")])?;
-    let topology = Topology::parse(&text).map_err(|errors| {
-        errors
-            .iter()
-            .map(|error| format!("{path}: {error}"))
-            .collect::<Vec<_>>()
-    })?;
+    let topology =
+        redcell_lifecycle::read_topology(&args.topology).map_err(|error| match error {
+            TopologyFileError::Invalid { path, errors } => errors
+                .iter()
+                .map(|error| format!("{}: {error}", path.display()))
+                .collect::<Vec<_>>(),
+            read => vec![format!("--topology: {read}")],
+        })?;
     CellConfig::from_args(args, topology)
 }
 

@@ -1,6 +1,10 @@
 //! Running one logic server: `run(listener, config, payments, shutdown)`, the
 //! same function for `main` and for tests (which bind port 0).
 //!
+//! The topology is live: when `config.topology` has a file, a tracked task
+//! rereads it when it changes and on SIGHUP (the handler is installed before
+//! the port serves), and every request reads its own snapshot.
+//!
 //! Shutdown order: stop accepting and drain in-flight gRPC calls (each waits for
 //! its lane's batch to commit), then cancel the lanes and workers and wait for
 //! every tracked task, with a deadline.
@@ -98,6 +102,14 @@ pub async fn run<P: Payments>(
         cancel.child_token(),
     ));
     spawn_workers(&tracker, &cancel, &context, &config);
+    if config.topology.path().is_some() {
+        tracker.spawn(
+            config
+                .topology
+                .clone()
+                .watch(config.topology_reload, cancel.child_token()),
+        );
+    }
 
     tracing::info!(cell = %config.cell, address = ?listener.local_addr().ok(), "serving");
     let internal = RequireInternal::new(config.internal_token.as_deref());

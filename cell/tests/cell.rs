@@ -25,3 +25,6 @@ mod reconcile;
 
 #[path = "cell/storage.rs"]
 mod storage;
+
+#[path = "cell/reload.rs"]
+mod reload;

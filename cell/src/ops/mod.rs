@@ -15,8 +15,8 @@ use crate::{context::CellContext, error::CellError, request};
 /// Parses an envelope ID and checks that this cell owns it.
 pub fn owned_envelope<P>(cell: &CellContext<P>, text: &str) -> Result<EnvelopeId, CellError> {
     let id = request::parse_envelope_id(text)?;
-    let owner = cell
-        .topology
+    let topology = cell.topology.load();
+    let owner = topology
         .route(&id)
         .map_err(|error| CellError::invalid("envelope_id", error.to_string()))?;
     if owner.name != cell.cell {

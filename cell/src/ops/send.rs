@@ -53,7 +53,7 @@ pub async fn send<P: Payments>(
     }
     let id = cell
         .minter
-        .mint(&cell.topology, suffix)
+        .mint(&cell.topology.load(), suffix)
         .await
         .map_err(before_writing)?;
     let now = SystemTime::now();

@@ -1086,3 +1086,82 @@ async fn an_order_db_down_at_start_is_checked_before_serving() {
     process.kill();
     drop(pg);
 }
+
+/// Sends SIGHUP to the child.
+fn hangup(process: &CellProcess) {
+    let status = Command::new("kill")
+        .args(["-HUP", &process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits until the child's stderr has `count` lines containing `text`; fails
+/// at once if it exits.
+async fn wait_for_log(process: &mut CellProcess, text: &str, count: usize) {
+    for _ in 0..POLLS {
+        if let Some(status) = process.exited() {
+            panic!("cell exited ({status}); stderr:\n{}", process.stderr());
+        }
+        if process.stderr().matches(text).count() >= count {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("cell never logged {text:?}; stderr:\n{}", process.stderr());
+}
+
+/// SIGHUP makes the real binary reread cells.yaml (DESIGN.md §3 hot reload).
+/// Its file watch is set to an hour, so only the signal explains a reload. A
+/// bad file read on SIGHUP is refused with a log line and the cell keeps
+/// serving the old topology; the grown one is then taken without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_topology_and_a_bad_file_is_refused() {
+    use crate::reload::{GAINED_SUFFIX, epoch_of, grown_text, send_on};
+
+    let listen = free_port();
+    let mut stack = StackBuilder::default().start_external(&[listen]).await;
+    let topology = TempFile::new("hup.yaml", &stack.topology_text);
+    let mut args = cell_args(&stack, topology.path(), listen);
+    args.extend(["--topology-reload-ms".to_owned(), "3600000".to_owned()]);
+    let channel = Stack::channel_to(listen);
+    let mut process = CellProcess::spawn(&args);
+    wait_serving(&mut process, &channel).await;
+
+    // A bad file: refused on SIGHUP and logged; epoch 0 keeps serving.
+    std::fs::write(topology.path(), "version: 1\ncells: [").unwrap();
+    hangup(&process);
+    wait_for_log(&mut process, "topology reload refused", 1).await;
+    stack.fund("gained", 1_000).await;
+    let refused = send_on(&channel, "gained", 1_000, Some(GAINED_SUFFIX))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let old = send_via(&mut stack, &channel, "old", 1_000, 4).await;
+    assert_eq!(epoch_of(&old), "00", "{old}");
+
+    // The grown topology, written and signalled: n1 now mints suffix 600
+    // under epoch 1 (the same Send, same key, already funded).
+    let grown = grown_text(&stack.topology_text);
+    std::fs::write(topology.path(), &grown).unwrap();
+    hangup(&process);
+    wait_for_log(&mut process, "topology reloaded", 1).await;
+    let gained = send_on(&channel, "gained", 1_000, Some(GAINED_SUFFIX))
+        .await
+        .unwrap();
+    assert_eq!(epoch_of(&gained.id), "01", "{}", gained.id);
+    assert!(gained.id.ends_with(GAINED_SUFFIX), "{}", gained.id);
+    for envelope in [&gained.id, &old] {
+        let mut client = Stack::client_on(&channel, "opener");
+        let reply = open_retrying(&mut client, envelope).await;
+        assert_eq!(reply.status(), pb::ShareStatus::Available, "{reply:?}");
+    }
+    assert!(process.exited().is_none(), "stderr:\n{}", process.stderr());
+
+    stack.topology = std::sync::Arc::new(redcell_topology::Topology::parse(&grown).unwrap());
+    stack.drain_settlement().await;
+    let report = stack.check_money().await;
+    assert_eq!(report.pending_payments, 0);
+    assert_eq!(report.claims, 2);
+    process.kill();
+}

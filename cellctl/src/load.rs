@@ -2,6 +2,7 @@
 
 use std::{fmt, path::Path};
 
+use redcell_lifecycle::TopologyFileError;
 use redcell_topology::{ConfigErrors, Topology};
 
 /// A topology file that cannot be used, with every reason.
@@ -28,15 +29,17 @@ impl fmt::Display for LoadError {
     }
 }
 
-/// Reads and validates a topology file.
+/// Reads and validates a topology file (the one reader every binary uses,
+/// [`redcell_lifecycle::read_topology`]).
 pub fn topology(path: &Path) -> Result<Topology, LoadError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
-        path: shown.clone(),
-        error,
-    })?;
-    Topology::parse(&text).map_err(|errors| LoadError::Invalid {
-        path: shown,
-        errors,
+    redcell_lifecycle::read_topology(path).map_err(|error| match error {
+        TopologyFileError::Read { path, error } => LoadError::Read {
+            path: path.display().to_string(),
+            error,
+        },
+        TopologyFileError::Invalid { path, errors } => LoadError::Invalid {
+            path: path.display().to_string(),
+            errors,
+        },
     })
 }

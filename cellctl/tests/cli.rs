@@ -6,6 +6,9 @@ use std::{path::PathBuf, process::Command};
 
 use redcell_migrations::{LEDGER, ORDER_DB, Schema};
 
+#[path = "cli/up.rs"]
+mod up;
+
 struct Outcome {
     code: i32,
     stdout: String,

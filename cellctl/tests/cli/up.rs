@@ -188,7 +188,8 @@ minting:
     }
 }
 
-/// A running `up`; dropping it (say, when an assertion failed) runs `down`.
+/// A running `up`; dropping it (say, when an assertion failed) runs `down`,
+/// which also stops parts an `up` that already exited left behind.
 struct Up {
     child: Child,
     stdout: PathBuf,
@@ -238,15 +239,15 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_cellctl"))
+            .arg("down")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output();
         if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new(env!("CARGO_BIN_EXE_cellctl"))
-                .arg("down")
-                .arg("--state-dir")
-                .arg(&self.state)
-                .output();
             let _ = self.child.kill();
-            let _ = self.child.wait();
         }
+        let _ = self.child.wait();
     }
 }
 

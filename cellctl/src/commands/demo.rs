@@ -28,8 +28,8 @@ use std::{
 };
 
 use redcell_payments::PgLedger;
-use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use redcell_proto::token::{BearerToken, mint_hs256};
+use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use super::{

@@ -23,7 +23,7 @@ use redcell_proto::v1 as pb;
 use tokio::{sync::watch, time::Instant};
 use tonic::Code;
 
-use crate::stack::{Client, Stack, StackBuilder};
+use crate::stack::{Client, SEND_KEYS, Stack, StackBuilder, refund_key, send_key};
 
 // Stored envelope status codes (migrations/sql/orders/0001_orders.sql).
 const PENDING_PAYMENT: i16 = 1;
@@ -373,11 +373,7 @@ async fn expiry_refunds_exactly_the_remainder_to_the_sender() {
     let refund = refunds(&stack, &id).await;
     assert_eq!(
         refund,
-        vec![(
-            format!("refund:{id}"),
-            "sender".to_owned(),
-            10_000 - claimed
-        )],
+        vec![(refund_key(&id), "sender".to_owned(), 10_000 - claimed)],
         "one refund of total - sum(claims)"
     );
 
@@ -758,7 +754,7 @@ async fn recovery_activates_a_send_whose_debit_happened() {
         &send_request,
     )
     .await;
-    let debit = stack.ledger.entry(&format!("send:{id}")).await.unwrap();
+    let debit = stack.ledger.entry(&send_key(&id)).await.unwrap();
     assert_eq!(
         debit.map(|entry| (entry.kind, entry.account, entry.amount_cents)),
         Some((EntryKind::Debit, "payer".to_owned(), 10_000))
@@ -775,7 +771,11 @@ async fn recovery_activates_a_send_whose_debit_happened() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(faults.debit_calls.load(Ordering::SeqCst), 2);
     assert_eq!(
-        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        stack
+            .ledger
+            .entries_count_by_prefix(SEND_KEYS)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(balance(&stack, "payer").await, 5_000);
@@ -790,7 +790,11 @@ async fn recovery_activates_a_send_whose_debit_happened() {
     assert_eq!(envelope.id, id);
     assert_eq!(envelope.status(), pb::EnvelopeStatus::Active);
     assert_eq!(
-        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        stack
+            .ledger
+            .entries_count_by_prefix(SEND_KEYS)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(table_count(&stack, "envelopes").await, 1);
@@ -832,7 +836,11 @@ async fn a_send_retry_finishes_a_send_whose_debit_answer_was_lost() {
     assert_eq!(envelope.id, id);
     assert_eq!(envelope.status(), pb::EnvelopeStatus::Active);
     assert_eq!(
-        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        stack
+            .ledger
+            .entries_count_by_prefix(SEND_KEYS)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(balance(&stack, "payer").await, 0);
@@ -858,7 +866,7 @@ async fn recovery_cancels_a_send_whose_debit_never_happened() {
         &send_request,
     )
     .await;
-    let key = format!("send:{id}");
+    let key = send_key(&id);
     assert_eq!(stack.ledger.entry(&key).await.unwrap(), None);
     let report = stack.check_money().await;
     assert_eq!((report.pending_payments, report.held_cents), (1, 0));
@@ -911,7 +919,11 @@ async fn recovery_cancels_a_send_whose_debit_never_happened() {
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_eq!(
-        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        stack
+            .ledger
+            .entries_count_by_prefix(SEND_KEYS)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(balance(&stack, "payer").await, 10_000);
@@ -952,7 +964,7 @@ async fn a_cancelled_send_whose_order_another_cell_paid_names_that_envelope() {
     let paid = stack
         .ledger
         .debit(Debit {
-            key: &format!("send:{in_n2}"),
+            key: &send_key(&in_n2),
             order: "raced",
             account: "payer",
             cents: 4_000,
@@ -982,7 +994,7 @@ async fn a_cancelled_send_whose_order_another_cell_paid_names_that_envelope() {
     // expiry, so conservation over this cell and the ledger holds again.
     stack
         .ledger
-        .credit(&format!("refund:{in_n2}"), "payer", 4_000)
+        .credit(&refund_key(&in_n2), "payer", 4_000)
         .await
         .unwrap();
     let report = stack.check_money().await;
@@ -1083,7 +1095,7 @@ async fn send_beyond_the_balance_fails_and_writes_nothing() {
     // racing retry's debit of it can never land; see
     // a_refused_send_raced_by_its_retry_never_debits_a_vanished_envelope),
     // and that is all the ledger gained.
-    let sends = stack.ledger.totals_by_prefix("send:").await.unwrap();
+    let sends = stack.ledger.totals_by_prefix(SEND_KEYS).await.unwrap();
     assert_eq!(
         (sends.debits, sends.credits, sends.voids),
         (0, 0, 2),
@@ -1124,7 +1136,11 @@ async fn send_is_idempotent_by_key() {
     let second = send(&stack, "sender", once.clone()).await.unwrap();
     assert_eq!(first.id, second.id);
     assert_eq!(
-        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        stack
+            .ledger
+            .entries_count_by_prefix(SEND_KEYS)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(balance(&stack, "sender").await, 3_000);
@@ -1156,7 +1172,11 @@ async fn send_is_idempotent_by_key() {
     }
     assert_eq!(ids.len(), 1, "one envelope for one key: {ids:?}");
     assert_eq!(
-        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        stack
+            .ledger
+            .entries_count_by_prefix(SEND_KEYS)
+            .await
+            .unwrap(),
         2
     );
     assert_eq!(balance(&stack, "sender").await, 0);
@@ -1195,7 +1215,11 @@ async fn send_is_idempotent_by_key() {
     assert_ne!(theirs.id, first.id);
     assert_eq!(table_count(&stack, "envelopes").await, 3);
     assert_eq!(
-        stack.ledger.entries_count_by_prefix("send:").await.unwrap(),
+        stack
+            .ledger
+            .entries_count_by_prefix(SEND_KEYS)
+            .await
+            .unwrap(),
         3
     );
     stack.drain_settlement().await;
@@ -1517,11 +1541,7 @@ async fn a_refused_send_raced_by_its_retry_never_debits_a_vanished_envelope() {
         Code::FailedPrecondition,
         "the retry of a refused Send is refused, not paid: {status:?}"
     );
-    let entry = stack
-        .ledger
-        .entry(&format!("send:{refused_id}"))
-        .await
-        .unwrap();
+    let entry = stack.ledger.entry(&send_key(&refused_id)).await.unwrap();
     assert_eq!(
         entry.map(|entry| entry.kind),
         Some(EntryKind::Void),
@@ -1620,7 +1640,7 @@ async fn one_unresolvable_pending_send_does_not_block_the_others() {
     let stuck = envelope_of_key(&stack, "stuck", "stuck-send")
         .await
         .unwrap();
-    down.lock().unwrap().insert(format!("send:{stuck}"));
+    down.lock().unwrap().insert(send_key(&stuck));
     let fine_request = request(pb::EnvelopeKind::Lucky, 2_000, 2, "fine-send");
     let status = send(&stack, "fine", fine_request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");

@@ -22,28 +22,11 @@ use std::{
 };
 
 use redcell_cell::reconcile::{self, CellOrders, DiscrepancyKind};
-use redcell_payments::{Debit, DebitOutcome, LedgerKey, Payments};
+use redcell_payments::{Debit, DebitOutcome, Payments};
 use redcell_proto::v1 as pb;
 use tonic::Code;
 
-use crate::stack::{Client, ORDERS_TEMPLATE, Stack, StackBuilder};
-
-/// The ledger keys of an envelope (by its ID's text), as the cell writes them.
-fn send_key(id: &str) -> String {
-    LedgerKey::Send(id.parse().unwrap()).to_string()
-}
-
-fn claim_key(id: &str, sequence: u32) -> String {
-    LedgerKey::Claim {
-        envelope: id.parse().unwrap(),
-        sequence,
-    }
-    .to_string()
-}
-
-fn refund_key(id: &str) -> String {
-    LedgerKey::Refund(id.parse().unwrap()).to_string()
-}
+use crate::stack::{Client, ORDERS_TEMPLATE, Stack, StackBuilder, claim_key, refund_key, send_key};
 
 /// Polls happen every 50 ms, at most 600 times: 30 s for any worker.
 const POLL: Duration = Duration::from_millis(50);

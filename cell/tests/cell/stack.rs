@@ -6,9 +6,9 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use redcell_cell::{CellConfig, OpenStrategy, reconcile};
-use redcell_proto::internal::AsUser;
 use redcell_harness::TestDb;
 use redcell_payments::PgLedger;
+use redcell_proto::internal::AsUser;
 use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use redcell_topology::Topology;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -30,6 +30,27 @@ pub fn as_user(user: &str) -> AsUser {
 }
 
 pub type Client = RedEnvelopeClient<InterceptedService<Channel, AsUser>>;
+
+/// The ledger keys of an envelope (by its ID's text), as the cell writes
+/// them: tests name keys through `LedgerKey`, never by hand.
+pub fn send_key(id: &str) -> String {
+    redcell_payments::LedgerKey::Send(id.parse().unwrap()).to_string()
+}
+
+pub fn claim_key(id: &str, sequence: u32) -> String {
+    redcell_payments::LedgerKey::Claim {
+        envelope: id.parse().unwrap(),
+        sequence,
+    }
+    .to_string()
+}
+
+pub fn refund_key(id: &str) -> String {
+    redcell_payments::LedgerKey::Refund(id.parse().unwrap()).to_string()
+}
+
+/// The prefix of every Send's debit key, for counting them in the ledger.
+pub const SEND_KEYS: &str = redcell_payments::KeyKind::Send.prefix();
 
 /// Test knobs; defaults are the product's, with fast workers.
 #[derive(Clone)]

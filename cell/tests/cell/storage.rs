@@ -61,8 +61,8 @@ async fn an_order_db_timeout_is_unavailable_as_it_is_for_the_ledger() {
 
 /// CellHistory reads through the store: a Send shows in its sender's SENT
 /// slice as the envelope, an Open in its receiver's RECEIVED slice with the
-/// share; the share's transfer carries its `LedgerKey::Claim` key, and the
-/// money reconciles.
+/// share; a slice over 500 is refused naming `limit`; the share's transfer
+/// carries its `LedgerKey::Claim` key, and the money reconciles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cell_history_serves_sends_and_opens_from_the_store() {
     let mut stack = StackBuilder::default().start().await;
@@ -120,6 +120,14 @@ async fn cell_history_serves_sends_and_opens_from_the_store() {
         .unwrap()
         .into_inner();
     assert!(nothing.entries.is_empty());
+    // The slice size follows the wire's one page-size rule.
+    let too_many = pb::CellHistoryRequest {
+        limit: 501,
+        ..history("bob", pb::HistoryDirection::Received)
+    };
+    let refused = client.cell_history(too_many).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(refused.message(), "limit: must be at most 500, got 501");
 
     let orders = stack.orders.connect().await.unwrap();
     let key: String = orders

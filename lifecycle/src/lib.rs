@@ -2,6 +2,11 @@
 //! binaries behave alike: logs are structured (`tracing`), JSON when asked, to
 //! stderr, filtered by `RUST_LOG` (default `info`); SIGINT and SIGTERM begin a
 //! graceful shutdown.
+//!
+//! **Owns**: what every server binary does alike at its edges: logging, the
+//! shutdown signal, and the live topology (the one reader of a topology
+//! file, reloads validated before they swap). **Never**: handles a request,
+//! opens a port or a database, or serves a topology that did not validate.
 
 pub mod topology;
 

@@ -12,6 +12,11 @@
 //!
 //! Linux only. No async: every call here is a short blocking system call or
 //! a bounded wait, for callers to run where blocking is fine.
+//!
+//! **Owns**: finding PostgreSQL's binaries, the user a server runs as, and
+//! the process control around a postmaster. **Never**: knows a redcell
+//! schema or a DSN's meaning, signals a process group, or holds `unsafe`
+//! outside [`sys`].
 
 mod binaries;
 mod error;

@@ -9,7 +9,7 @@ use redcell_topology::EnvelopeId;
 
 use crate::{
     allocation::{self, Seed, SplitVersion},
-    request::Kind,
+    kind::Kind,
 };
 
 /// Envelope states (DESIGN.md §5):

@@ -21,6 +21,7 @@ pub mod envelope;
 pub mod error;
 pub mod health;
 pub mod ids;
+pub mod kind;
 pub mod lane;
 pub mod metrics;
 pub mod ops;

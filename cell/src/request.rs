@@ -5,7 +5,7 @@
 use redcell_proto::v1 as pb;
 use redcell_topology::EnvelopeId;
 
-use crate::{allocation::SplitRule, error::CellError};
+use crate::{error::CellError, kind::Kind};
 
 /// Input limits; defaults per DESIGN.md §8, configurable per cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,50 +86,6 @@ fn check_text(field: &'static str, text: &str) -> Result<(), CellError> {
     Ok(())
 }
 
-/// The envelope kinds of DESIGN.md §4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Lucky,
-    Equal,
-    Exclusive,
-}
-
-impl Kind {
-    /// Stored code (mirrors `redcell.v1.EnvelopeKind`).
-    pub fn code(self) -> i16 {
-        match self {
-            Kind::Lucky => 1,
-            Kind::Equal => 2,
-            Kind::Exclusive => 3,
-        }
-    }
-
-    pub fn from_code(code: i16) -> Option<Kind> {
-        match code {
-            1 => Some(Kind::Lucky),
-            2 => Some(Kind::Equal),
-            3 => Some(Kind::Exclusive),
-            _ => None,
-        }
-    }
-
-    pub fn split_rule(self) -> SplitRule {
-        match self {
-            Kind::Lucky => SplitRule::Lucky,
-            // An exclusive envelope has one share: any rule gives it all.
-            Kind::Equal | Kind::Exclusive => SplitRule::Equal,
-        }
-    }
-
-    pub fn to_proto(self) -> pb::EnvelopeKind {
-        match self {
-            Kind::Lucky => pb::EnvelopeKind::Lucky,
-            Kind::Equal => pb::EnvelopeKind::Equal,
-            Kind::Exclusive => pb::EnvelopeKind::Exclusive,
-        }
-    }
-}
-
 /// A validated Send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendCommand {
@@ -183,17 +139,12 @@ impl SendCommand {
                 format!("{total_cents} cents cannot make {count} shares of at least 1 cent"),
             ));
         }
-        let kind = match pb::EnvelopeKind::try_from(kind) {
-            Ok(pb::EnvelopeKind::Lucky) => Kind::Lucky,
-            Ok(pb::EnvelopeKind::Equal) => Kind::Equal,
-            Ok(pb::EnvelopeKind::Exclusive) => Kind::Exclusive,
-            Ok(pb::EnvelopeKind::Unspecified) | Err(_) => {
-                return Err(CellError::invalid(
-                    "kind",
-                    format!("must be LUCKY, EQUAL or EXCLUSIVE, got {kind}"),
-                ));
-            }
-        };
+        let kind = Kind::try_from(kind).map_err(|wire| {
+            CellError::invalid(
+                "kind",
+                format!("must be LUCKY, EQUAL or EXCLUSIVE, got {wire}"),
+            )
+        })?;
         let greeting_chars = greeting.chars().count();
         if greeting_chars > limits.max_greeting_chars {
             return Err(CellError::invalid(
@@ -209,44 +160,44 @@ impl SendCommand {
             .iter()
             .map(|recipient| UserId::parse("recipients", recipient))
             .collect::<Result<Vec<_>, _>>()?;
+        // Every kind listed, no `_` arm: a new kind must say what it allows.
         match kind {
-            Kind::Equal if total_cents % i64::from(count) != 0 => {
-                return Err(CellError::invalid(
-                    "total_cents",
-                    format!(
-                        "EQUAL needs a total divisible by count: {total_cents} % {count} = {}",
-                        total_cents % i64::from(count)
-                    ),
-                ));
+            Kind::Lucky => no_recipients(&recipients)?,
+            Kind::Equal => {
+                let remainder = total_cents % i64::from(count);
+                if remainder != 0 {
+                    return Err(CellError::invalid(
+                        "total_cents",
+                        format!(
+                            "EQUAL needs a total divisible by count: {total_cents} % {count} = {remainder}"
+                        ),
+                    ));
+                }
+                no_recipients(&recipients)?;
             }
-            Kind::Exclusive if count != 1 => {
-                return Err(CellError::invalid(
-                    "count",
-                    format!("EXCLUSIVE has exactly 1 share, got {count}"),
-                ));
+            Kind::Exclusive => {
+                if count != 1 {
+                    return Err(CellError::invalid(
+                        "count",
+                        format!("EXCLUSIVE has exactly 1 share, got {count}"),
+                    ));
+                }
+                if recipients.len() != 1 {
+                    return Err(CellError::invalid(
+                        "recipients",
+                        format!(
+                            "EXCLUSIVE needs exactly 1 recipient, got {}",
+                            recipients.len()
+                        ),
+                    ));
+                }
+                if recipients.first() == Some(&sender) {
+                    return Err(CellError::invalid(
+                        "recipients",
+                        "cannot send an EXCLUSIVE envelope to yourself",
+                    ));
+                }
             }
-            Kind::Exclusive if recipients.len() != 1 => {
-                return Err(CellError::invalid(
-                    "recipients",
-                    format!(
-                        "EXCLUSIVE needs exactly 1 recipient, got {}",
-                        recipients.len()
-                    ),
-                ));
-            }
-            Kind::Exclusive if recipients.first() == Some(&sender) => {
-                return Err(CellError::invalid(
-                    "recipients",
-                    "cannot send an EXCLUSIVE envelope to yourself",
-                ));
-            }
-            Kind::Lucky | Kind::Equal if !recipients.is_empty() => {
-                return Err(CellError::invalid(
-                    "recipients",
-                    "only EXCLUSIVE envelopes name recipients",
-                ));
-            }
-            _ => {}
         }
         check_token("idempotency_key", &idempotency_key)?;
         Ok(SendCommand {
@@ -258,6 +209,18 @@ impl SendCommand {
             recipients,
             idempotency_key,
         })
+    }
+}
+
+/// LUCKY and EQUAL envelopes are open to anyone: they name no recipients.
+fn no_recipients(recipients: &[UserId]) -> Result<(), CellError> {
+    if recipients.is_empty() {
+        Ok(())
+    } else {
+        Err(CellError::invalid(
+            "recipients",
+            "only EXCLUSIVE envelopes name recipients",
+        ))
     }
 }
 
@@ -364,6 +327,47 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    /// Each kind's own rules, each refusal naming its field: the table the
+    /// exhaustive match in [`SendCommand::parse`] must keep answering.
+    #[test]
+    fn each_kind_is_held_to_its_own_rules() {
+        let send = |kind: pb::EnvelopeKind, total_cents, count, recipients: &[&str]| {
+            let request = pb::SendRequest {
+                total_cents,
+                count,
+                kind: kind.into(),
+                greeting: String::new(),
+                recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+                idempotency_key: "k".into(),
+            };
+            let sender = UserId::parse("user", "alice").map_err(code)?;
+            SendCommand::parse(sender, request, &Limits::default())
+                .map(|command| command.kind)
+                .map_err(|error| match error {
+                    CellError::InvalidArgument { field, .. } => field.to_owned(),
+                    other => code(other),
+                })
+        };
+        use pb::EnvelopeKind::{Equal, Exclusive, Lucky, Unspecified};
+        assert_eq!(send(Lucky, 100, 3, &[]), Ok(Kind::Lucky));
+        assert_eq!(send(Lucky, 100, 3, &["bob"]), Err("recipients".into()));
+        assert_eq!(send(Equal, 99, 3, &[]), Ok(Kind::Equal));
+        assert_eq!(send(Equal, 100, 3, &[]), Err("total_cents".into()));
+        assert_eq!(send(Equal, 99, 3, &["bob"]), Err("recipients".into()));
+        assert_eq!(send(Exclusive, 100, 1, &["bob"]), Ok(Kind::Exclusive));
+        assert_eq!(send(Exclusive, 100, 2, &["bob"]), Err("count".into()));
+        assert_eq!(send(Exclusive, 100, 1, &[]), Err("recipients".into()));
+        assert_eq!(
+            send(Exclusive, 100, 1, &["bob", "carol"]),
+            Err("recipients".into())
+        );
+        assert_eq!(
+            send(Exclusive, 100, 1, &["alice"]),
+            Err("recipients".into())
+        );
+        assert_eq!(send(Unspecified, 100, 1, &[]), Err("kind".into()));
     }
 
     #[test]

@@ -16,7 +16,12 @@ use redcell_proto::{
 use redcell_topology::Suffix;
 use tonic::{Request, Response, Status};
 
-use crate::{context::CellContext, error::CellError, ops, request::UserId};
+use crate::{
+    context::CellContext,
+    error::CellError,
+    ops,
+    request::{self, SendCommand, UserId},
+};
 
 #[derive(Debug)]
 pub struct CellService<P> {
@@ -75,7 +80,8 @@ impl<P: Payments> RedEnvelope for CellService<P> {
     ) -> Result<Response<pb::SendResponse>, Status> {
         self.context.metrics.count_send();
         let (user, suffix) = (caller(&request)?, suffix(&request)?);
-        let envelope = ops::send::send(&self.context, user, suffix, request.into_inner()).await?;
+        let command = SendCommand::parse(user, request.into_inner(), &self.context.limits)?;
+        let envelope = ops::send::send(&self.context, command, suffix).await?;
         Ok(Response::new(pb::SendResponse {
             envelope: Some(envelope.to_proto()),
         }))
@@ -87,7 +93,8 @@ impl<P: Payments> RedEnvelope for CellService<P> {
     ) -> Result<Response<pb::GrabResponse>, Status> {
         self.context.metrics.count_envelope_request();
         let user = caller(&request)?;
-        let status = ops::grab::grab(&self.context, user, &request.get_ref().envelope_id).await?;
+        let id = request::parse_envelope_id(&request.get_ref().envelope_id)?;
+        let status = ops::grab::grab(&self.context, user, id).await?;
         Ok(Response::new(pb::GrabResponse {
             status: status.to_proto().into(),
         }))
@@ -99,7 +106,8 @@ impl<P: Payments> RedEnvelope for CellService<P> {
     ) -> Result<Response<pb::OpenResponse>, Status> {
         self.context.metrics.count_envelope_request();
         let user = caller(&request)?;
-        let result = ops::open::open(&self.context, user, &request.get_ref().envelope_id).await?;
+        let id = request::parse_envelope_id(&request.get_ref().envelope_id)?;
+        let result = ops::open::open(&self.context, user, id).await?;
         Ok(Response::new(result.to_proto()))
     }
 

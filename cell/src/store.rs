@@ -20,7 +20,7 @@ use crate::{
     allocation::SplitVersion,
     db::DbError,
     envelope::{Claim, Envelope, Status, partition_day},
-    request::Kind,
+    kind::Kind,
 };
 
 /// The envelope columns [`envelope_from_row`] decodes (by name, so a query may

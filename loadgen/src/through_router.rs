@@ -15,8 +15,8 @@ use std::{sync::Arc, time::Duration};
 
 use redcell_cell::{CellConfig, OpenStrategy, reconcile};
 use redcell_payments::PgLedger;
-use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use redcell_proto::token::{BearerToken, mint_hs256};
+use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use redcell_router::{
     RouterConfig,
     auth::{Authenticator, VerifierKey},

@@ -255,7 +255,13 @@ mod tests {
             request
         };
         assert!(check.call(with(Some("s3cret"))).is_ok());
-        for wrong in [None, Some("s3cre"), Some("s3cret!"), Some("S3cret"), Some("")] {
+        for wrong in [
+            None,
+            Some("s3cre"),
+            Some("s3cret!"),
+            Some("S3cret"),
+            Some(""),
+        ] {
             let refused = check.call(with(wrong)).unwrap_err();
             assert_eq!(refused.code(), Code::Unauthenticated, "{wrong:?}");
         }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod deadline;
 pub mod directory;
+mod error;
 pub mod failover;
 pub mod history;
 pub mod limits;

@@ -14,6 +14,7 @@ use crate::{
     auth::{Authenticator, UserId},
     deadline::Deadline,
     directory::Directory,
+    error::RouterError,
     failover::{self, CellError},
     history::History,
     limits::UserRateLimiter,
@@ -59,7 +60,7 @@ enum Reply {
 impl RouterService {
     /// Authenticates the caller and charges their rate limit; the call's
     /// deadline starts now.
-    fn admit<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    fn admit<T>(&self, request: &Request<T>) -> Result<Caller, RouterError> {
         let metadata = request.metadata();
         let user = self.auth.authenticate(metadata)?;
         self.limiter.check(user.as_str())?;
@@ -108,16 +109,18 @@ impl RouterService {
         caller: &Caller,
         envelope_id: &str,
         call: Call,
-    ) -> Result<Reply, Status> {
+    ) -> Result<Reply, RouterError> {
+        let invalid = |message: String| RouterError::InvalidArgument {
+            field: "envelope_id",
+            message,
+        };
         let id: EnvelopeId = envelope_id
             .parse()
-            .map_err(|error: redcell_topology::IdError| {
-                Status::invalid_argument(format!("envelope_id: {error}"))
-            })?;
+            .map_err(|error: redcell_topology::IdError| invalid(error.to_string()))?;
         let topology = self.topology.load();
         let cell = topology
             .route(&id)
-            .map_err(|error| Status::invalid_argument(format!("envelope_id: {error}")))?;
+            .map_err(|error| invalid(error.to_string()))?;
         let servers = route::servers_for(cell, envelope_id, |server| {
             self.directory.is_serving(server)
         });
@@ -150,7 +153,7 @@ impl RouterService {
             },
         )
         .await
-        .map_err(CellError::into_status)
+        .map_err(RouterError::Cell)
     }
 
     /// The region new envelopes of this call are minted for.
@@ -158,13 +161,17 @@ impl RouterService {
         &self,
         request: &Request<T>,
         topology: &Topology,
-    ) -> Result<RegionDigit, Status> {
+    ) -> Result<RegionDigit, RouterError> {
+        let invalid = |message: String| RouterError::InvalidArgument {
+            field: REGION_METADATA,
+            message,
+        };
         let Some(value) = request.metadata().get(REGION_METADATA) else {
             return Ok(self.region);
         };
         let text = value
             .to_str()
-            .map_err(|_| Status::invalid_argument("x-redcell-region: must be ASCII"))?;
+            .map_err(|_| invalid("must be ASCII".to_owned()))?;
         topology
             .region_digit(text)
             .or_else(|| {
@@ -174,8 +181,8 @@ impl RouterService {
                     .filter(|d| topology.region_name(*d).is_some())
             })
             .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "x-redcell-region: unknown region {text:?} (regions: {})",
+                invalid(format!(
+                    "unknown region {text:?} (regions: {})",
                     topology.regions().join(", ")
                 ))
             })
@@ -191,8 +198,9 @@ impl RouterService {
     ) -> Result<pb::SendResponse, SendRefusal> {
         let key = format!("{}/{}", caller.user.as_str(), message.idempotency_key);
         let servers = route::servers_for(cell, &key, |server| self.directory.is_serving(server));
-        let suffix_value = MetadataValue::try_from(suffix.to_string())
-            .map_err(|_| SendRefusal::Final(Status::internal("suffix")))?;
+        let suffix_value = MetadataValue::try_from(suffix.to_string()).map_err(|_| {
+            SendRefusal::Final(RouterError::Internal("suffix is not metadata").into())
+        })?;
         // The same Send, with the same idempotency key, on the cell's next
         // server after a transport failure or a stall: the cell's idempotency
         // row makes it replay the first attempt. A handler's answer is never
@@ -218,7 +226,7 @@ impl RouterService {
         .await;
         match sent {
             Ok(response) => Ok(response),
-            Err(CellError::Answered(status)) => Err(send_failure(status)),
+            Err(CellError::Answered(status)) => Err(SendRefusal::from(status)),
             // Out of time: the client's answer, whatever was reached.
             Err(CellError::NoAnswer { status, .. })
                 if status.code() == tonic::Code::DeadlineExceeded =>
@@ -250,10 +258,10 @@ impl RouterService {
         envelope_id: &str,
         caller: &Caller,
         message: &pb::SendRequest,
-    ) -> Result<pb::SendResponse, Status> {
+    ) -> Result<pb::SendResponse, RouterError> {
         let unroutable = |reason: String| {
             tracing::error!(envelope_id, %reason, "a paid Send names an envelope no cell holds");
-            Status::internal("the envelope this idempotency key paid for cannot be found")
+            RouterError::PaidEnvelopeLost
         };
         let id: EnvelopeId = envelope_id
             .parse()
@@ -263,7 +271,9 @@ impl RouterService {
             .map_err(|error| unroutable(error.to_string()))?;
         match self.send_to_cell(cell, id.suffix(), caller, message).await {
             Ok(response) => Ok(response),
-            Err(SendRefusal::NothingWritten(status) | SendRefusal::Final(status)) => Err(status),
+            Err(SendRefusal::NothingWritten(status) | SendRefusal::Final(status)) => {
+                Err(RouterError::CellAnswer(status))
+            }
             Err(SendRefusal::PaidFor { envelope_id: other }) => Err(unroutable(format!(
                 "its cell {} says the key paid for {other}",
                 cell.name
@@ -272,27 +282,12 @@ impl RouterService {
     }
 }
 
-/// What a cell's error on a Send means for the router: the cell's signal
-/// ([`SendRefusal`]), with the status as the client would see it.
-fn send_failure(status: Status) -> SendRefusal {
-    match SendRefusal::from(status) {
-        SendRefusal::NothingWritten(status) => SendRefusal::NothingWritten(from_cell(status)),
-        SendRefusal::Final(status) => SendRefusal::Final(from_cell(status)),
-        paid @ SendRefusal::PaidFor { .. } => paid,
-    }
-}
-
-/// A cell's status as the client sees it: [`failover::client_status`].
-fn from_cell(status: Status) -> Status {
-    failover::client_status(&status)
-}
-
-/// The calls, before [`failover::client_status`] maps what they answer.
+/// The calls, before [`RouterError`] maps what they answer.
 impl RouterService {
     async fn serve_send(
         &self,
         request: Request<pb::SendRequest>,
-    ) -> Result<Response<pb::SendResponse>, Status> {
+    ) -> Result<Response<pb::SendResponse>, RouterError> {
         let caller = self.admit(&request)?;
         let topology = self.topology.load();
         let region = self.sender_region(&request, &topology)?;
@@ -329,60 +324,60 @@ impl RouterService {
                         .await
                         .map(Response::new);
                 }
-                Err(SendRefusal::Final(status)) => return Err(status),
+                Err(SendRefusal::Final(status)) => return Err(RouterError::CellAnswer(status)),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            let name = topology.region_name(region).unwrap_or("?");
-            Status::unavailable(format!(
-                "no cell can take new envelopes of region {name} now; retry"
-            ))
-        }))
+        Err(match last {
+            Some(status) => RouterError::CellAnswer(status),
+            None => RouterError::NoCellForRegion {
+                region: topology.region_name(region).unwrap_or("?").to_owned(),
+            },
+        })
     }
 
     async fn serve_grab(
         &self,
         request: Request<pb::GrabRequest>,
-    ) -> Result<Response<pb::GrabResponse>, Status> {
+    ) -> Result<Response<pb::GrabResponse>, RouterError> {
         let caller = self.admit(&request)?;
         let message = request.into_inner();
         let id = message.envelope_id.clone();
         match self.existing(&caller, &id, Call::Grab(message)).await? {
             Reply::Grab(reply) => Ok(Response::new(reply)),
-            _ => Err(Status::internal("mismatched reply")),
+            _ => Err(RouterError::Internal("mismatched reply")),
         }
     }
 
     async fn serve_open(
         &self,
         request: Request<pb::OpenRequest>,
-    ) -> Result<Response<pb::OpenResponse>, Status> {
+    ) -> Result<Response<pb::OpenResponse>, RouterError> {
         let caller = self.admit(&request)?;
         let message = request.into_inner();
         let id = message.envelope_id.clone();
         match self.existing(&caller, &id, Call::Open(message)).await? {
             Reply::Open(reply) => Ok(Response::new(reply)),
-            _ => Err(Status::internal("mismatched reply")),
+            _ => Err(RouterError::Internal("mismatched reply")),
         }
     }
 
     async fn serve_get(
         &self,
         request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetResponse>, Status> {
+    ) -> Result<Response<pb::GetResponse>, RouterError> {
         let caller = self.admit(&request)?;
         let message = request.into_inner();
         let id = message.envelope_id.clone();
         match self.existing(&caller, &id, Call::Get(message)).await? {
             Reply::Get(reply) => Ok(Response::new(*reply)),
-            _ => Err(Status::internal("mismatched reply")),
+            _ => Err(RouterError::Internal("mismatched reply")),
         }
     }
 
     async fn serve_history(
         &self,
         request: Request<pb::HistoryRequest>,
-    ) -> Result<Response<pb::HistoryResponse>, Status> {
+    ) -> Result<Response<pb::HistoryResponse>, RouterError> {
         let caller = self.admit(&request)?;
         let response = self
             .history
@@ -392,52 +387,43 @@ impl RouterService {
     }
 }
 
-/// Every status a client gets passes through [`failover::client_status`], the
-/// one exhaustive mapping: `UNKNOWN` and `CANCELLED` never leave the router.
+/// Every status a client gets is a [`RouterError`]'s, whose one exhaustive
+/// mapping ends in [`failover::client_status`]: `UNKNOWN` and `CANCELLED`
+/// never leave the router.
 #[tonic::async_trait]
 impl RedEnvelope for RouterService {
     async fn send(
         &self,
         request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
-        self.serve_send(request)
-            .await
-            .map_err(|status| failover::client_status(&status))
+        self.serve_send(request).await.map_err(Status::from)
     }
 
     async fn grab(
         &self,
         request: Request<pb::GrabRequest>,
     ) -> Result<Response<pb::GrabResponse>, Status> {
-        self.serve_grab(request)
-            .await
-            .map_err(|status| failover::client_status(&status))
+        self.serve_grab(request).await.map_err(Status::from)
     }
 
     async fn open(
         &self,
         request: Request<pb::OpenRequest>,
     ) -> Result<Response<pb::OpenResponse>, Status> {
-        self.serve_open(request)
-            .await
-            .map_err(|status| failover::client_status(&status))
+        self.serve_open(request).await.map_err(Status::from)
     }
 
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        self.serve_get(request)
-            .await
-            .map_err(|status| failover::client_status(&status))
+        self.serve_get(request).await.map_err(Status::from)
     }
 
     async fn history(
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        self.serve_history(request)
-            .await
-            .map_err(|status| failover::client_status(&status))
+        self.serve_history(request).await.map_err(Status::from)
     }
 }

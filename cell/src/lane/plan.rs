@@ -293,7 +293,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{allocation, request::Kind};
+    use crate::{allocation, kind::Kind};
 
     const NOW_SECS: u64 = 1_800_000_000;
 

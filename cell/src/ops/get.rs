@@ -12,7 +12,7 @@ pub async fn get<P>(
     cell: &CellContext<P>,
     request: pb::GetRequest,
 ) -> Result<pb::GetResponse, CellError> {
-    let id = super::owned_envelope(cell, &request.envelope_id)?;
+    let id = super::owned_envelope(cell, request::parse_envelope_id(&request.envelope_id)?)?;
     let after = request::parse_page_token(&request.page_token)?;
     let limit = PAGE
         .resolve(request.page_size)

@@ -1,5 +1,7 @@
 //! Grab: is a share left for me? Answered from the lane's memory; writes nothing.
 
+use redcell_topology::EnvelopeId;
+
 use crate::{
     context::{CellContext, OpenStrategy},
     error::CellError,
@@ -11,7 +13,7 @@ use crate::{
 pub async fn grab<P>(
     cell: &CellContext<P>,
     user: UserId,
-    envelope_id: &str,
+    envelope_id: EnvelopeId,
 ) -> Result<ShareStatus, CellError> {
     let id = super::owned_envelope(cell, envelope_id)?;
     match cell.open_strategy {

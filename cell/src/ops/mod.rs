@@ -10,11 +10,10 @@ pub mod send;
 
 use redcell_topology::EnvelopeId;
 
-use crate::{context::CellContext, error::CellError, request};
+use crate::{context::CellContext, error::CellError};
 
-/// Parses an envelope ID and checks that this cell owns it.
-pub fn owned_envelope<P>(cell: &CellContext<P>, text: &str) -> Result<EnvelopeId, CellError> {
-    let id = request::parse_envelope_id(text)?;
+/// Checks that this cell owns `id` (parsed at the service edge).
+pub fn owned_envelope<P>(cell: &CellContext<P>, id: EnvelopeId) -> Result<EnvelopeId, CellError> {
     let topology = cell.topology.load();
     let owner = topology
         .route(&id)

@@ -1,6 +1,8 @@
 //! Open: take a share. Idempotent per (envelope, user): a replay returns the
 //! first result.
 
+use redcell_topology::EnvelopeId;
+
 use crate::{
     context::{CellContext, OpenStrategy},
     error::CellError,
@@ -12,7 +14,7 @@ use crate::{
 pub async fn open<P>(
     cell: &CellContext<P>,
     user: UserId,
-    envelope_id: &str,
+    envelope_id: EnvelopeId,
 ) -> Result<OpenResult, CellError> {
     let id = super::owned_envelope(cell, envelope_id)?;
     match cell.open_strategy {

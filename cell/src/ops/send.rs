@@ -22,7 +22,6 @@
 use std::time::SystemTime;
 
 use redcell_payments::{Debit, DebitOutcome, DebitResolution, Payments};
-use redcell_proto::v1 as pb;
 use redcell_topology::Suffix;
 
 use crate::{
@@ -34,13 +33,12 @@ use crate::{
     store::{self, Inserted, Unpaid},
 };
 
+/// `command` was validated at the service edge ([`SendCommand::parse`]).
 pub async fn send<P: Payments>(
     cell: &CellContext<P>,
-    sender: UserId,
+    command: SendCommand,
     suffix: Option<Suffix>,
-    request: pb::SendRequest,
 ) -> Result<Envelope, CellError> {
-    let command = SendCommand::parse(sender, request, &cell.limits)?;
     let known = store::find_send_request(
         &cell.pool,
         command.sender.as_str(),

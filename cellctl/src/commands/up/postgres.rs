@@ -211,41 +211,26 @@ async fn prepare(pg: &PgPlan, database: &super::plan::PgDatabase) -> Result<Stri
     let admin = connect(&admin_config(pg, "postgres", &pg.superuser))
         .await
         .map_err(|error| format!("cannot connect as {}: {error}", pg.superuser))?;
-    let role_exists = admin
-        .query_opt(
-            "SELECT 1 FROM pg_roles WHERE rolname = $1",
-            &[&database.owner],
-        )
-        .await
-        .map_err(|error| error.to_string())?
-        .is_some();
-    if !role_exists {
-        admin
-            .batch_execute(&format!(
-                "CREATE ROLE {} LOGIN",
-                quote_ident(&database.owner)
-            ))
-            .await
-            .map_err(|error| format!("creating role {}: {error}", database.owner))?;
-    }
-    let exists = admin
-        .query_opt(
-            "SELECT 1 FROM pg_database WHERE datname = $1",
-            &[&database.name],
-        )
-        .await
-        .map_err(|error| error.to_string())?
-        .is_some();
-    if !exists {
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0",
-                quote_ident(&database.name),
-                quote_ident(&database.owner)
-            ))
-            .await
-            .map_err(|error| format!("creating the database: {error}"))?;
-    }
+    ensure(
+        &admin,
+        "SELECT 1 FROM pg_roles WHERE rolname = $1",
+        &database.owner,
+        &format!("CREATE ROLE {} LOGIN", quote_ident(&database.owner)),
+    )
+    .await
+    .map_err(|error| format!("role {}: {error}", database.owner))?;
+    let exists = ensure(
+        &admin,
+        "SELECT 1 FROM pg_database WHERE datname = $1",
+        &database.name,
+        &format!(
+            "CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0",
+            quote_ident(&database.name),
+            quote_ident(&database.owner)
+        ),
+    )
+    .await
+    .map_err(|error| format!("creating the database: {error}"))?;
     drop(admin);
     let mut client = connect(&admin_config(pg, &database.name, &database.owner))
         .await
@@ -259,6 +244,22 @@ async fn prepare(pg: &PgPlan, database: &super::plan::PgDatabase) -> Result<Stri
         (true, true) => format!("reused, version {version}"),
         (true, false) => format!("reused, migrated to version {version}"),
     })
+}
+
+/// Runs `create` unless `probe` (one `$1` parameter, `name`) finds a row;
+/// whether it existed. `CREATE ROLE`/`DATABASE` have no `IF NOT EXISTS` in
+/// PostgreSQL 15, and `CREATE DATABASE` cannot run in a transaction.
+async fn ensure(
+    admin: &tokio_postgres::Client,
+    probe: &str,
+    name: &str,
+    create: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let exists = admin.query_opt(probe, &[&name]).await?.is_some();
+    if !exists {
+        admin.batch_execute(create).await?;
+    }
+    Ok(exists)
 }
 
 /// `name` as a quoted SQL identifier.

@@ -83,6 +83,7 @@ impl CellProcess {
         // Only the flags given here configure it, whatever the test's environment.
         for name in [
             "REDCELL_TOPOLOGY",
+            "REDCELL_TOPOLOGY_RELOAD_MS",
             "REDCELL_CELL",
             "REDCELL_LISTEN",
             "REDCELL_DB_DSN",

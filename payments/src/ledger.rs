@@ -179,6 +179,19 @@ impl AccountDiscrepancy {
     }
 }
 
+/// A read-only `REPEATABLE READ` transaction: the one snapshot an audit
+/// reads everything in.
+async fn snapshot(
+    client: &mut Object,
+) -> Result<deadpool_postgres::Transaction<'_>, PaymentsError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
 /// The total balance and the accounts' discrepancies, read in the snapshot
 /// of `transaction` (an auditor's, with whatever else it read).
 async fn books_on(
@@ -346,12 +359,7 @@ impl PgLedger {
     /// Reads [`LedgerAudit`] for `keys` in one snapshot.
     pub async fn audit(&self, keys: &[&str]) -> Result<LedgerAudit, PaymentsError> {
         let mut client = self.pool.get().await?;
-        let transaction = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let transaction = snapshot(&mut client).await?;
         let entries = transaction
             .query(sql::SELECT_ENTRIES, &[&keys])
             .await?
@@ -394,12 +402,7 @@ impl PgLedger {
         F: FnMut(LedgerEntry),
     {
         let mut client = self.pool.get().await?;
-        let transaction = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let transaction = snapshot(&mut client).await?;
         let statement = transaction.prepare(sql::ALL_ENTRIES).await?;
         let portal = transaction.bind(&statement, &[]).await?;
         let mut entries = 0_i64;

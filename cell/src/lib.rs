@@ -15,24 +15,24 @@
 
 pub mod allocation;
 pub mod config;
-pub mod context;
+pub(crate) mod context;
 pub mod db;
-pub mod envelope;
+pub(crate) mod envelope;
 pub mod error;
 pub mod health;
-pub mod ids;
-pub mod kind;
+pub(crate) mod ids;
+pub(crate) mod kind;
 pub mod lane;
 pub mod metrics;
-pub mod ops;
+pub(crate) mod ops;
 pub mod reconcile;
-pub mod request;
-pub mod rowlock;
-pub mod server;
-pub mod service;
+pub(crate) mod request;
+pub(crate) mod rowlock;
+pub(crate) mod server;
+pub(crate) mod service;
 pub mod share;
 pub mod store;
-pub mod workers;
+pub(crate) mod workers;
 
 pub use config::{CellArgs, CellConfig};
 pub use context::OpenStrategy;

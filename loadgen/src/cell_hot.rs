@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use redcell_proto::internal::AsUser;
 use redcell_cell::{CellConfig, OpenStrategy, reconcile};
 use redcell_payments::PgLedger;
+use redcell_proto::internal::AsUser;
 use redcell_proto::v1::{self as pb, red_envelope_client::RedEnvelopeClient};
 use redcell_topology::Topology;
 use tokio::net::TcpListener;

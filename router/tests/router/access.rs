@@ -10,11 +10,11 @@ use std::{
 };
 
 use redcell_proto::internal::{AsUser, INTERNAL_METADATA, USER_METADATA};
+use redcell_proto::token::{BearerToken, mint_hs256};
 use redcell_proto::v1::{
     self as pb, cell_internal_client::CellInternalClient, red_envelope_client::RedEnvelopeClient,
     red_envelope_server::RedEnvelope, red_envelope_server::RedEnvelopeServer,
 };
-use redcell_proto::token::{BearerToken, mint_hs256};
 use redcell_router::traceparent::TraceParent;
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::oneshot};

@@ -147,19 +147,26 @@ minting:
         )
     }
 
-    /// Starts `cellctl up` in the background; returns once it is ready.
-    fn up(&self, run: &str) -> Up {
-        let stdout = self.dir.path().join(format!("{run}.out"));
-        let stderr = self.dir.path().join(format!("{run}.err"));
+    /// `cellctl up` on this site's topology, ports and state directory.
+    fn up_command(&self) -> Command {
         let router = format!("127.0.0.1:{}", self.ports.router);
-        let child = self
-            .cellctl()
+        let mut command = self.cellctl();
+        command
             .arg("up")
             .arg("--state-dir")
             .arg(self.state())
             .args(["--fast", "--demo-expiry", "5"])
             .args(["--ledger-dsn", &self.ports.ledger_dsn()])
-            .args(["--router-listen", &router])
+            .args(["--router-listen", &router]);
+        command
+    }
+
+    /// Starts `cellctl up` in the background; returns once it is ready.
+    fn up(&self, run: &str) -> Up {
+        let stdout = self.dir.path().join(format!("{run}.out"));
+        let stderr = self.dir.path().join(format!("{run}.err"));
+        let child = self
+            .up_command()
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -371,6 +378,62 @@ fn up_demo_down_then_a_second_up_finds_the_same_balances() {
             .is_none(),
         "pid files left behind"
     );
+    drop(second);
+
+    // 8. An `up` that crashes (SIGKILL) leaves its fleet running; `down`
+    //    stops it by the pid files.
+    let mut third = site.up("up3");
+    assert_eq!(balances(&site.ports.ledger_dsn()), expected);
+    let pids = third.part_pids();
+    send_signal(third.child.id(), Signal::Kill).unwrap();
+    third.wait();
+    let (code, stopped, errors) = site.run(&["down", "--state-dir", state_arg]);
+    assert_eq!(code, 0, "{stopped}{errors}");
+    for (part, _) in &pids {
+        let part = part.trim_end_matches(".pid");
+        assert!(
+            stopped.contains(&format!("stopped {part} (pid")),
+            "{part}: {stopped}"
+        );
+    }
+    assert_all_gone(&pids, &site.ports.all());
+}
+
+#[test]
+fn up_names_the_part_that_fails_its_log_and_stops_the_rest() {
+    let site = Site::new();
+    // Every logic server refuses this configuration (exit 78, naming the flag).
+    let output = site
+        .up_command()
+        .env("REDCELL_MAX_COUNT", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let log = site.state().join("logs");
+    assert!(
+        stderr.contains("exited (exit status: 78) while starting; its log is"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(log.to_str().unwrap()), "{stderr}");
+    assert!(
+        stderr.contains("--max-count: must be at least 1"),
+        "{stderr}"
+    );
+    // What was started (PostgreSQL, the other logic servers) is stopped.
+    assert!(
+        std::fs::read_dir(site.state().join("pids"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "pid files left behind"
+    );
+    for port in site.ports.all() {
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is still taken"
+        );
+    }
 }
 
 #[test]

@@ -105,6 +105,18 @@ pub enum Command {
         #[arg(long)]
         ledger_dsn: Option<String>,
     },
+    /// Check the money invariants of the live order DBs against the ledger;
+    /// lists every discrepancy and exits 1 on any (or on an unreachable DB).
+    Reconcile {
+        /// Only this cell's keys (default: the whole fleet, with conservation).
+        #[arg(long)]
+        cell: Option<String>,
+        #[arg(long, env = "REDCELL_STATE_DIR", default_value = commands::state_dir::DEFAULT)]
+        state_dir: PathBuf,
+        /// The ledger's DSN (default: the one the `up` on --state-dir runs).
+        #[arg(long, env = "REDCELL_LEDGER_DSN")]
+        ledger_dsn: Option<String>,
+    },
     /// Against a running `up`: fund users, send envelopes of every kind, open
     /// them concurrently, wait for expiry and settlement, print a summary.
     Demo {
@@ -185,6 +197,15 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
             state_dir,
             ledger_dsn,
         } => commands::fund::run(&user, &cents, &state_dir, ledger_dsn, out),
+        Command::Reconcile {
+            cell,
+            state_dir,
+            ledger_dsn,
+        } => {
+            let dsn = commands::reconcile::ledger_dsn(ledger_dsn, &state_dir)?;
+            let topology = load::topology(&cli.topology)?;
+            commands::reconcile::run(&topology, cell.as_deref(), &dsn, out)
+        }
         Command::Demo { state_dir } => commands::demo::run(&state_dir, out),
         Command::MintPool { region } => {
             commands::mint_pool::run(&load::topology(&cli.topology)?, region.as_deref(), out)

@@ -461,22 +461,7 @@ async fn reconcile(
     topology: &redcell_topology::Topology,
     ledger: &PgLedger,
 ) -> Result<redcell_cell::reconcile::FleetReport, CommandError> {
-    let mut clients = Vec::new();
-    for cell in topology.cells() {
-        let (client, connection) = tokio_postgres::connect(&cell.db, tokio_postgres::NoTls)
-            .await
-            .map_err(|error| {
-                CommandError::Input(format!("reconcile: cell {} order DB: {error}", cell.name))
-            })?;
-        tokio::spawn(connection);
-        clients.push((cell.name.as_str(), client));
-    }
-    let cells = clients
-        .iter_mut()
-        .map(|(cell, orders)| redcell_cell::reconcile::CellOrders { cell, orders });
-    redcell_cell::reconcile::check_fleet(cells, ledger, topology)
-        .await
-        .map_err(|error| CommandError::Input(format!("reconcile: {error}")))
+    super::reconcile::check_fleet(topology, ledger).await
 }
 
 fn kind_name(kind: pb::EnvelopeKind) -> &'static str {

@@ -5,6 +5,7 @@ pub mod dev_token;
 pub mod down;
 pub mod fund;
 pub mod migrate;
+pub mod reconcile;
 pub mod mint_pool;
 pub mod route;
 pub mod state_dir;

@@ -330,6 +330,13 @@ fn up_demo_down_then_a_second_up_finds_the_same_balances() {
     assert_eq!(total, DEMO_DEPOSIT_CENTS, "{after_demo:?}\n{demo}");
 
     // 3. status and reconcile of the live fleet.
+    let (code, reconciled, errors) = site.run(&["reconcile", "--state-dir", state_arg]);
+    assert_eq!(code, 0, "reconcile failed:\n{reconciled}\n{errors}");
+    assert!(
+        reconciled.starts_with("reconcile: 3 cells, 0 discrepancies\n")
+            && reconciled.contains(" (holds)"),
+        "{reconciled}"
+    );
     // TODO(issue 10, `status`/`reconcile` engineer): `cellctl status --json
     // --state-dir` shows every part healthy here, and `cellctl reconcile`
     // exits 0; a logic server killed here shows as down within its probe

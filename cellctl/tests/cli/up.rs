@@ -404,6 +404,31 @@ fn up_demo_down_then_a_second_up_finds_the_same_balances() {
         );
     }
     assert_all_gone(&pids, &site.ports.all());
+
+    // 9. --detach returns once the fleet is up; down stops it.
+    let output = site.up_command().arg("--detach").output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{printed}");
+    assert!(printed.contains("redcell is up:"), "{printed}");
+    assert!(printed.contains("running in the background"), "{printed}");
+    assert_eq!(balances(&site.ports.ledger_dsn()), expected);
+    let mut pids: Vec<(String, u32)> = std::fs::read_dir(state.join("pids"))
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let pid = std::fs::read_to_string(entry.path()).unwrap();
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                pid.trim().parse().unwrap(),
+            )
+        })
+        .collect();
+    let up_pid = std::fs::read_to_string(state.join("up.pid")).unwrap();
+    pids.push(("up".to_owned(), up_pid.trim().parse().unwrap()));
+    let (code, stopped, errors) = site.run(&["down", "--state-dir", state_arg]);
+    assert_eq!(code, 0, "{stopped}{errors}");
+    assert!(stopped.contains("stopped cellctl up"), "{stopped}");
+    assert_all_gone(&pids, &site.ports.all());
 }
 
 #[test]

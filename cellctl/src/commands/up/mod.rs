@@ -88,10 +88,17 @@ pub struct UpArgs {
     /// How long every logic server and router gets to answer SERVING.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub start_timeout: u64,
+    /// Run in the background: return once the fleet is up (its output goes to
+    /// STATE_DIR/logs/up.log); stop it with `cellctl down`.
+    #[arg(long)]
+    pub detach: bool,
 }
 
-/// Runs `up` until a stop signal.
+/// Runs `up` until a stop signal (or, with `--detach`, until it is up).
 pub fn run(topology: &Path, args: UpArgs, out: &mut impl Write) -> Result<(), CommandError> {
+    if args.detach {
+        return detach(&args, out);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -366,7 +373,6 @@ async fn serve(
     terminate: &mut tokio::signal::unix::Signal,
 ) -> Result<(), CommandError> {
     let routers: Vec<String> = plan.routers.iter().map(|r| r.listen.to_string()).collect();
-    state.write_record(&state.routers_file(), &format!("{}\n", routers.join("\n")))?;
     let mut token = Vec::new();
     super::dev_token::run(DEMO_USER, &state.hs256_key_file(), 3600, &mut token)?;
     let token = String::from_utf8_lossy(&token).trim().to_owned();
@@ -393,6 +399,9 @@ async fn serve(
         "  cellctl down --state-dir {dir}      (or Ctrl-C here)"
     )?;
     out.flush()?;
+    // Last: the routers file is the "ready" signal (`--detach`, scripts,
+    // tests), so everything above is printed before it appears.
+    state.write_record(&state.routers_file(), &format!("{}\n", routers.join("\n")))?;
 
     if args.demo {
         let demo = super::demo::run_async(state, out);
@@ -431,6 +440,80 @@ fn summary(plan: &Plan) -> String {
         plan.routers.len(),
         plan.postgres.len()
     )
+}
+
+/// `--detach`: this same command line without `--detach`, as a child in its
+/// own process group with its output in `logs/up.log`; returns once the
+/// routers file says the fleet is up (printing what `up` printed), or fails
+/// with the log's tail if that `up` exits first.
+fn detach(args: &UpArgs, out: &mut impl Write) -> Result<(), CommandError> {
+    use std::os::unix::process::CommandExt as _;
+    let state = StateDir::at(&args.state_dir)?;
+    refuse_second_up(&state, &args.state_dir)?;
+    state.create()?;
+    let _ = std::fs::remove_file(state.routers_file());
+    let log = state.log_file("up");
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+    };
+    let (stdout, stderr) = open()
+        .and_then(|file| Ok((file, open()?)))
+        .map_err(|error| CommandError::Input(format!("cannot open {}: {error}", log.display())))?;
+    let start = std::fs::metadata(&log).map_or(0, |meta| meta.len());
+    let exe = std::env::current_exe()
+        .map_err(|error| CommandError::Input(format!("cannot find this program: {error}")))?;
+    let mut child = Command::new(exe)
+        .args(std::env::args_os().skip(1).filter(|arg| arg != "--detach"))
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .map_err(|error| {
+            CommandError::Input(format!("cannot start up in the background: {error}"))
+        })?;
+    // PostgreSQL's crash recovery and initdb come before the health deadline.
+    let deadline = Instant::now() + Duration::from_secs(args.start_timeout + 300);
+    let failed = |what: String| {
+        CommandError::Input(format!(
+            "the background up {what}; its log is {}; last lines:\n{}",
+            log.display(),
+            fleet::indent(&state_dir::log_tail(&log, fleet::LOG_LINES))
+        ))
+    };
+    while !state.routers_file().is_file() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(failed(format!("exited ({status}) before it was up")));
+        }
+        if Instant::now() >= deadline {
+            return Err(failed("is not up yet (still starting)".to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What `up` printed to stdout is in the log after its progress lines.
+    let text = std::fs::read(&log)
+        .map(|bytes| {
+            String::from_utf8_lossy(&bytes[usize::try_from(start).unwrap_or(0).min(bytes.len())..])
+                .into_owned()
+        })
+        .unwrap_or_default();
+    if let Some(at) = text.find("redcell is up:") {
+        let printed: Vec<&str> = text[at..]
+            .lines()
+            .take_while(|line| !line.starts_with("demo through"))
+            .collect();
+        writeln!(out, "{}", printed.join("\n"))?;
+    }
+    writeln!(
+        out,
+        "running in the background (pid {}); its log is {}",
+        child.id(),
+        log.display()
+    )?;
+    Ok(())
 }
 
 /// `cell` and `router` from the directory this `cellctl` runs from (cargo

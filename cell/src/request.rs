@@ -231,6 +231,28 @@ pub fn parse_envelope_id(text: &str) -> Result<EnvelopeId, CellError> {
     })
 }
 
+/// A validated Get: the envelope (not yet checked to be this cell's), the
+/// position after which its claims are listed, and the page size asked for
+/// (resolved against the limit by the operation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetQuery {
+    pub envelope_id: EnvelopeId,
+    pub after: u32,
+    pub page_size: u32,
+}
+
+impl TryFrom<pb::GetRequest> for GetQuery {
+    type Error = CellError;
+
+    fn try_from(request: pb::GetRequest) -> Result<GetQuery, CellError> {
+        Ok(GetQuery {
+            envelope_id: parse_envelope_id(&request.envelope_id)?,
+            after: parse_page_token(&request.page_token)?,
+            page_size: request.page_size,
+        })
+    }
+}
+
 /// The position a CellHistory slice starts after: entries strictly older than
 /// (`before`, `before_id`). Both come from the router's decoded page token, so
 /// both are client input: checked here so that neither reaches PostgreSQL
@@ -368,6 +390,28 @@ mod tests {
             Err("recipients".into())
         );
         assert_eq!(send(Unspecified, 100, 1, &[]), Err("kind".into()));
+    }
+
+    #[test]
+    fn a_get_is_parsed_at_the_edge_naming_each_bad_field() {
+        let get = |envelope_id: &str, page_token: &str| {
+            GetQuery::try_from(pb::GetRequest {
+                envelope_id: envelope_id.into(),
+                page_token: page_token.into(),
+                page_size: 7,
+            })
+            .map_err(|error| match error {
+                CellError::InvalidArgument { field, .. } => field,
+                _ => "not INVALID_ARGUMENT",
+            })
+        };
+        let id = "2601221000000481516742";
+        let query = get(id, "12");
+        assert_eq!(query.as_ref().map(|q| (q.after, q.page_size)), Ok((12, 7)));
+        assert_eq!(query.map(|q| q.envelope_id.to_string()), Ok(id.to_owned()));
+        assert_eq!(get(id, "").map(|q| q.after), Ok(0));
+        assert_eq!(get("42", "").map(|q| q.after), Err("envelope_id"));
+        assert_eq!(get(id, "abc").map(|q| q.after), Err("page_token"));
     }
 
     #[test]

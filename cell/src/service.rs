@@ -117,9 +117,13 @@ impl<P: Payments> RedEnvelope for CellService<P> {
     ) -> Result<Response<pb::GetResponse>, Status> {
         self.context.metrics.count_envelope_request();
         caller(&request)?;
-        Ok(Response::new(
-            ops::get::get(&self.context, request.into_inner()).await?,
-        ))
+        let query = request::GetQuery::try_from(request.into_inner())?;
+        let page = ops::get::get(&self.context, query).await?;
+        Ok(Response::new(pb::GetResponse {
+            envelope: Some(page.envelope.to_proto()),
+            claims: page.claims.iter().map(|claim| claim.to_proto()).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn history(

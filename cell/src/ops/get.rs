@@ -1,21 +1,34 @@
 //! Get: an envelope and its claims in sequence order, paginated. Read from the
 //! order DB (not the lane), so it shows only committed claims.
 
-use redcell_proto::{page::PageSize, v1 as pb};
+use redcell_proto::page::PageSize;
 
-use crate::{context::CellContext, db::DbError, error::CellError, request, store};
+use crate::{
+    context::CellContext,
+    db::DbError,
+    envelope::{Claim, Envelope},
+    error::CellError,
+    request::GetQuery,
+    store,
+};
 
 /// Claims per page when the caller asks for 0, and the most it may ask for.
 const PAGE: PageSize = PageSize::new(100, 500);
 
-pub async fn get<P>(
-    cell: &CellContext<P>,
-    request: pb::GetRequest,
-) -> Result<pb::GetResponse, CellError> {
-    let id = super::owned_envelope(cell, request::parse_envelope_id(&request.envelope_id)?)?;
-    let after = request::parse_page_token(&request.page_token)?;
+/// One page of an envelope's claims; the service converts it to the wire.
+#[derive(Debug)]
+pub struct EnvelopePage {
+    pub envelope: Envelope,
+    pub claims: Vec<Claim>,
+    /// Empty on the last page.
+    pub next_page_token: String,
+}
+
+pub async fn get<P>(cell: &CellContext<P>, query: GetQuery) -> Result<EnvelopePage, CellError> {
+    let id = super::owned_envelope(cell, query.envelope_id)?;
+    let after = query.after;
     let limit = PAGE
-        .resolve(request.page_size)
+        .resolve(query.page_size)
         .map_err(|error| CellError::invalid("page_size", error.to_string()))?;
     let client = cell.pool.get().await.map_err(DbError::from)?;
     let envelope = store::load_envelope(&**client, &id)
@@ -27,9 +40,9 @@ pub async fn get<P>(
         Some(last) if claims.len() == limit as usize => last.sequence.to_string(),
         _ => String::new(),
     };
-    Ok(pb::GetResponse {
-        envelope: Some(envelope.to_proto()),
-        claims: claims.iter().map(|claim| claim.to_proto()).collect(),
+    Ok(EnvelopePage {
+        envelope,
+        claims,
         next_page_token,
     })
 }

@@ -117,6 +117,9 @@ pub enum Command {
         #[arg(long, env = "REDCELL_LEDGER_DSN")]
         ledger_dsn: Option<String>,
     },
+    /// The settlement outbox: list stuck transfers (--stuck) or settle one by
+    /// hand, idempotently (--retry KEY).
+    Transfers(commands::transfers::TransfersArgs),
     /// Against a running `up`: fund users, send envelopes of every kind, open
     /// them concurrently, wait for expiry and settlement, print a summary.
     Demo {
@@ -205,6 +208,9 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
             let dsn = commands::reconcile::ledger_dsn(ledger_dsn, &state_dir)?;
             let topology = load::topology(&cli.topology)?;
             commands::reconcile::run(&topology, cell.as_deref(), &dsn, out)
+        }
+        Command::Transfers(args) => {
+            commands::transfers::run(&load::topology(&cli.topology)?, args, out)
         }
         Command::Demo { state_dir } => commands::demo::run(&state_dir, out),
         Command::MintPool { region } => {

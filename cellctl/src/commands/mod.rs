@@ -9,5 +9,6 @@ pub mod reconcile;
 pub mod mint_pool;
 pub mod route;
 pub mod state_dir;
+pub mod transfers;
 pub mod up;
 pub mod validate;

@@ -195,3 +195,186 @@ fn reconcile_names_unreachable_databases_and_unknown_cells() {
         r#"cellctl: --cell: unknown cell "n9" (cells: n1)"#
     );
 }
+
+/// A paid envelope of alice's in n1 with one share opened by bob whose
+/// credit failed `attempts` times (the rows and ledger entries the cell and
+/// its settlement worker write: debit committed, claim and pending transfer
+/// with the worker's attempts and last error). Returns the transfer's key.
+fn seed_stuck_transfer(
+    runtime: &tokio::runtime::Runtime,
+    orders_dsn: &str,
+    ledger: &PgLedger,
+    attempts: i32,
+) -> String {
+    let key = format!("claim:{NORTH_ID}:1");
+    runtime.block_on(async {
+        ledger.deposit("fund:alice:1", "alice", 3_000).await.unwrap();
+        let debited = ledger
+            .debit(Debit {
+                key: &format!("send:{NORTH_ID}"),
+                order: "send-1",
+                account: "alice",
+                cents: 3_000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(debited, DebitOutcome::Debited);
+        let (client, connection) = tokio_postgres::connect(orders_dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "INSERT INTO envelopes (day, id, sender, kind, status, total_cents, count, \
+                   remaining_cents, remaining_count, greeting, recipients, seed, expires_at, split_rule) \
+                 VALUES (22, '{NORTH_ID}', 'alice', 2, 2, 3000, 3, 2000, 2, 'hi', '{{}}', \
+                   decode(repeat('ab', 32), 'hex'), now() + interval '1 day', 1); \
+                 INSERT INTO send_requests (sender, idempotency_key, envelope_id) \
+                 VALUES ('alice', 'send-1', '{NORTH_ID}'); \
+                 INSERT INTO claims (day, envelope_id, user_id, seq, amount_cents) \
+                 VALUES (22, '{NORTH_ID}', 'bob', 1, 1000); \
+                 INSERT INTO transfers (key, kind, envelope_id, user_id, amount_cents, attempts, \
+                   next_attempt_at, last_error) \
+                 VALUES ('{key}', 1, '{NORTH_ID}', 'bob', 1000, {attempts}, \
+                   now() + interval '60 seconds', 'payment system unavailable: relation \"accounts\" does not exist');"
+            ))
+            .await
+            .unwrap();
+    });
+    key
+}
+
+/// `--stuck` lists a transfer whose credit kept failing (and not one below
+/// the threshold); `--retry` fails while the ledger fails, then pays it once
+/// and marks it done, and a second `--retry` pays nothing. Reconcile passes
+/// before and after: the hand-made settlement keeps every invariant.
+#[test]
+fn transfers_lists_a_stuck_transfer_and_retry_pays_it_once() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (server, orders, ledger_dsn) = databases(&runtime, "cellctl_transfers");
+    let (_dir, path) = write_temp("cells.yaml", &topology(&orders));
+    let ledger = PgLedger::connect(&ledger_dsn, 1).unwrap();
+    let key = seed_stuck_transfer(&runtime, &orders, &ledger, 12);
+    let reconcile = ["reconcile", "--ledger-dsn", &ledger_dsn];
+    let before = cellctl(&reconcile, Some(&path));
+    assert_eq!(before.code, 0, "{}{}", before.stdout, before.stderr);
+    assert!(before.stdout.contains("held 30.00"), "{}", before.stdout);
+
+    let listed = cellctl(&["transfers", "--stuck"], Some(&path));
+    assert_eq!(listed.code, 0, "{}{}", listed.stdout, listed.stderr);
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert_eq!(
+        lines[0], "stuck transfers (pending after >= 10 failed credits): 1",
+        "{}",
+        listed.stdout
+    );
+    let row: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        ["n1", key.as_str(), "bob", "10.00", "12"],
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[2].ends_with("payment system unavailable: relation \"accounts\" does not exist"),
+        "{}",
+        lines[2]
+    );
+    let higher = cellctl(&["transfers", "--stuck", "--attempts", "13"], Some(&path));
+    assert_eq!(higher.code, 0, "{}", higher.stderr);
+    assert_eq!(
+        higher.stdout,
+        "stuck transfers (pending after >= 13 failed credits): 0\n"
+    );
+
+    // While the ledger cannot credit (its accounts table is gone), a retry
+    // fails, says so, and leaves the transfer pending.
+    let ledger_db = runtime
+        .block_on(server.connect("cellctl_transfers_ledger"))
+        .unwrap();
+    runtime
+        .block_on(ledger_db.batch_execute("ALTER TABLE accounts RENAME TO accounts_away"))
+        .unwrap();
+    let retry = ["transfers", "--retry", &key, "--ledger-dsn", &ledger_dsn];
+    let failed = cellctl(&retry, Some(&path));
+    assert_eq!(failed.code, 1, "{}{}", failed.stdout, failed.stderr);
+    assert!(
+        failed.stderr.contains(&format!("crediting {key}:"))
+            && failed.stderr.contains("the transfer stays pending"),
+        "{}",
+        failed.stderr
+    );
+    runtime
+        .block_on(ledger_db.batch_execute("ALTER TABLE accounts_away RENAME TO accounts"))
+        .unwrap();
+    assert_eq!(runtime.block_on(ledger.balance("bob")).unwrap(), 0);
+
+    let paid = cellctl(&retry, Some(&path));
+    assert_eq!(paid.code, 0, "{}{}", paid.stdout, paid.stderr);
+    assert_eq!(
+        paid.stdout,
+        format!("{key}: credited bob 10.00 and marked done (cell n1)\n")
+    );
+    let again = cellctl(&retry, Some(&path));
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    assert_eq!(
+        again.stdout,
+        format!("{key}: already settled (bob 10.00); nothing credited\n")
+    );
+    assert_eq!(runtime.block_on(ledger.balance("bob")).unwrap(), 1_000);
+    let none = cellctl(&["transfers", "--stuck"], Some(&path));
+    assert_eq!(
+        none.stdout,
+        "stuck transfers (pending after >= 10 failed credits): 0\n"
+    );
+    let after = cellctl(&reconcile, Some(&path));
+    assert_eq!(after.code, 0, "{}{}", after.stdout, after.stderr);
+    assert!(
+        after.stdout.contains(
+            "conservation: ledger balances 10.00 + held 20.00 + orphaned 0.00 = deposited 30.00 (holds)"
+        ),
+        "{}",
+        after.stdout
+    );
+
+    // Bad input is refused naming the argument, and changes nothing.
+    for (args, message) in [
+        (
+            vec!["transfers", "--stuck", "--attempts", "0"],
+            "cellctl: --attempts: must be at least 1, got 0".to_owned(),
+        ),
+        (
+            vec!["transfers", "--retry", "send:2601221000000481516742", "--ledger-dsn", &ledger_dsn],
+            r#"cellctl: --retry: "send:2601221000000481516742" is a Send's debit, not a settlement transfer (claim:… or refund:…)"#.to_owned(),
+        ),
+        (
+            vec!["transfers", "--retry", "claim:2601221000000481516742:2", "--ledger-dsn", &ledger_dsn],
+            "cellctl: --retry: cell n1 has no transfer claim:2601221000000481516742:2".to_owned(),
+        ),
+    ] {
+        let out = cellctl(&args, Some(&path));
+        assert_eq!(out.code, 1, "{args:?}");
+        assert_eq!(out.stderr.trim_end(), message);
+    }
+    let bad_key = cellctl(
+        &[
+            "transfers",
+            "--retry",
+            "fund:alice:1",
+            "--ledger-dsn",
+            &ledger_dsn,
+        ],
+        Some(&path),
+    );
+    assert_eq!(bad_key.code, 1);
+    assert!(
+        bad_key
+            .stderr
+            .starts_with("cellctl: --retry: \"fund:alice:1\":"),
+        "{}",
+        bad_key.stderr
+    );
+    assert_eq!(runtime.block_on(ledger.balance("bob")).unwrap(), 1_000);
+    let neither = cellctl(&["transfers"], Some(&path));
+    assert_eq!(neither.code, 2, "{}", neither.stderr);
+}

@@ -5,7 +5,7 @@
 use redcell_proto::v1 as pb;
 use redcell_topology::EnvelopeId;
 
-use crate::{error::CellError, kind::Kind};
+use crate::{error::CellError, kind::Kind, store::HistoryKind};
 
 /// Input limits; defaults per DESIGN.md §8, configurable per cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +249,39 @@ impl TryFrom<pb::GetRequest> for GetQuery {
             envelope_id: parse_envelope_id(&request.envelope_id)?,
             after: parse_page_token(&request.page_token)?,
             page_size: request.page_size,
+        })
+    }
+}
+
+/// A CellHistory request, checked at the edge: whose history, which way,
+/// where the slice starts, and the slice size asked for (resolved against the
+/// limit by the operation, as Get's page size is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub user: UserId,
+    pub kind: HistoryKind,
+    pub cursor: HistoryCursor,
+    pub limit: u32,
+}
+
+impl TryFrom<pb::CellHistoryRequest> for HistoryQuery {
+    type Error = CellError;
+
+    fn try_from(request: pb::CellHistoryRequest) -> Result<HistoryQuery, CellError> {
+        let kind = match pb::HistoryDirection::try_from(request.direction) {
+            Ok(pb::HistoryDirection::Sent) => HistoryKind::Sent,
+            Ok(pb::HistoryDirection::Received) => HistoryKind::Received,
+            Ok(pb::HistoryDirection::Unspecified) | Err(_) => {
+                return Err(CellError::invalid("direction", "must be SENT or RECEIVED"));
+            }
+        };
+        Ok(HistoryQuery {
+            user: UserId::parse("user", &request.user)?,
+            kind,
+            // No cursor: everything. Bounded here: an out-of-range time would
+            // overflow the driver's encoding, a NUL would reach SQL.
+            cursor: HistoryCursor::parse(request.before, &request.before_id)?,
+            limit: request.limit,
         })
     }
 }

@@ -66,9 +66,20 @@ impl<P: Payments> CellInternal for CellService<P> {
         &self,
         request: Request<pb::CellHistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        Ok(Response::new(
-            ops::history::cell_history(&self.context, request.into_inner()).await?,
-        ))
+        let query = request::HistoryQuery::try_from(request.into_inner())?;
+        let entries = ops::history::cell_history(&self.context, query).await?;
+        Ok(Response::new(pb::HistoryResponse {
+            entries: entries
+                .into_iter()
+                .map(|entry| pb::HistoryEntry {
+                    envelope: Some(entry.envelope.to_proto()),
+                    claim: entry.claim.map(|claim| claim.to_proto()),
+                    at: Some(entry.at.into()),
+                })
+                .collect(),
+            next_page_token: String::new(),
+            degraded: false,
+        }))
     }
 }
 

@@ -423,27 +423,23 @@ impl Lane {
                     state.expired_in_db = true;
                 }
                 Ok(CommitOutcome::Stale | CommitOutcome::NotActive) => {
-                    match store::load_with_claims(&self.pool, &self.id).await {
+                    let failure = match store::load_with_claims(&self.pool, &self.id).await {
                         Ok(Some((envelope, loaded))) => {
-                            self.state = Some(LaneState::new(envelope, loaded))
+                            self.state = Some(LaneState::new(envelope, loaded));
+                            None
                         }
-                        Ok(None) => {
-                            self.state = None;
-                            let error =
-                                CellError::NotFound(format!("envelope {} not found", self.id));
-                            for index in batch.unresolved() {
-                                answer(replies, &takers[index], Answer::Open(Err(error.clone())));
-                            }
-                            return;
+                        Ok(None) => Some(CellError::NotFound(format!(
+                            "envelope {} not found",
+                            self.id
+                        ))),
+                        Err(error) => Some(CellError::from(error)),
+                    };
+                    if let Some(error) = failure {
+                        self.state = None;
+                        for index in batch.unresolved() {
+                            answer(replies, &takers[index], Answer::Open(Err(error.clone())));
                         }
-                        Err(error) => {
-                            self.state = None;
-                            let error = CellError::from(error);
-                            for index in batch.unresolved() {
-                                answer(replies, &takers[index], Answer::Open(Err(error.clone())));
-                            }
-                            return;
-                        }
+                        return;
                     }
                 }
                 Err(error) => {

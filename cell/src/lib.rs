@@ -31,6 +31,7 @@ pub(crate) mod rowlock;
 pub(crate) mod server;
 pub(crate) mod service;
 pub mod share;
+pub(crate) mod status;
 pub mod store;
 pub(crate) mod workers;
 

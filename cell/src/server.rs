@@ -13,7 +13,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use redcell_payments::Payments;
 use redcell_proto::v1::{
-    cell_internal_server::CellInternalServer, red_envelope_server::RedEnvelopeServer,
+    cell_internal_server::CellInternalServer, cell_ops_server::CellOpsServer,
+    red_envelope_server::RedEnvelopeServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -128,6 +129,10 @@ pub async fn run<P: Payments>(
         ))
         .add_service(CellInternalServer::with_interceptor(
             CellService::new(context.clone()),
+            internal.clone(),
+        ))
+        .add_service(CellOpsServer::with_interceptor(
+            crate::status::CellOpsService::new(context.clone()),
             internal,
         ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)

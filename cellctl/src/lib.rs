@@ -117,6 +117,9 @@ pub enum Command {
         #[arg(long, env = "REDCELL_LEDGER_DSN")]
         ledger_dsn: Option<String>,
     },
+    /// Every cell, logic server, order DB and router of the fleet: health,
+    /// lanes, outbox, the topology each serves (--json for scripts).
+    Status(commands::status::StatusArgs),
     /// The settlement outbox: list stuck transfers (--stuck) or settle one by
     /// hand, idempotently (--retry KEY).
     Transfers(commands::transfers::TransfersArgs),
@@ -209,6 +212,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
             let topology = load::topology(&cli.topology)?;
             commands::reconcile::run(&topology, cell.as_deref(), &dsn, out)
         }
+        Command::Status(args) => commands::status::run(&cli.topology, args, out),
         Command::Transfers(args) => {
             commands::transfers::run(&load::topology(&cli.topology)?, args, out)
         }

@@ -58,6 +58,8 @@ mod tests {
                         .to_vec()
                 ),
                 ("CellInternal".to_owned(), vec!["CellHistory".to_owned()]),
+                ("CellOps".to_owned(), vec!["CellStatus".to_owned()]),
+                ("RouterOps".to_owned(), vec!["RouterStatus".to_owned()]),
             ]
         );
         Ok(())

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod status;
 pub mod topology;
 pub mod traceparent;
 

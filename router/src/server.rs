@@ -131,6 +131,10 @@ pub fn start(
             .layer(global_limit_layer(config.max_in_flight))
             .add_service(health_service)
             .add_service(RedEnvelopeServer::new(service))
+            .add_service(crate::status::RouterOpsService::server(
+                topology.clone(),
+                &config.internal_token,
+            ))
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
             .await;
         cancel.cancel();

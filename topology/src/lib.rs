@@ -16,6 +16,7 @@
 //! keeps mutable state, or depends on another redcell crate.
 
 pub mod document;
+mod fingerprint;
 mod endpoint;
 pub mod error;
 pub mod id;

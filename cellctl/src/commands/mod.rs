@@ -9,6 +9,7 @@ pub mod mint_pool;
 pub mod reconcile;
 pub mod route;
 pub mod state_dir;
+pub mod status;
 pub mod transfers;
 pub mod up;
 pub mod validate;

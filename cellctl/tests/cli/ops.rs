@@ -378,3 +378,124 @@ fn transfers_lists_a_stuck_transfer_and_retry_pays_it_once() {
     let neither = cellctl(&["transfers"], Some(&path));
     assert_eq!(neither.code, 2, "{}", neither.stderr);
 }
+
+/// A finished cellctl run: exit code, stdout, stderr.
+pub type Run = (i32, String, String);
+
+/// Step 3 of `up`'s test, on the fleet it started (after the demo):
+/// `status --json` shows every part healthy, the table says so, then a
+/// SIGKILLed logic server (`victim`, a server of n1 which has two) shows as
+/// DOWN while every other part stays healthy, and status exits 1 naming it.
+/// Each status run is bounded by its probe deadline, so the command returns
+/// (a hang would fail the test by `up`'s own bounded waits).
+pub fn status_of_the_live_fleet(
+    run: &dyn Fn(&[&str]) -> Run,
+    state: &str,
+    parts: &[(String, u32)],
+    victim: u16,
+) {
+    let (code, json, errors) = run(&["status", "--json", "--state-dir", state]);
+    assert_eq!(code, 0, "status failed:\n{json}\n{errors}");
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["healthy"], true, "{json}");
+    let cells = status["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 3, "{json}");
+    for cell in cells {
+        assert_eq!(cell["db"]["reachable"], true, "{json}");
+        assert_eq!(cell["db"]["outbox_backlog"], 0, "{json}");
+        assert_eq!(cell["db"]["pending_sends"], 0, "{json}");
+        assert!(!cell["mints"].as_array().unwrap().is_empty(), "{json}");
+        for server in cell["servers"].as_array().unwrap() {
+            assert_eq!(server["health"], "SERVING", "{json}");
+            assert!(server["lanes_open"].is_u64(), "{json}");
+            assert_eq!(server["topology"]["current"], true, "{json}");
+        }
+    }
+    assert_eq!(cells[0]["mints"], serde_json::json!(["000-499"]), "{json}");
+    let routers = status["routers"].as_array().unwrap();
+    assert_eq!(routers.len(), 1, "{json}");
+    assert_eq!(routers[0]["health"], "SERVING", "{json}");
+    assert_eq!(routers[0]["topology"]["current"], true, "{json}");
+    assert_eq!(
+        routers[0]["topology"]["fingerprint"], status["topology"],
+        "{json}"
+    );
+
+    let (code, table, errors) = run(&["status", "--state-dir", state]);
+    assert_eq!(code, 0, "{table}{errors}");
+    assert!(table.ends_with("healthy\n"), "{table}");
+
+    // The status RPCs are behind the internal credential: a wrong one is
+    // refused by every server and the router, and status says so.
+    let (_dir, wrong) = write_temp("internal-token", "not-the-fleet-token-0123456789");
+    let wrong = wrong.to_str().unwrap();
+    let args = [
+        "status",
+        "--json",
+        "--state-dir",
+        state,
+        "--internal-token-file",
+        wrong,
+    ];
+    let (code, json, _) = run(&args);
+    assert_eq!(code, 1, "{json}");
+    let refused: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let problems: Vec<&str> = refused["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|problem| problem.as_str())
+        .collect();
+    assert_eq!(problems.len(), 4 + 1, "{json}");
+    assert!(
+        problems.iter().all(|problem| problem.contains("status: ")),
+        "{json}"
+    );
+    assert!(refused["routers"][0]["topology"].is_null(), "{json}");
+
+    let address = format!("127.0.0.1:{victim}");
+    let part = format!("cell-n1-{victim}.pid");
+    let pid = parts
+        .iter()
+        .find(|(name, _)| *name == part)
+        .map(|(_, pid)| *pid)
+        .unwrap_or_else(|| panic!("no {part} in {parts:?}"));
+    redcell_pgsys::sys::send_signal(pid, redcell_pgsys::sys::Signal::Kill).unwrap();
+    // The kill lands asynchronously; bounded: the first status run that
+    // starts after the process is gone must show it down.
+    let mut seen = None;
+    for _ in 0..100 {
+        let (code, json, errors) = run(&["status", "--json", "--state-dir", state]);
+        let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let down = status["cells"][0]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|server| server["address"] == address.as_str() && server["health"] == "DOWN");
+        if down {
+            seen = Some((code, status, errors));
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (code, status, errors) = seen.expect("the killed server never showed as DOWN");
+    assert_eq!(code, 1, "{status}");
+    assert_eq!(status["healthy"], false);
+    assert_eq!(
+        status["problems"],
+        serde_json::json!([format!("cell n1 server {address} DOWN")]),
+        "{status}"
+    );
+    assert_eq!(
+        errors.trim_end(),
+        format!("cellctl: 1 problems: cell n1 server {address} DOWN")
+    );
+    for cell in status["cells"].as_array().unwrap() {
+        assert_eq!(cell["db"]["reachable"], true, "{status}");
+        for server in cell["servers"].as_array().unwrap() {
+            if server["address"] != address.as_str() {
+                assert_eq!(server["health"], "SERVING", "{status}");
+            }
+        }
+    }
+}

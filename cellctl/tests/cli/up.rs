@@ -337,10 +337,14 @@ fn up_demo_down_then_a_second_up_finds_the_same_balances() {
             && reconciled.contains(" (holds)"),
         "{reconciled}"
     );
-    // TODO(issue 10, `status`/`reconcile` engineer): `cellctl status --json
-    // --state-dir` shows every part healthy here, and `cellctl reconcile`
-    // exits 0; a logic server killed here shows as down within its probe
-    // deadline.
+    // status shows every part healthy, then one of n1's two servers killed
+    // shows as down (the rest of this test runs with it down).
+    crate::ops::status_of_the_live_fleet(
+        &|args: &[&str]| site.run(args),
+        state_arg,
+        &first.part_pids(),
+        site.ports.cells[1],
+    );
 
     // 4. fund: the documented top-up, then refusals naming the argument.
     let (code, funded, errors) = site.run(&["fund", "alice", "2500", "--state-dir", state_arg]);

@@ -383,17 +383,10 @@ fn transfers_lists_a_stuck_transfer_and_retry_pays_it_once() {
 pub type Run = (i32, String, String);
 
 /// Step 3 of `up`'s test, on the fleet it started (after the demo):
-/// `status --json` shows every part healthy, the table says so, then a
-/// SIGKILLed logic server (`victim`, a server of n1 which has two) shows as
-/// DOWN while every other part stays healthy, and status exits 1 naming it.
-/// Each status run is bounded by its probe deadline, so the command returns
-/// (a hang would fail the test by `up`'s own bounded waits).
-pub fn status_of_the_live_fleet(
-    run: &dyn Fn(&[&str]) -> Run,
-    state: &str,
-    parts: &[(String, u32)],
-    victim: u16,
-) {
+/// `status --json` shows every part healthy, the table says so, and a wrong
+/// internal credential is refused by every status RPC. Each status run is
+/// bounded by its probe deadline, so the command returns.
+pub fn status_of_the_live_fleet(run: &dyn Fn(&[&str]) -> Run, state: &str) {
     let (code, json, errors) = run(&["status", "--json", "--state-dir", state]);
     assert_eq!(code, 0, "status failed:\n{json}\n{errors}");
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -452,7 +445,16 @@ pub fn status_of_the_live_fleet(
         "{json}"
     );
     assert!(refused["routers"][0]["topology"].is_null(), "{json}");
+}
 
+/// Then a logic server (`victim`, one of n1's two) SIGKILLed shows as DOWN
+/// while every other part stays healthy, and status exits 1 naming it.
+pub fn killed_server_shows_down(
+    run: &dyn Fn(&[&str]) -> Run,
+    state: &str,
+    parts: &[(String, u32)],
+    victim: u16,
+) {
     let address = format!("127.0.0.1:{victim}");
     let part = format!("cell-n1-{victim}.pid");
     let pid = parts
@@ -498,4 +500,125 @@ pub fn status_of_the_live_fleet(
             }
         }
     }
+}
+
+/// On the live fleet: a share whose credit keeps failing (the ledger's
+/// `accounts` table renamed after the Send was paid, before the Open) is
+/// listed by `transfers --stuck` with the settlement worker's own error once
+/// it failed `--attempts 3` times; with the ledger back, `--retry` twice pays
+/// it exactly once (whoever of the retry and the worker gets there first:
+/// the deterministic credit-then-mark path is
+/// `transfers_lists_a_stuck_transfer_and_retry_pays_it_once`), and the fleet
+/// reconciles. Users `frank` and `grace` are outside the demo's.
+pub fn stuck_transfer_on_the_live_fleet(
+    run: &dyn Fn(&[&str]) -> Run,
+    state: &std::path::Path,
+    ledger_dsn: &str,
+) {
+    use redcell_proto::{
+        token::{BearerToken, mint_hs256},
+        v1::{self as pb, red_envelope_client::RedEnvelopeClient},
+    };
+    let state_arg = state.to_str().unwrap();
+    let (code, funded, errors) = run(&["fund", "frank", "700", "--state-dir", state_arg]);
+    assert_eq!(code, 0, "{funded}{errors}");
+    let router = std::fs::read_to_string(state.join("routers")).unwrap();
+    let router = router.lines().next().unwrap().to_owned();
+    let key = std::fs::read(state.join("hs256.key")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let channel = runtime
+        .block_on(
+            tonic::transport::Endpoint::from_shared(format!("http://{router}"))
+                .unwrap()
+                .connect(),
+        )
+        .unwrap();
+    let client = |user: &str| {
+        let token = mint_hs256(&key, user, 600).unwrap();
+        RedEnvelopeClient::with_interceptor(channel.clone(), BearerToken::new(&token).unwrap())
+    };
+    let envelope = runtime
+        .block_on(client("frank").send(pb::SendRequest {
+            total_cents: 700,
+            count: 1,
+            kind: pb::EnvelopeKind::Exclusive.into(),
+            greeting: "stuck".to_owned(),
+            recipients: vec!["grace".to_owned()],
+            idempotency_key: "ops-stuck-1".to_owned(),
+        }))
+        .unwrap()
+        .into_inner()
+        .envelope
+        .unwrap();
+
+    let ledger_db = runtime
+        .block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(ledger_dsn, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .batch_execute("ALTER TABLE accounts RENAME TO accounts_away")
+                .await?;
+            Ok::<_, tokio_postgres::Error>(client)
+        })
+        .unwrap();
+    let opened = runtime
+        .block_on(client("grace").open(pb::OpenRequest {
+            envelope_id: envelope.id.clone(),
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.amount_cents, 700, "{opened:?}");
+    let transfer = format!("claim:{}:1", envelope.id);
+
+    // Bounded: settlement retries at 0.2 s, 0.4 s, 0.8 s, ...
+    let args = ["transfers", "--stuck", "--attempts", "3"];
+    let mut listed = None;
+    for _ in 0..300 {
+        let (code, out, errors) = run(&args);
+        assert_eq!(code, 0, "{out}{errors}");
+        if out.contains(&transfer) {
+            listed = Some(out);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let listed = listed.expect("the failing transfer was never listed as stuck");
+    assert!(
+        listed.starts_with("stuck transfers (pending after >= 3 failed credits): 1\n"),
+        "{listed}"
+    );
+    let row = listed
+        .lines()
+        .find(|line| line.contains(&transfer))
+        .unwrap();
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns[1..4], [transfer.as_str(), "grace", "7.00"], "{row}");
+    assert!(row.contains("accounts"), "the worker's error: {row}");
+
+    runtime
+        .block_on(ledger_db.batch_execute("ALTER TABLE accounts_away RENAME TO accounts"))
+        .unwrap();
+    let retry = ["transfers", "--retry", &transfer, "--state-dir", state_arg];
+    let (first_code, first, first_errors) = run(&retry);
+    assert_eq!(first_code, 0, "{first}{first_errors}");
+    let (second_code, second, second_errors) = run(&retry);
+    assert_eq!(second_code, 0, "{second}{second_errors}");
+    assert_eq!(
+        second,
+        format!("{transfer}: already settled (grace 7.00); nothing credited\n")
+    );
+    let ledger = PgLedger::connect(ledger_dsn, 1).unwrap();
+    assert_eq!(
+        runtime.block_on(ledger.balance("grace")).unwrap(),
+        700,
+        "{first}"
+    );
+    assert_eq!(runtime.block_on(ledger.balance("frank")).unwrap(), 0);
+    let (code, reconciled, errors) = run(&["reconcile", "--state-dir", state_arg]);
+    assert_eq!(code, 0, "{reconciled}{errors}");
+    assert!(
+        reconciled.contains(" 0 discrepancies") && reconciled.contains("(holds)"),
+        "{reconciled}"
+    );
 }

@@ -337,14 +337,13 @@ fn up_demo_down_then_a_second_up_finds_the_same_balances() {
             && reconciled.contains(" (holds)"),
         "{reconciled}"
     );
-    // status shows every part healthy, then one of n1's two servers killed
-    // shows as down (the rest of this test runs with it down).
-    crate::ops::status_of_the_live_fleet(
-        &|args: &[&str]| site.run(args),
-        state_arg,
-        &first.part_pids(),
-        site.ports.cells[1],
-    );
+    // status shows every part healthy; a transfer whose credit keeps failing
+    // is listed stuck and paid once by hand; then one of n1's two servers
+    // killed shows as down (the rest of this test runs with it down).
+    let run = |args: &[&str]| site.run(args);
+    crate::ops::status_of_the_live_fleet(&run, state_arg);
+    crate::ops::stuck_transfer_on_the_live_fleet(&run, &state, &site.ports.ledger_dsn());
+    crate::ops::killed_server_shows_down(&run, state_arg, &first.part_pids(), site.ports.cells[1]);
 
     // 4. fund: the documented top-up, then refusals naming the argument.
     let (code, funded, errors) = site.run(&["fund", "alice", "2500", "--state-dir", state_arg]);

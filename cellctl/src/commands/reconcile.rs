@@ -23,6 +23,26 @@ use crate::CommandError;
 /// Bound on opening one order-DB connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The ledger at `dsn` (a lazy pool of one; every error names the ledger by
+/// its DSN without the password).
+pub fn ledger(dsn: &str) -> Result<PgLedger, CommandError> {
+    PgLedger::connect(dsn, 1).map_err(|error| ledger_error(dsn, &error))
+}
+
+/// `ledger DSN: cause`.
+pub fn ledger_error(dsn: &str, error: &dyn std::fmt::Display) -> CommandError {
+    CommandError::Input(format!("ledger {}: {error}", display_dsn(dsn)))
+}
+
+/// The runtime a command's async part runs on.
+pub fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| CommandError::Input(format!("cannot start a runtime: {error}")))
+}
+
 /// Opens one connection to `dsn` within [`CONNECT_TIMEOUT`] (unless the DSN
 /// sets its own); the error names the database without its password.
 pub async fn connect(dsn: &str) -> Result<Client, String> {
@@ -119,11 +139,7 @@ pub fn run(
     ledger_dsn: &str,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| CommandError::Input(format!("cannot start a runtime: {error}")))?;
-    runtime.block_on(run_async(topology, cell, ledger_dsn, out))
+    runtime()?.block_on(run_async(topology, cell, ledger_dsn, out))
 }
 
 async fn run_async(
@@ -132,13 +148,12 @@ async fn run_async(
     ledger_dsn: &str,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
-    let ledger = PgLedger::connect(ledger_dsn, 1).map_err(|error| {
-        CommandError::Input(format!("ledger {}: {error}", display_dsn(ledger_dsn)))
-    })?;
+    let ledger = ledger(ledger_dsn)?;
     // The ledger first, so an unreachable one is named as such.
-    ledger.total_balance().await.map_err(|error| {
-        CommandError::Input(format!("ledger {}: {error}", display_dsn(ledger_dsn)))
-    })?;
+    ledger
+        .total_balance()
+        .await
+        .map_err(|error| ledger_error(ledger_dsn, &error))?;
     let (reports, discrepancies) = match cell {
         None => {
             let fleet = check_fleet(topology, &ledger).await?;

@@ -77,7 +77,7 @@ pub struct FleetStatus {
     /// One line per problem found.
     pub problems: Vec<String>,
     pub cells: Vec<CellStatus>,
-    pub routers: Vec<RouterStatus>,
+    pub routers: Vec<PartStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,7 +89,7 @@ pub struct CellStatus {
     /// Suffix ranges the cell mints new IDs with (minting epoch).
     pub mints: Vec<String>,
     pub db: DbStatus,
-    pub servers: Vec<ServerStatus>,
+    pub servers: Vec<PartStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,22 +106,24 @@ pub struct DbStatus {
     pub error: Option<String>,
 }
 
+/// A logic server or a router, as probed.
 #[derive(Debug, Serialize)]
-pub struct ServerStatus {
+pub struct PartStatus {
     pub address: String,
     /// `SERVING`, `NOT_SERVING`, ... or `DOWN`.
     pub health: String,
+    /// Lanes open (logic servers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lanes_open: Option<u64>,
     pub topology: Option<ServedTopology>,
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct RouterStatus {
-    pub address: String,
-    pub health: String,
-    pub topology: Option<ServedTopology>,
-    pub error: Option<String>,
+/// Which kind of part a probe asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Server,
+    Router,
 }
 
 /// The topology a live process serves.
@@ -159,11 +161,7 @@ pub fn run(
     let token = std::fs::read_to_string(&token_file)
         .ok()
         .map(|text| text.trim().to_owned());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|error| CommandError::Input(format!("cannot start a runtime: {error}")))?;
+    let runtime = super::reconcile::runtime()?;
     let probe = Duration::from_millis(args.probe_ms);
     loop {
         // Re-read every round: `--watch` follows edits of cells.yaml.
@@ -218,7 +216,13 @@ pub async fn gather(
         cells.spawn(async move {
             let db = db_status(cell.db.clone(), probe);
             let servers = cell.servers.iter().map(|address| {
-                server_status(address.clone(), token.clone(), fingerprint.clone(), probe)
+                part_status(
+                    Part::Server,
+                    address.clone(),
+                    token.clone(),
+                    fingerprint.clone(),
+                    probe,
+                )
             });
             let (db, servers) = tokio::join!(db, join_all(servers));
             (
@@ -234,9 +238,15 @@ pub async fn gather(
             )
         });
     }
-    let router_probes = routers
-        .iter()
-        .map(|address| router_status(address.clone(), token.clone(), fingerprint.clone(), probe));
+    let router_probes = routers.iter().map(|address| {
+        part_status(
+            Part::Router,
+            address.clone(),
+            token.clone(),
+            fingerprint.clone(),
+            probe,
+        )
+    });
     let routers = join_all(router_probes).await;
     let mut found = Vec::new();
     while let Some(joined) = cells.join_next().await {
@@ -274,7 +284,7 @@ where
     outputs
 }
 
-fn problems(cells: &[CellStatus], routers: &[RouterStatus], with_token: bool) -> Vec<String> {
+fn problems(cells: &[CellStatus], routers: &[PartStatus], with_token: bool) -> Vec<String> {
     let mut problems = Vec::new();
     if routers.is_empty() {
         problems.push("no router known (pass --router or run `cellctl up`)".to_owned());
@@ -290,42 +300,26 @@ fn problems(cells: &[CellStatus], routers: &[RouterStatus], with_token: bool) ->
             ));
         }
         for server in &cell.servers {
-            if server.health != "SERVING" {
-                problems.push(format!(
-                    "cell {} server {} {}",
-                    cell.name, server.address, server.health
-                ));
-            } else if let Some(error) = &server.error {
-                problems.push(format!(
-                    "cell {} server {} {error}",
-                    cell.name, server.address
-                ));
-            } else if server
-                .topology
-                .as_ref()
-                .is_some_and(|served| !served.current)
-            {
-                problems.push(format!(
-                    "cell {} server {} serves a stale topology",
-                    cell.name, server.address
-                ));
-            }
+            part_problem(&format!("cell {} server", cell.name), server, &mut problems);
         }
     }
     for router in routers {
-        if router.health != "SERVING" {
-            problems.push(format!("router {} {}", router.address, router.health));
-        } else if let Some(error) = &router.error {
-            problems.push(format!("router {} {error}", router.address));
-        } else if router
-            .topology
-            .as_ref()
-            .is_some_and(|served| !served.current)
-        {
-            problems.push(format!("router {} serves a stale topology", router.address));
-        }
+        part_problem("router", router, &mut problems);
     }
     problems
+}
+
+/// The problem of one part, if it has one: down or not serving, its status
+/// call refused, or a stale topology.
+fn part_problem(what: &str, part: &PartStatus, problems: &mut Vec<String>) {
+    let address = &part.address;
+    if part.health != "SERVING" {
+        problems.push(format!("{what} {address} {}", part.health));
+    } else if let Some(error) = &part.error {
+        problems.push(format!("{what} {address} {error}"));
+    } else if part.topology.as_ref().is_some_and(|served| !served.current) {
+        problems.push(format!("{what} {address} serves a stale topology"));
+    }
 }
 
 async fn channel(address: &str, probe: Duration) -> Result<Channel, String> {
@@ -362,13 +356,11 @@ async fn health(channel: Channel, probe: Duration) -> Result<String, String> {
     }
 }
 
-fn with_token<T>(message: T, token: Option<&AsciiMetadataValue>) -> Request<T> {
+fn with_token<T>(message: T, token: &AsciiMetadataValue) -> Request<T> {
     let mut request = Request::new(message);
-    if let Some(token) = token {
-        request
-            .metadata_mut()
-            .insert(INTERNAL_METADATA, token.clone());
-    }
+    request
+        .metadata_mut()
+        .insert(INTERNAL_METADATA, token.clone());
     request
 }
 
@@ -382,84 +374,59 @@ fn served(topology: Option<TopologyServed>, fingerprint: &str) -> Option<ServedT
     })
 }
 
-async fn server_status(
+async fn part_status(
+    part: Part,
     address: String,
     token: Option<AsciiMetadataValue>,
     fingerprint: String,
     probe: Duration,
-) -> ServerStatus {
-    let down = |address: String, error: String| ServerStatus {
+) -> PartStatus {
+    let mut status = PartStatus {
         address,
         health: "DOWN".to_owned(),
         lanes_open: None,
         topology: None,
-        error: Some(error),
-    };
-    let channel = match channel(&address, probe).await {
-        Ok(channel) => channel,
-        Err(error) => return down(address, error),
-    };
-    let health = match health(channel.clone(), probe).await {
-        Ok(health) => health,
-        Err(error) => return down(address, error),
-    };
-    let mut status = ServerStatus {
-        address,
-        health,
-        lanes_open: None,
-        topology: None,
         error: None,
     };
-    if token.is_some() {
-        let mut client = CellOpsClient::new(channel);
-        let call = client.cell_status(with_token(CellStatusRequest {}, token.as_ref()));
-        match tokio::time::timeout(probe, call).await {
-            Ok(Ok(reply)) => {
-                let reply = reply.into_inner();
-                status.lanes_open = Some(reply.lanes_open);
-                status.topology = served(reply.topology, &fingerprint);
-            }
-            Ok(Err(error)) => status.error = Some(format!("status: {}", error.message())),
-            Err(_) => status.error = Some(format!("no status answer within {probe:?}")),
+    let channel = match channel(&status.address, probe).await {
+        Ok(channel) => channel,
+        Err(error) => {
+            status.error = Some(error);
+            return status;
+        }
+    };
+    match health(channel.clone(), probe).await {
+        Ok(health) => status.health = health,
+        Err(error) => {
+            status.error = Some(error);
+            return status;
         }
     }
-    status
-}
-
-async fn router_status(
-    address: String,
-    token: Option<AsciiMetadataValue>,
-    fingerprint: String,
-    probe: Duration,
-) -> RouterStatus {
-    let down = |address: String, error: String| RouterStatus {
-        address,
-        health: "DOWN".to_owned(),
-        topology: None,
-        error: Some(error),
+    let Some(token) = token else {
+        return status;
     };
-    let channel = match channel(&address, probe).await {
-        Ok(channel) => channel,
-        Err(error) => return down(address, error),
-    };
-    let health = match health(channel.clone(), probe).await {
-        Ok(health) => health,
-        Err(error) => return down(address, error),
-    };
-    let mut status = RouterStatus {
-        address,
-        health,
-        topology: None,
-        error: None,
-    };
-    if token.is_some() {
-        let mut client = RouterOpsClient::new(channel);
-        let call = client.router_status(with_token(RouterStatusRequest {}, token.as_ref()));
-        match tokio::time::timeout(probe, call).await {
-            Ok(Ok(reply)) => status.topology = served(reply.into_inner().topology, &fingerprint),
-            Ok(Err(error)) => status.error = Some(format!("status: {}", error.message())),
-            Err(_) => status.error = Some(format!("no status answer within {probe:?}")),
+    let answer = async {
+        match part {
+            Part::Server => CellOpsClient::new(channel)
+                .cell_status(with_token(CellStatusRequest {}, &token))
+                .await
+                .map(|reply| {
+                    let reply = reply.into_inner();
+                    (Some(reply.lanes_open), reply.topology)
+                }),
+            Part::Router => RouterOpsClient::new(channel)
+                .router_status(with_token(RouterStatusRequest {}, &token))
+                .await
+                .map(|reply| (None, reply.into_inner().topology)),
         }
+    };
+    match tokio::time::timeout(probe, answer).await {
+        Ok(Ok((lanes, topology))) => {
+            status.lanes_open = lanes;
+            status.topology = served(topology, &fingerprint);
+        }
+        Ok(Err(error)) => status.error = Some(format!("status: {}", error.message())),
+        Err(_) => status.error = Some(format!("no status answer within {probe:?}")),
     }
     status
 }

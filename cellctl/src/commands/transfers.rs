@@ -19,8 +19,7 @@
 use std::{io::Write, time::Duration};
 
 use clap::Args;
-use redcell_migrations::display_dsn;
-use redcell_payments::{LedgerKey, Payments, PgLedger};
+use redcell_payments::{LedgerKey, Payments};
 use redcell_topology::Topology;
 use tokio_postgres::Client;
 
@@ -77,10 +76,7 @@ pub fn run(
             args.attempts
         )));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| CommandError::Input(format!("cannot start a runtime: {error}")))?;
+    let runtime = super::reconcile::runtime()?;
     match &args.retry {
         Some(key) => {
             let ledger_dsn =
@@ -207,14 +203,10 @@ async fn credit_and_mark(
     ledger_dsn: &str,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
-    let ledger = PgLedger::connect(ledger_dsn, 1).map_err(|error| {
-        CommandError::Input(format!("ledger {}: {error}", display_dsn(ledger_dsn)))
-    })?;
+    let ledger = super::reconcile::ledger(ledger_dsn)?;
     ledger.credit(key, user, cents).await.map_err(|error| {
-        CommandError::Input(format!(
-            "ledger {}: crediting {key}: {error}; the transfer stays pending",
-            display_dsn(ledger_dsn)
-        ))
+        let cause = format!("crediting {key}: {error}; the transfer stays pending");
+        super::reconcile::ledger_error(ledger_dsn, &cause)
     })?;
     let marked = client.execute(MARK_DONE, &[&key]).await.map_err(|error| {
         CommandError::Input(format!(

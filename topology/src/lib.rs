@@ -16,9 +16,9 @@
 //! keeps mutable state, or depends on another redcell crate.
 
 pub mod document;
-mod fingerprint;
 mod endpoint;
 pub mod error;
+mod fingerprint;
 pub mod id;
 pub mod mint;
 pub mod model;

@@ -23,7 +23,9 @@ use redcell_proto::v1 as pb;
 use tokio::{sync::watch, time::Instant};
 use tonic::Code;
 
-use crate::stack::{Client, SEND_KEYS, Stack, StackBuilder, refund_key, send_key};
+use crate::stack::{
+    Client, SEND_KEYS, Stack, StackBuilder, open_retrying as open, refund_key, retryable, send_key,
+};
 
 // Stored envelope status codes (migrations/sql/orders/0001_orders.sql).
 const PENDING_PAYMENT: i16 = 1;
@@ -61,27 +63,6 @@ async fn send(
             .envelope
             .expect("Send returns the envelope")
     })
-}
-
-fn retryable(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::ResourceExhausted | Code::Unavailable)
-}
-
-/// One Open as a client does it: the retryable codes are retried (bounded).
-async fn open(client: &mut Client, envelope: &str) -> pb::OpenResponse {
-    for _ in 0..1000 {
-        let request = pb::OpenRequest {
-            envelope_id: envelope.to_owned(),
-        };
-        match client.open(request).await {
-            Ok(response) => return response.into_inner(),
-            Err(status) if retryable(&status) => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
-            Err(status) => panic!("Open of {envelope} failed: {status:?}"),
-        }
-    }
-    panic!("Open of {envelope} stayed retryable for 1000 attempts");
 }
 
 /// One Grab, retrying the retryable codes (bounded).

@@ -24,9 +24,11 @@ use std::{
 use redcell_cell::reconcile::{self, CellOrders, DiscrepancyKind};
 use redcell_payments::{Debit, DebitOutcome, Payments};
 use redcell_proto::v1 as pb;
-use tonic::Code;
 
-use crate::stack::{Client, ORDERS_TEMPLATE, Stack, StackBuilder, claim_key, refund_key, send_key};
+use crate::stack::{
+    Client, ORDERS_TEMPLATE, Stack, StackBuilder, claim_key, open_retrying as open, refund_key,
+    retryable, send_key,
+};
 
 /// Polls happen every 50 ms, at most 600 times: 30 s for any worker.
 const POLL: Duration = Duration::from_millis(50);
@@ -43,10 +45,6 @@ fn send_request(total: i64, count: u32, key: &str) -> pb::SendRequest {
     }
 }
 
-fn retryable(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::ResourceExhausted | Code::Unavailable)
-}
-
 /// A Send as a client does it: retryable codes are retried with the same key.
 async fn send(client: &mut Client, request: pb::SendRequest) -> pb::Envelope {
     for _ in 0..1000 {
@@ -57,22 +55,6 @@ async fn send(client: &mut Client, request: pb::SendRequest) -> pb::Envelope {
         }
     }
     panic!("Send stayed retryable for 1000 attempts");
-}
-
-/// One Open, retrying the retryable codes (bounded); any share status is an
-/// answer (an expired envelope answers EXPIRED).
-async fn open(client: &mut Client, envelope: &str) -> pb::OpenResponse {
-    for _ in 0..1000 {
-        let request = pb::OpenRequest {
-            envelope_id: envelope.to_owned(),
-        };
-        match client.open(request).await {
-            Ok(response) => return response.into_inner(),
-            Err(status) if retryable(&status) => tokio::time::sleep(POLL / 5).await,
-            Err(status) => panic!("Open of {envelope} failed: {status:?}"),
-        }
-    }
-    panic!("Open of {envelope} stayed retryable for 1000 attempts");
 }
 
 async fn count(stack: &Stack, sql: &str) -> i64 {

@@ -506,3 +506,34 @@ impl Stack {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Calls as a client makes them (shared by money.rs and reconcile.rs).
+
+/// The codes a client retries (DESIGN §4): a full lane queue, an unavailable
+/// cell or database.
+pub fn retryable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+    )
+}
+
+/// One Open as a client does it: the retryable codes are retried (bounded,
+/// 10 ms apart); any share status is an answer (an expired envelope answers
+/// EXPIRED).
+pub async fn open_retrying(client: &mut Client, envelope: &str) -> pb::OpenResponse {
+    for _ in 0..1000 {
+        let request = pb::OpenRequest {
+            envelope_id: envelope.to_owned(),
+        };
+        match client.open(request).await {
+            Ok(response) => return response.into_inner(),
+            Err(status) if retryable(&status) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(status) => panic!("Open of {envelope} failed: {status:?}"),
+        }
+    }
+    panic!("Open of {envelope} stayed retryable for 1000 attempts");
+}

@@ -18,6 +18,7 @@ use std::{io::Write, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
+pub use commands::change;
 pub use load::LoadError;
 
 /// Operate a redcell deployment: topology, routing and mint pools.
@@ -129,6 +130,22 @@ pub enum Command {
         #[arg(long, env = "REDCELL_STATE_DIR", default_value = commands::state_dir::DEFAULT)]
         state_dir: PathBuf,
     },
+    /// Take a cell out of the mint pool (its old envelopes still route to it):
+    /// shows the diff of cells.yaml and the new pool; writes only with --apply.
+    Fail {
+        cell: String,
+        /// Write cells.yaml (default: show the plan only).
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Put a failed or draining cell back into the mint pool (dry run unless
+    /// --apply).
+    Restore {
+        cell: String,
+        /// Write cells.yaml (default: show the plan only).
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 /// Why a command failed; each maps to an exit code.
@@ -217,6 +234,10 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
             commands::transfers::run(&load::topology(&cli.topology)?, args, out)
         }
         Command::Demo { state_dir } => commands::demo::run(&state_dir, out),
+        Command::Fail { cell, apply } => commands::change::fail(&cli.topology, &cell, apply, out),
+        Command::Restore { cell, apply } => {
+            commands::change::restore(&cli.topology, &cell, apply, out)
+        }
         Command::MintPool { region } => {
             commands::mint_pool::run(&load::topology(&cli.topology)?, region.as_deref(), out)
         }

@@ -6,6 +6,8 @@ use std::{path::PathBuf, process::Command};
 
 use redcell_migrations::{LEDGER, ORDER_DB, Schema};
 
+#[path = "cli/change.rs"]
+mod change;
 #[path = "cli/ops.rs"]
 mod ops;
 #[path = "cli/up.rs"]

@@ -1,5 +1,6 @@
 //! One module per command, each `run(inputs, out)`.
 
+pub mod change;
 pub mod demo;
 pub mod dev_token;
 pub mod down;

@@ -3,7 +3,6 @@
 
 use std::time::SystemTime;
 
-use redcell_payments::{KeyKind, LedgerKey};
 use redcell_proto::v1 as pb;
 use redcell_topology::EnvelopeId;
 
@@ -147,21 +146,5 @@ impl Claim {
             sequence: self.sequence,
             opened_at: Some(self.opened_at.into()),
         }
-    }
-}
-
-/// The ledger idempotency key of the sender's debit for an envelope
-/// (`send:<id>`, spelled by [`LedgerKey`]).
-pub fn debit_key(id: &EnvelopeId) -> String {
-    LedgerKey::Send(*id).to_string()
-}
-
-/// The envelope a debit key pays for (its text, unparsed: the key came back
-/// from the ledger, which names the debit that paid an order); `None` for
-/// a key that is no debit key of the cells.
-pub fn envelope_of_debit_key(key: &str) -> Option<&str> {
-    match LedgerKey::split(key)? {
-        (KeyKind::Send, envelope) => Some(envelope),
-        (KeyKind::Claim | KeyKind::Refund, _) => None,
     }
 }

@@ -21,13 +21,13 @@
 
 use std::time::SystemTime;
 
-use redcell_payments::{Debit, DebitOutcome, DebitResolution, Payments};
+use redcell_payments::{Debit, DebitOutcome, DebitResolution, Payments, keys::LedgerKey};
 use redcell_topology::Suffix;
 
 use crate::{
     allocation::{self, SplitVersion},
     context::CellContext,
-    envelope::{Envelope, Status, debit_key, envelope_of_debit_key},
+    envelope::{Envelope, Status},
     error::CellError,
     request::{self, SendCommand, UserId},
     store::{self, Inserted, Unpaid},
@@ -151,10 +151,11 @@ async fn pay<P: Payments>(
     envelope: Envelope,
     order: &str,
 ) -> Result<Envelope, CellError> {
+    let key = LedgerKey::Send(envelope.id).to_string();
     let outcome = cell
         .payments
         .debit(Debit {
-            key: &debit_key(&envelope.id),
+            key: &key,
             order,
             account: &envelope.sender,
             cents: envelope.total_cents,
@@ -170,11 +171,7 @@ async fn pay<P: Payments>(
             // void it is refused, so no debit can outlive the envelope. If
             // the void finds that such a debit already landed, the envelope
             // is paid after all.
-            match cell
-                .payments
-                .resolve_debit(&debit_key(&envelope.id))
-                .await?
-            {
+            match cell.payments.resolve_debit(&key).await? {
                 DebitResolution::Debited => activate(cell, envelope).await,
                 DebitResolution::Voided => {
                     store::delete_unpaid(&cell.pool, &envelope.id, Unpaid::RefusedForBalance)
@@ -186,16 +183,19 @@ async fn pay<P: Payments>(
                 }
             }
         }
-        DebitOutcome::OrderPaid { key } => {
+        DebitOutcome::OrderPaid { key: paid_by } => {
             // The ledger wrote nothing for this envelope, and never will (its
             // order is paid): like a refusal for balance, nothing stays.
             store::delete_unpaid(&cell.pool, &envelope.id, Unpaid::OrderPaidElsewhere).await?;
-            let paid = envelope_of_debit_key(&key).ok_or_else(|| {
-                CellError::Internal(format!("order {order} paid by unknown key {key}"))
-            })?;
-            Err(CellError::AlreadyPaid {
-                envelope_id: paid.to_owned(),
-            })
+            // The key names the debit that paid the order: a cell's Send.
+            match paid_by.parse::<LedgerKey>() {
+                Ok(LedgerKey::Send(paid)) => Err(CellError::AlreadyPaid {
+                    envelope_id: paid.to_string(),
+                }),
+                _ => Err(CellError::Internal(format!(
+                    "order {order} paid by unknown key {paid_by}"
+                ))),
+            }
         }
         DebitOutcome::Voided => {
             let client = cell.pool.get().await.map_err(crate::db::DbError::from)?;

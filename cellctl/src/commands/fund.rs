@@ -2,7 +2,8 @@
 //! documented way to give demo and test users money (the ledger stands in for
 //! a real payment system, which would be topped up by its own means).
 //!
-//! A top-up is a ledger credit under a key of its own (`fund:USER:...`,
+//! A top-up is a ledger credit under a deposit key of its own
+//! (`redcell_payments::deposit_key`: `deposit:USER:...`,
 //! unique per call: two top-ups are two credits), outside the cells' key
 //! space, so reconcile counts it as money that came in from outside.
 //! Refused before anything is written: a user the router would not accept,
@@ -107,11 +108,13 @@ pub async fn deposit(ledger: &PgLedger, top_up: &TopUp) -> Result<i64, CommandEr
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos());
-    let key = format!(
-        "fund:{}:{nanos}:{}:{}",
-        top_up.user,
-        std::process::id(),
-        CALLS.fetch_add(1, Ordering::Relaxed)
+    let key = redcell_payments::deposit_key(
+        &top_up.user,
+        format_args!(
+            "{nanos}:{}:{}",
+            std::process::id(),
+            CALLS.fetch_add(1, Ordering::Relaxed)
+        ),
     );
     let failed = |error: redcell_payments::PaymentsError| {
         CommandError::Input(format!("ledger: funding {}: {error}", top_up.user))

@@ -262,7 +262,10 @@ fn a_second_writer_is_refused_while_the_lock_is_held() {
     );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
 
-    // Released, the same planned write goes through.
+    // Released, the same planned write goes through. Unlock explicitly: a
+    // child another test forks in this instant shares the lock's open file
+    // until it execs, so closing our descriptor alone may not release it.
+    holder.unlock().unwrap();
     drop(holder);
     change::write_atomically(&path, &planned.new_text, planned.read_hash).unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), planned.new_text);

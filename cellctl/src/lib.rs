@@ -134,17 +134,15 @@ pub enum Command {
     /// shows the diff of cells.yaml and the new pool; writes only with --apply.
     Fail {
         cell: String,
-        /// Write cells.yaml (default: show the plan only).
-        #[arg(long)]
-        apply: bool,
+        #[command(flatten)]
+        change: commands::change::ChangeArgs,
     },
     /// Put a failed or draining cell back into the mint pool (dry run unless
     /// --apply).
     Restore {
         cell: String,
-        /// Write cells.yaml (default: show the plan only).
-        #[arg(long)]
-        apply: bool,
+        #[command(flatten)]
+        change: commands::change::ChangeArgs,
     },
 }
 
@@ -234,9 +232,11 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
             commands::transfers::run(&load::topology(&cli.topology)?, args, out)
         }
         Command::Demo { state_dir } => commands::demo::run(&state_dir, out),
-        Command::Fail { cell, apply } => commands::change::fail(&cli.topology, &cell, apply, out),
-        Command::Restore { cell, apply } => {
-            commands::change::restore(&cli.topology, &cell, apply, out)
+        Command::Fail { cell, change } => {
+            commands::change::fail(&cli.topology, &cell, &change, out)
+        }
+        Command::Restore { cell, change } => {
+            commands::change::restore(&cli.topology, &cell, &change, out)
         }
         Command::MintPool { region } => {
             commands::mint_pool::run(&load::topology(&cli.topology)?, region.as_deref(), out)

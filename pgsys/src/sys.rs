@@ -21,6 +21,8 @@ pub enum Signal {
     Stop,
     /// A crash.
     Kill,
+    /// Reread configuration: routers and logic servers reload cells.yaml.
+    Hangup,
 }
 
 impl Signal {
@@ -31,6 +33,7 @@ impl Signal {
             Signal::Quit => libc::SIGQUIT,
             Signal::Stop => libc::SIGSTOP,
             Signal::Kill => libc::SIGKILL,
+            Signal::Hangup => libc::SIGHUP,
         }
     }
 }

@@ -121,7 +121,7 @@ pub struct PartStatus {
 
 /// Which kind of part a probe asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part {
     Server,
     Router,
 }
@@ -374,7 +374,7 @@ fn served(topology: Option<TopologyServed>, fingerprint: &str) -> Option<ServedT
     })
 }
 
-async fn part_status(
+pub(crate) async fn part_status(
     part: Part,
     address: String,
     token: Option<AsciiMetadataValue>,

@@ -56,16 +56,21 @@ pub struct MintingDoc {
     pub region_override: IndexMap<String, String>,
 }
 
-/// Runtime switches that shed optional work under load.
+/// Runtime switches that shed optional work under load. An absent switch is
+/// `on` (nothing shed), so a file lists only what is degraded now.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DegradeDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<HistoryDegradeDoc>,
+    /// `claims: off` answers Get without the envelope's claim list (`on` is
+    /// the default). A string, so that a bad value is a collected error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<String>,
 }
 
 impl DegradeDoc {
-    fn is_empty(&self) -> bool {
-        self.history.is_none()
+    pub fn is_empty(&self) -> bool {
+        self.history.is_none() && self.claims.is_none()
     }
 }
 
@@ -84,7 +89,7 @@ const ROOT_KEYS: &[&str] = &[
 const CELL_KEYS: &[&str] = &["name", "region", "status", "servers", "db"];
 const EPOCH_KEYS: &[&str] = &["id", "ranges"];
 const MINTING_KEYS: &[&str] = &["epoch", "region_override"];
-const DEGRADE_KEYS: &[&str] = &["history"];
+const DEGRADE_KEYS: &[&str] = &["history", "claims"];
 const HISTORY_KEYS: &[&str] = &["pages"];
 
 /// Parses cells.yaml text. Syntax and type errors carry the parser's line and path;

@@ -29,5 +29,5 @@ pub mod validate;
 pub use error::{ConfigError, ConfigErrors};
 pub use id::{EnvelopeId, EpochId, IdError, MintDate, RegionDigit};
 pub use mint::{CellMint, PoolCell, RegionPool};
-pub use model::{Cell, CellStatus, Epoch, HistoryMode, RangeTable, RouteError, Topology};
+pub use model::{Cell, CellStatus, ClaimsMode, Epoch, HistoryMode, RangeTable, RouteError, Topology};
 pub use suffix::{Suffix, SuffixRange};

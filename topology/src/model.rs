@@ -106,6 +106,17 @@ pub enum HistoryMode {
     Pages(u32),
 }
 
+/// Whether Get lists an envelope's claims (`degrade.claims`). A big group
+/// envelope's claim list is the costly part of Get; during a peak an operator
+/// can shed it and still answer the envelope itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClaimsMode {
+    #[default]
+    On,
+    /// Get answers the envelope without its claims, marked degraded.
+    Off,
+}
+
 /// Why an existing envelope ID cannot be routed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -126,6 +137,7 @@ pub struct Topology {
     /// Per region position: the region position whose cells mint for it.
     pub(crate) mint_region: Vec<usize>,
     pub(crate) history: HistoryMode,
+    pub(crate) claims: ClaimsMode,
 }
 
 impl Topology {
@@ -195,6 +207,10 @@ impl Topology {
 
     pub fn history_mode(&self) -> HistoryMode {
         self.history
+    }
+
+    pub fn claims_mode(&self) -> ClaimsMode {
+        self.claims
     }
 
     /// The cell owning an existing envelope: `(R, EE, SSS)` through epoch EE's

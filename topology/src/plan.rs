@@ -8,9 +8,9 @@
 //! routing to the same cell through any sequence of plans.
 
 use crate::{
-    document::{CellDoc, Document, EpochDoc},
+    document::{CellDoc, Document, EpochDoc, HistoryDegradeDoc},
     error::ConfigErrors,
-    model::{CellStatus, Topology},
+    model::{CellStatus, ClaimsMode, HistoryMode, Topology},
     suffix::{self, Suffix},
 };
 
@@ -49,6 +49,16 @@ pub enum PlanError {
     NotNewer { epoch: u32, minting: u8 },
     #[error("region {0:?} is not drained")]
     NotDrained(String),
+    #[error("region {0:?} cannot be drained into itself (to stop a drain: undrain {0})")]
+    DrainIntoItself(String),
+    #[error("region {from:?} is already drained to {to:?}")]
+    AlreadyDrained { from: String, to: String },
+    #[error("no degrade switch given")]
+    NoSwitch,
+    #[error("degrade switch {0:?} is given twice")]
+    SwitchTwice(&'static str),
+    #[error("nothing to change: the degrade switches are already {0}")]
+    SwitchesUnchanged(String),
     #[error("the planned topology is invalid:\n{0}")]
     Invalid(ConfigErrors),
 }
@@ -209,12 +219,26 @@ pub fn promote(topology: &Topology, epoch: u32) -> Result<Topology, PlanError> {
     revalidate(document)
 }
 
-/// Sends new envelopes of region `from` to the cells of region `to`.
+/// Sends new envelopes of region `from` to the cells of region `to`; `from`'s
+/// existing envelopes still route to (and open in) its own cells. Refused when
+/// `to` is `from`, when `to` cannot mint (no active cell in the minting epoch)
+/// and when overrides would chain (`to` is itself drained, or another region
+/// already drains into `from`): those last two by validation.
 pub fn drain_region(topology: &Topology, from: &str, to: &str) -> Result<Topology, PlanError> {
     for region in [from, to] {
         if topology.region_digit(region).is_none() {
             return Err(PlanError::UnknownRegion(region.to_owned()));
         }
+    }
+    if from == to {
+        return Err(PlanError::DrainIntoItself(from.to_owned()));
+    }
+    let overrides = &topology.document().minting.region_override;
+    if overrides.get(from).map(String::as_str) == Some(to) {
+        return Err(PlanError::AlreadyDrained {
+            from: from.to_owned(),
+            to: to.to_owned(),
+        });
     }
     let mut document = topology.document().clone();
     document
@@ -224,8 +248,12 @@ pub fn drain_region(topology: &Topology, from: &str, to: &str) -> Result<Topolog
     revalidate(document)
 }
 
-/// Lets region `from` mint in its own cells again.
+/// Lets region `from` mint in its own cells again (refused by validation when
+/// it has no active cell left).
 pub fn undrain_region(topology: &Topology, from: &str) -> Result<Topology, PlanError> {
+    if topology.region_digit(from).is_none() {
+        return Err(PlanError::UnknownRegion(from.to_owned()));
+    }
     let mut document = topology.document().clone();
     if document
         .minting
@@ -236,4 +264,79 @@ pub fn undrain_region(topology: &Topology, from: &str) -> Result<Topology, PlanE
         return Err(PlanError::NotDrained(from.to_owned()));
     }
     revalidate(document)
+}
+
+/// One runtime switch of `degrade:` as an operator sets it. Setting a switch
+/// to its default (`On`) removes it from the document, so cells.yaml lists
+/// only what is degraded now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DegradeSwitch {
+    History(HistoryMode),
+    Claims(ClaimsMode),
+}
+
+impl DegradeSwitch {
+    /// The key under `degrade:` this switch sets.
+    pub fn key(self) -> &'static str {
+        match self {
+            DegradeSwitch::History(_) => "history",
+            DegradeSwitch::Claims(_) => "claims",
+        }
+    }
+}
+
+impl std::fmt::Display for DegradeSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DegradeSwitch::History(HistoryMode::On) => f.write_str("history=on"),
+            DegradeSwitch::History(HistoryMode::Off) => f.write_str("history=off"),
+            DegradeSwitch::History(HistoryMode::Pages(pages)) => {
+                write!(f, "history.pages={pages}")
+            }
+            DegradeSwitch::Claims(ClaimsMode::On) => f.write_str("claims=on"),
+            DegradeSwitch::Claims(ClaimsMode::Off) => f.write_str("claims=off"),
+        }
+    }
+}
+
+/// Sets degrade switches (DESIGN.md §3 `degrade:`). Each key at most once per
+/// plan; a plan that changes nothing is refused (as failing a failed cell
+/// is), and the result is validated like every plan (`history.pages=0` is
+/// refused there, naming `degrade.history.pages`).
+pub fn degrade(topology: &Topology, switches: &[DegradeSwitch]) -> Result<Topology, PlanError> {
+    if switches.is_empty() {
+        return Err(PlanError::NoSwitch);
+    }
+    for (index, switch) in switches.iter().enumerate() {
+        if switches[..index].iter().any(|s| s.key() == switch.key()) {
+            return Err(PlanError::SwitchTwice(switch.key()));
+        }
+    }
+    let mut document = topology.document().clone();
+    for switch in switches {
+        match *switch {
+            DegradeSwitch::History(mode) => {
+                document.degrade.history = match mode {
+                    HistoryMode::On => None,
+                    HistoryMode::Off => Some(HistoryDegradeDoc::Switch("off".to_owned())),
+                    HistoryMode::Pages(pages) => Some(HistoryDegradeDoc::Pages { pages }),
+                };
+            }
+            DegradeSwitch::Claims(mode) => {
+                document.degrade.claims = match mode {
+                    ClaimsMode::On => None,
+                    ClaimsMode::Off => Some("off".to_owned()),
+                };
+            }
+        }
+    }
+    // `history: on` written by hand and removed here is no change either.
+    let next = revalidate(document)?;
+    if next.history_mode() == topology.history_mode()
+        && next.claims_mode() == topology.claims_mode()
+    {
+        let listed: Vec<String> = switches.iter().map(ToString::to_string).collect();
+        return Err(PlanError::SwitchesUnchanged(listed.join(" ")));
+    }
+    Ok(next)
 }

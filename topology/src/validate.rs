@@ -12,7 +12,7 @@ use crate::{
     endpoint,
     error::{ConfigError, ConfigErrors},
     id::{EpochId, RegionDigit},
-    model::{Cell, CellStatus, Epoch, HistoryMode, RangeTable, Topology},
+    model::{Cell, CellStatus, ClaimsMode, Epoch, HistoryMode, RangeTable, Topology},
     suffix::{self, SUFFIX_COUNT, Suffix},
 };
 
@@ -45,7 +45,8 @@ pub(crate) fn validate(document: Document) -> Result<Topology, ConfigErrors> {
         minting_epoch,
         &mut errors,
     );
-    let history = check_degrade(&document, &mut errors);
+    let history = check_history(&document, &mut errors);
+    let claims = check_claims(&document, &mut errors);
 
     match (errors.0.is_empty(), minting_epoch) {
         (true, Some(minting_epoch)) => Ok(Topology {
@@ -56,6 +57,7 @@ pub(crate) fn validate(document: Document) -> Result<Topology, ConfigErrors> {
             minting_epoch,
             mint_region,
             history,
+            claims,
         }),
         _ => Err(ConfigErrors(errors.0)),
     }
@@ -475,7 +477,7 @@ fn check_mint_regions(
     mint_region
 }
 
-fn check_degrade(document: &Document, errors: &mut Errors) -> HistoryMode {
+fn check_history(document: &Document, errors: &mut Errors) -> HistoryMode {
     match &document.degrade.history {
         None => HistoryMode::On,
         Some(HistoryDegradeDoc::Switch(switch)) if switch == "on" => HistoryMode::On,
@@ -495,5 +497,19 @@ fn check_degrade(document: &Document, errors: &mut Errors) -> HistoryMode {
             HistoryMode::On
         }
         Some(HistoryDegradeDoc::Pages { pages }) => HistoryMode::Pages(*pages),
+    }
+}
+
+fn check_claims(document: &Document, errors: &mut Errors) -> ClaimsMode {
+    match document.degrade.claims.as_deref() {
+        None | Some("on") => ClaimsMode::On,
+        Some("off") => ClaimsMode::Off,
+        Some(other) => {
+            errors.push(
+                "degrade.claims",
+                format!("unknown value {other:?} (expected on or off)"),
+            );
+            ClaimsMode::On
+        }
     }
 }

@@ -172,7 +172,7 @@ fn unknown_keys_are_all_collected() {
         &text,
         &[
             "cells[0].weight: unknown key (expected one of: name, region, status, servers, db)",
-            "degrade.histroy: unknown key (expected one of: history)",
+            "degrade.histroy: unknown key (expected one of: history, claims)",
         ],
     );
 }
@@ -243,6 +243,35 @@ fn bad_degrade_value() {
         &edited("degrade: {}", "degrade: {history: sometimes}"),
         &[r#"degrade.history: unknown value "sometimes" (expected on, off or { pages: N })"#],
     );
+}
+
+#[test]
+fn bad_claims_value() {
+    check(
+        &edited("degrade: {}", "degrade: {claims: sometimes}"),
+        &[r#"degrade.claims: unknown value "sometimes" (expected on or off)"#],
+    );
+    // Two bad switches are both reported.
+    check(
+        &edited("degrade: {}", "degrade: {claims: no, history: {pages: 0}}"),
+        &[
+            "degrade.history.pages: must be at least 1 (use `history: off` to turn it off)",
+            r#"degrade.claims: unknown value "no" (expected on or off)"#,
+        ],
+    );
+    let errors = errors_of(&edited("degrade: {}", "degrade: {claims: [off]}"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("degrade.claims"), "{errors:?}");
+}
+
+#[test]
+fn claims_switch_parses() {
+    use redcell_topology::{ClaimsMode, Topology};
+    let off = Topology::parse(&edited("degrade: {}", "degrade: {claims: off}")).unwrap();
+    assert_eq!(off.claims_mode(), ClaimsMode::Off);
+    let on = Topology::parse(&edited("degrade: {}", "degrade: {claims: on}")).unwrap();
+    assert_eq!(on.claims_mode(), ClaimsMode::On);
+    assert_eq!(crate::common::bundled().claims_mode(), ClaimsMode::On);
 }
 
 #[test]

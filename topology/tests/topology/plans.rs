@@ -154,3 +154,154 @@ fn rendered_yaml_round_trips() {
     let text = topology.to_yaml().unwrap();
     assert_eq!(Topology::parse(&text).unwrap(), topology);
 }
+
+#[test]
+fn drain_region_mints_in_the_target_and_undrain_restores() {
+    let topology = bundled();
+    let drained = plan::drain_region(&topology, "north", "south").unwrap();
+    assert_eq!(pool_cells(&drained, "north"), ["s1", "s2"]);
+    assert_eq!(pool_cells(&drained, "south"), ["s1", "s2"]);
+    // North's existing envelopes still route to north's cells.
+    assert_eq!(drained.route(&id_with(1, 400)).unwrap().name, "n2");
+    assert_eq!(
+        plan::drain_region(&drained, "north", "south").unwrap_err(),
+        PlanError::AlreadyDrained {
+            from: "north".into(),
+            to: "south".into()
+        }
+    );
+    let undrained = plan::undrain_region(&drained, "north").unwrap();
+    assert_eq!(undrained, topology);
+    assert_eq!(
+        plan::undrain_region(&undrained, "north").unwrap_err(),
+        PlanError::NotDrained("north".into())
+    );
+}
+
+#[test]
+fn drain_region_refusals_name_the_region() {
+    let topology = bundled();
+    assert_eq!(
+        plan::drain_region(&topology, "north", "north").unwrap_err(),
+        PlanError::DrainIntoItself("north".into())
+    );
+    assert_eq!(
+        plan::drain_region(&topology, "north", "west").unwrap_err(),
+        PlanError::UnknownRegion("west".into())
+    );
+    assert_eq!(
+        plan::drain_region(&topology, "west", "north").unwrap_err(),
+        PlanError::UnknownRegion("west".into())
+    );
+    assert_eq!(
+        plan::undrain_region(&topology, "west").unwrap_err(),
+        PlanError::UnknownRegion("west".into())
+    );
+    // A target without an active cell cannot take the region's envelopes: a
+    // region can only lose its last active cell while drained itself, so the
+    // refusal reads as a chain of overrides, on both of them.
+    let south_down = plan::fail(&plan::fail(&topology, "s1").unwrap(), "s2");
+    assert!(south_down.is_err(), "the last active cell of south");
+    let south_drained = plan::drain_region(&topology, "south", "north").unwrap();
+    let south_down = plan::fail(&plan::fail(&south_drained, "s1").unwrap(), "s2").unwrap();
+    assert_eq!(
+        plan::drain_region(&south_down, "north", "south")
+            .unwrap_err()
+            .to_string(),
+        "the planned topology is invalid:\n\
+         minting.region_override.south: target region \"north\" is itself overridden to \"south\"; overrides do not chain\n\
+         minting.region_override.north: target region \"south\" is itself overridden to \"north\"; overrides do not chain"
+    );
+    // Undraining a region whose cells are all out would leave it unable to mint.
+    assert_eq!(
+        plan::undrain_region(&south_down, "south")
+            .unwrap_err()
+            .to_string(),
+        "the planned topology is invalid:\nminting: region \"south\" has no active cell in minting epoch 0 and no region_override"
+    );
+    // Chaining through a drained region is refused.
+    assert!(
+        plan::drain_region(&south_drained, "north", "south")
+            .unwrap_err()
+            .to_string()
+            .contains("overrides do not chain")
+    );
+}
+
+#[test]
+fn degrade_sets_switches_and_on_removes_them() {
+    use redcell_topology::{ClaimsMode, HistoryMode, plan::DegradeSwitch};
+    let topology = bundled();
+    let off = plan::degrade(
+        &topology,
+        &[
+            DegradeSwitch::History(HistoryMode::Off),
+            DegradeSwitch::Claims(ClaimsMode::Off),
+        ],
+    )
+    .unwrap();
+    assert_eq!(off.history_mode(), HistoryMode::Off);
+    assert_eq!(off.claims_mode(), ClaimsMode::Off);
+    let text = off.to_yaml().unwrap();
+    assert!(
+        text.contains("degrade:\n  history: off\n  claims: off\n"),
+        "{text}"
+    );
+    assert_eq!(Topology::parse(&text).unwrap(), off);
+    // Routing and pools are untouched by a degrade switch.
+    assert_eq!(off.mint_pools(), topology.mint_pools());
+
+    let paged = plan::degrade(&off, &[DegradeSwitch::History(HistoryMode::Pages(3))]).unwrap();
+    assert_eq!(paged.history_mode(), HistoryMode::Pages(3));
+    assert_eq!(paged.claims_mode(), ClaimsMode::Off);
+    assert!(
+        paged
+            .to_yaml()
+            .unwrap()
+            .contains("history:\n    pages: 3\n")
+    );
+
+    // `on` removes the switch: the document is the one before, without `degrade`.
+    let on = plan::degrade(
+        &paged,
+        &[
+            DegradeSwitch::Claims(ClaimsMode::On),
+            DegradeSwitch::History(HistoryMode::On),
+        ],
+    )
+    .unwrap();
+    assert_eq!(on, topology);
+    assert!(!on.to_yaml().unwrap().contains("degrade"));
+}
+
+#[test]
+fn degrade_refusals() {
+    use redcell_topology::{ClaimsMode, HistoryMode, plan::DegradeSwitch};
+    let topology = bundled();
+    assert_eq!(
+        plan::degrade(&topology, &[]).unwrap_err(),
+        PlanError::NoSwitch
+    );
+    assert_eq!(
+        plan::degrade(
+            &topology,
+            &[
+                DegradeSwitch::History(HistoryMode::Off),
+                DegradeSwitch::History(HistoryMode::Pages(2)),
+            ]
+        )
+        .unwrap_err(),
+        PlanError::SwitchTwice("history")
+    );
+    assert_eq!(
+        plan::degrade(&topology, &[DegradeSwitch::Claims(ClaimsMode::On)]).unwrap_err(),
+        PlanError::SwitchesUnchanged("claims=on".into())
+    );
+    assert_eq!(
+        plan::degrade(&topology, &[DegradeSwitch::History(HistoryMode::Pages(0))])
+            .unwrap_err()
+            .to_string(),
+        "the planned topology is invalid:\n\
+         degrade.history.pages: must be at least 1 (use `history: off` to turn it off)"
+    );
+}

@@ -8,9 +8,10 @@
 use indexmap::IndexMap;
 use proptest::prelude::*;
 use redcell_topology::{
-    Cell, CellStatus, EnvelopeId, EpochId, MintDate, RegionDigit, Suffix, Topology,
+    Cell, CellStatus, ClaimsMode, EnvelopeId, EpochId, HistoryMode, MintDate, RegionDigit, Suffix,
+    Topology,
     document::{CellDoc, Document, EpochDoc, MintingDoc},
-    plan::{self, NewCell, Split},
+    plan::{self, DegradeSwitch, NewCell, Split},
 };
 
 const REGIONS: [&str; 3] = ["north", "south", "east"];
@@ -77,6 +78,9 @@ enum Step {
     Promote,
     Drain(usize, usize),
     Undrain(usize),
+    /// History (0 on, 1 off, n >= 2 at most n - 2 pages: 0 is refused) and
+    /// claims (on when true).
+    Degrade(u32, bool),
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -87,6 +91,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         Just(Step::Promote),
         (0usize..3, 0usize..3).prop_map(|(a, b)| Step::Drain(a, b)),
         (0usize..3).prop_map(Step::Undrain),
+        (0u32..4, any::<bool>()).prop_map(|(h, c)| Step::Degrade(h, c)),
     ]
 }
 
@@ -122,8 +127,28 @@ fn apply(topology: &Topology, step: &Step, counter: &mut u32) -> Option<Topology
         }
         Step::Drain(a, b) => plan::drain_region(topology, &region_name(*a), &region_name(*b)),
         Step::Undrain(a) => plan::undrain_region(topology, &region_name(*a)),
+        Step::Degrade(history, claims) => {
+            plan::degrade(topology, &degrade_switches(*history, *claims))
+        }
     };
     result.ok()
+}
+
+fn degrade_switches(history: u32, claims: bool) -> [DegradeSwitch; 2] {
+    let history = match history {
+        0 => HistoryMode::On,
+        1 => HistoryMode::Off,
+        pages => HistoryMode::Pages(pages - 2),
+    };
+    let claims = if claims {
+        ClaimsMode::On
+    } else {
+        ClaimsMode::Off
+    };
+    [
+        DegradeSwitch::History(history),
+        DegradeSwitch::Claims(claims),
+    ]
 }
 
 /// Every (region, epoch, suffix) -> cell, by routing a concrete ID.
@@ -240,6 +265,35 @@ proptest! {
                 prop_assert_eq!(after.get(&key), Some(&cell), "{:?} rerouted by {:?}", key, step);
             }
             current = next;
+        }
+    }
+
+    #[test]
+    fn degrade_switches_round_trip_and_touch_nothing_else(
+        topology in topology_strategy(),
+        history in 0u32..6,
+        claims in any::<bool>(),
+    ) {
+        let switches = degrade_switches(history, claims);
+        match plan::degrade(&topology, &switches) {
+            // history.pages=0 is refused by validation; all on is no change.
+            Err(plan::PlanError::Invalid(errors)) => {
+                prop_assert_eq!(history, 2);
+                prop_assert_eq!(errors.0[0].path.as_str(), "degrade.history.pages");
+            }
+            Err(error) => {
+                prop_assert_eq!(error, plan::PlanError::SwitchesUnchanged("history=on claims=on".into()));
+                prop_assert!(history == 0 && claims);
+            }
+            Ok(degraded) => {
+                prop_assert_eq!(DegradeSwitch::History(degraded.history_mode()), switches[0]);
+                prop_assert_eq!(DegradeSwitch::Claims(degraded.claims_mode()), switches[1]);
+                prop_assert_eq!(routes(&degraded), routes(&topology));
+                prop_assert_eq!(degraded.mint_pools(), topology.mint_pools());
+                prop_assert_eq!(&Topology::parse(&degraded.to_yaml().unwrap()).unwrap(), &degraded);
+                let restored = plan::degrade(&degraded, &degrade_switches(0, true)).unwrap();
+                prop_assert_eq!(restored, topology);
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use redcell_proto::{
     internal::{AsUser, REGION_METADATA, SUFFIX_METADATA, SendRefusal},
     v1::{self as pb, red_envelope_client::RedEnvelopeClient, red_envelope_server::RedEnvelope},
 };
-use redcell_topology::{Cell, EnvelopeId, RegionDigit, Suffix, Topology};
+use redcell_topology::{Cell, ClaimsMode, EnvelopeId, RegionDigit, Suffix, Topology};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
@@ -368,8 +368,11 @@ impl RouterService {
         let caller = self.admit(&request)?;
         let message = request.into_inner();
         let id = message.envelope_id.clone();
+        // The switch as of this request's snapshot (a reload mid-call does
+        // not change the answer halfway).
+        let claims = self.topology.load().claims_mode();
         match self.existing(&caller, &id, Call::Get(message)).await? {
-            Reply::Get(reply) => Ok(Response::new(*reply)),
+            Reply::Get(reply) => Ok(Response::new(without_claims_if(claims, *reply))),
             _ => Err(RouterError::Internal("mismatched reply")),
         }
     }
@@ -384,6 +387,21 @@ impl RouterService {
             .serve(self, &caller, request.into_inner())
             .await?;
         Ok(Response::new(response))
+    }
+}
+
+/// `degrade.claims: off`: the envelope without its claim list (nor a token
+/// to page through it), marked degraded, so the client knows the list is
+/// left out rather than empty.
+fn without_claims_if(mode: ClaimsMode, reply: pb::GetResponse) -> pb::GetResponse {
+    match mode {
+        ClaimsMode::On => reply,
+        ClaimsMode::Off => pb::GetResponse {
+            claims: Vec::new(),
+            next_page_token: String::new(),
+            degraded: true,
+            ..reply
+        },
     }
 }
 

@@ -22,3 +22,6 @@ mod history;
 
 #[path = "router/failover.rs"]
 mod failover;
+
+#[path = "router/degrade.rs"]
+mod degrade;

@@ -399,7 +399,7 @@ async fn history_merges_every_cell_newest_first_in_exact_pages() {
 }
 
 /// Rewrites the topology with only the degrade switches changed.
-async fn set_degrade(stack: &mut Stack, degrade: &str) {
+pub(crate) async fn set_degrade(stack: &mut Stack, degrade: &str) {
     let text = topology_text(&stack.layout(), &[], "{}", degrade);
     stack.rewrite_topology(&text).await;
 }

@@ -26,6 +26,8 @@ const DEMO_USERS: &[&str] = &[
     "alice", "bob", "carol", "erin", "dave", "guest01", "guest02", "guest03", "guest04", "guest05",
     "guest06", "guest07", "guest08", "guest09", "guest10", "guest11", "guest12",
 ];
+/// `up`'s flags for the demo: envelopes expire after 5 s, so it shows refunds.
+const DEMO_EXPIRY: &[&str] = &["--demo-expiry", "5"];
 /// What one demo run deposits: exactly what its four envelopes send.
 const DEMO_DEPOSIT_CENTS: i64 = 8_888 + 6_000 + 5_200 + 20_000;
 
@@ -63,13 +65,13 @@ impl Ports {
 }
 
 /// A temporary directory with a topology and a state directory inside.
-struct Site {
+pub struct Site {
     dir: tempfile::TempDir,
     ports: Ports,
 }
 
 impl Site {
-    fn new() -> Site {
+    pub fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
         // PostgreSQL runs as `postgres` when the tests run as root: it must
         // be able to enter the directory above its data.
@@ -109,11 +111,11 @@ minting:
         Site { dir, ports }
     }
 
-    fn topology(&self) -> PathBuf {
+    pub fn topology(&self) -> PathBuf {
         self.dir.path().join("cells.yaml")
     }
 
-    fn state(&self) -> PathBuf {
+    pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
 
@@ -138,7 +140,7 @@ minting:
     }
 
     /// Runs a cellctl command to its end: (exit code, stdout, stderr).
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
         let output = self.cellctl().args(args).output().unwrap();
         (
             output.status.code().unwrap_or(-1),
@@ -149,13 +151,19 @@ minting:
 
     /// `cellctl up` on this site's topology, ports and state directory.
     fn up_command(&self) -> Command {
+        self.up_command_with(DEMO_EXPIRY)
+    }
+
+    /// [`Site::up_command`] with `flags` instead of the demo's short expiry.
+    fn up_command_with(&self, flags: &[&str]) -> Command {
         let router = format!("127.0.0.1:{}", self.ports.router);
         let mut command = self.cellctl();
         command
             .arg("up")
             .arg("--state-dir")
             .arg(self.state())
-            .args(["--fast", "--demo-expiry", "5"])
+            .arg("--fast")
+            .args(flags)
             .args(["--ledger-dsn", &self.ports.ledger_dsn()])
             .args(["--router-listen", &router]);
         command
@@ -163,10 +171,16 @@ minting:
 
     /// Starts `cellctl up` in the background; returns once it is ready.
     fn up(&self, run: &str) -> Up {
+        self.up_with(run, DEMO_EXPIRY)
+    }
+
+    /// [`Site::up`] with `flags` instead of the demo's short expiry (the live
+    /// scenarios need envelopes that stay open: `&[]`, the cells' own TTL).
+    pub fn up_with(&self, run: &str, flags: &[&str]) -> Up {
         let stdout = self.dir.path().join(format!("{run}.out"));
         let stderr = self.dir.path().join(format!("{run}.err"));
         let child = self
-            .up_command()
+            .up_command_with(flags)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -197,7 +211,7 @@ minting:
 
 /// A running `up`; dropping it (say, when an assertion failed) runs `down`,
 /// which also stops parts an `up` that already exited left behind.
-struct Up {
+pub struct Up {
     child: Child,
     stdout: PathBuf,
     stderr: PathBuf,
@@ -214,7 +228,7 @@ impl Up {
     }
 
     /// The pids `up` recorded for its parts.
-    fn part_pids(&self) -> Vec<(String, u32)> {
+    pub fn part_pids(&self) -> Vec<(String, u32)> {
         let mut pids = Vec::new();
         for entry in std::fs::read_dir(self.state.join("pids")).unwrap() {
             let entry = entry.unwrap();

@@ -1,0 +1,386 @@
+//! End-to-end scenarios on a live fleet under load (issue 11 item 6): one
+//! `cellctl up` (the `up` test's site: north n1 with two logic servers and
+//! n2, south s1; envelopes that stay open for the cells' own TTL), a load
+//! client sending and opening through the router throughout each scenario
+//! ([`load`]), and after each scenario the same checks against what the
+//! client was acknowledged ([`checks`]) plus `cellctl reconcile`.
+//!
+//! The scenarios share the fleet and run in one test, in order; each is a
+//! function of [`Live`] built from the same steps (start the load, a witness
+//! envelope with shares to spare in a chosen cell, apply a change and time
+//! it, wait until the log shows something, stop and verify), so the
+//! failover scenario — kill -9 of a cell's primary under Opens, `fail`,
+//! `failover`, the old envelopes open again, `restore` — is one more such
+//! function once `up --standby` and `failover` exist.
+//!
+//! Timings (apply to the fleet line, apply to the last envelope minted on a
+//! failed cell) are printed (`--nocapture`), never asserted against a bound.
+
+#[path = "live/checks.rs"]
+mod checks;
+#[path = "live/load.rs"]
+mod load;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use redcell_payments::PgLedger;
+use redcell_topology::{EnvelopeId, Topology};
+
+use self::load::{Load, Opened, Sender, Sent, SharedLog};
+use crate::up::{Site, Up};
+
+/// What each load user is funded with at the start: far more than a
+/// scenario sends, so no Send is refused for want of money.
+const FUNDS_CENTS: i64 = 1_000_000;
+/// How long a scenario waits for the load to show something (bounded; a
+/// wait that runs out fails the test with what was seen).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Two senders per region.
+fn senders() -> Vec<Sender> {
+    [
+        ("live-n0", "north"),
+        ("live-n1", "north"),
+        ("live-s0", "south"),
+        ("live-s1", "south"),
+    ]
+    .into_iter()
+    .map(|(user, region)| Sender {
+        user: user.to_owned(),
+        region: region.to_owned(),
+    })
+    .collect()
+}
+
+/// The sender of witness envelopes (shares to spare, opened by the test).
+const WITNESS: &str = "live-witness";
+
+/// One topology change as applied: when it started and returned, and the
+/// `fleet:` lines it printed.
+struct Applied {
+    started: Instant,
+    returned: Instant,
+    fleet: Vec<String>,
+}
+
+impl Applied {
+    /// The figure of the first `fleet:` line, "(N ms after the write ...)".
+    fn fleet_ms(&self) -> Option<u64> {
+        let line = self.fleet.first()?;
+        let before = line.split(" ms").next()?;
+        before
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+/// The fleet, the client and everything acknowledged so far.
+struct Live {
+    /// Dropped first: `down` needs the site's state directory.
+    _up: Up,
+    site: Site,
+    runtime: tokio::runtime::Runtime,
+    router: load::Router,
+    log: SharedLog,
+    funded: BTreeMap<String, i64>,
+    ledger: PgLedger,
+    /// The topology as started: routes existing IDs, which no change here
+    /// alters (a change edits statuses and overrides, never epochs).
+    topology: Topology,
+}
+
+impl Live {
+    fn start() -> Live {
+        let site = Site::new();
+        let up = site.up_with("live", &[]);
+        let state = site.state();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let router = runtime.block_on(load::Router::connect(&state));
+        let dsn = std::fs::read_to_string(state.join("ledger-dsn")).unwrap();
+        let ledger = PgLedger::connect(dsn.trim(), 2).unwrap();
+        let topology = Topology::parse(&std::fs::read_to_string(site.topology()).unwrap()).unwrap();
+        let mut live = Live {
+            _up: up,
+            site,
+            runtime,
+            router,
+            log: Arc::new(Mutex::new(load::Log::default())),
+            funded: BTreeMap::new(),
+            ledger,
+            topology,
+        };
+        for sender in senders() {
+            live.fund(&sender.user);
+        }
+        live.fund(WITNESS);
+        live
+    }
+
+    fn state(&self) -> String {
+        self.site.state().to_str().unwrap().to_owned()
+    }
+
+    /// `cellctl fund USER` with [`FUNDS_CENTS`], remembered for the checks.
+    fn fund(&mut self, user: &str) {
+        let cents = FUNDS_CENTS.to_string();
+        let (code, out, errors) =
+            self.site
+                .run(&["fund", user, &cents, "--state-dir", &self.state()]);
+        assert_eq!(code, 0, "{out}{errors}");
+        *self.funded.entry(user.to_owned()).or_default() += FUNDS_CENTS;
+    }
+
+    fn load(&self, tag: &str) -> Load {
+        Load::start(&self.runtime, &self.router, &senders(), &self.log, tag)
+    }
+
+    /// The cell an envelope ID routes to.
+    fn cell_of(&self, id: &str) -> String {
+        let id: EnvelopeId = id.parse().unwrap();
+        self.topology.route(&id).unwrap().name.clone()
+    }
+
+    /// `cellctl ARGS --apply --state-dir S`, which must succeed; timed from
+    /// the start of the command to its exit (it exits right after its
+    /// `fleet:` lines, once every part serves the new topology).
+    fn apply(&self, args: &[&str]) -> Applied {
+        let state = self.state();
+        let mut all = args.to_vec();
+        all.extend(["--apply", "--state-dir", &state]);
+        let started = Instant::now();
+        let (code, out, errors) = self.site.run(&all);
+        let returned = Instant::now();
+        assert_eq!(code, 0, "cellctl {all:?}:\n{out}{errors}");
+        let fleet: Vec<String> = out
+            .lines()
+            .filter(|line| line.starts_with("fleet:"))
+            .map(str::to_owned)
+            .collect();
+        assert!(!fleet.is_empty(), "no fleet: line from {all:?}:\n{out}");
+        let applied = Applied {
+            started,
+            returned,
+            fleet,
+        };
+        eprintln!(
+            "live: `cellctl {}`: {} ms from --apply to its exit; it says: {} (figure: {} ms)",
+            args.join(" "),
+            (applied.returned - applied.started).as_millis(),
+            applied.fleet.join(" | "),
+            applied
+                .fleet_ms()
+                .map_or_else(|| "?".to_owned(), |ms| ms.to_string())
+        );
+        applied
+    }
+
+    /// An envelope of [`WITNESS`] from `region` that landed where `wanted`
+    /// says (by its ID), with eight shares, so the test can open it later
+    /// whatever the load took. The router draws the cell from the Send's key,
+    /// so keys are tried until one lands there; every Send is logged.
+    fn witness(&self, tag: &str, region: &str, wanted: impl Fn(&Sent) -> bool) -> Sent {
+        let sender = Sender {
+            user: WITNESS.to_owned(),
+            region: region.to_owned(),
+        };
+        let mut client = self.router.client(WITNESS);
+        for attempt in 0..40 {
+            let request = redcell_proto::v1::SendRequest {
+                total_cents: 8 * 100,
+                count: 8,
+                kind: redcell_proto::v1::EnvelopeKind::Equal.into(),
+                greeting: "witness".to_owned(),
+                recipients: Vec::new(),
+                idempotency_key: format!("{tag}-witness-{attempt}"),
+            };
+            let sent = self
+                .runtime
+                .block_on(load::send(&mut client, &self.log, &sender, request))
+                .expect("a witness Send is answered");
+            if wanted(&sent) {
+                return sent;
+            }
+        }
+        panic!("no witness envelope landed where wanted in 40 Sends");
+    }
+
+    /// `user` opens `envelope`, which must give a share.
+    fn open(&self, user: &str, envelope: &str) -> Opened {
+        let mut client = self.router.client(user);
+        self.runtime
+            .block_on(load::open(&mut client, &self.log, user, envelope))
+            .unwrap_or_else(|| panic!("{user} got no share of {envelope}: {:?}", self.log_tail()))
+    }
+
+    fn log_tail(&self) -> (Vec<String>, BTreeMap<String, u64>) {
+        let log = self.log.lock().unwrap();
+        (log.unresolved.clone(), log.no_share.clone())
+    }
+
+    /// Waits (bounded by [`WAIT`]) until the acknowledged Sends satisfy
+    /// `done`; fails naming `what` otherwise.
+    fn wait_for_sends(&self, what: &str, done: impl Fn(&[Sent]) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if done(&self.log.lock().unwrap().sends) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the load never showed {what} within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends acknowledged so far whose first attempt started after `after`.
+    fn sends_issued_after(&self, after: Instant) -> Vec<Sent> {
+        let log = self.log.lock().unwrap();
+        log.sends
+            .iter()
+            .filter(|sent| sent.issued > after)
+            .cloned()
+            .collect()
+    }
+
+    /// Stops the load and checks everything acknowledged so far, then
+    /// `cellctl reconcile`; prints what was seen.
+    fn stop_and_verify(&self, scenario: &str, load: Load) {
+        load.stop(&self.runtime);
+        let log = self.log.lock().unwrap();
+        let audit = self.runtime.block_on(checks::verify(
+            &self.router,
+            &log,
+            &self.funded,
+            &self.ledger,
+        ));
+        eprintln!(
+            "live: {scenario}: {} Sends and {} Opens acknowledged so far; retried attempts {:?}; \
+             Opens without a share {:?}; checked {} envelopes, {} claims; ledger settled after \
+             {} ms: balances {} + held {} = funded {}",
+            log.sends.len(),
+            log.opens.len(),
+            log.retried,
+            log.no_share,
+            audit.envelopes,
+            audit.claims,
+            audit.settled_after.as_millis(),
+            audit.balances_cents,
+            audit.held_cents,
+            audit.funded_cents
+        );
+        drop(log);
+        let (code, out, errors) = self.site.run(&["reconcile", "--state-dir", &self.state()]);
+        assert_eq!(code, 0, "reconcile after {scenario}:\n{out}{errors}");
+        assert!(
+            out.contains(" 0 discrepancies") && out.contains("(holds)"),
+            "{out}"
+        );
+    }
+
+    /// `fail CELL`: new envelopes stop landing in it (none issued after the
+    /// apply returned), its old ones still open, and `restore CELL` brings
+    /// it back into the pool.
+    fn fail_and_restore(&self, cell: &str) {
+        let tag = format!("fail-{cell}");
+        let load = self.load(&tag);
+        let in_cell = |sent: &Sent| self.cell_of(&sent.id) == cell;
+        self.wait_for_sends(&format!("5 envelopes in {cell}"), |sends| {
+            sends.iter().filter(|sent| in_cell(sent)).count() >= 5
+        });
+        let digit = self.topology.cell(cell).unwrap().region;
+        let region = self.topology.region_name(digit).unwrap().to_owned();
+        let witness = self.witness(&tag, &region, in_cell);
+
+        let failed = self.apply(&["fail", cell]);
+        self.wait_for_sends(
+            &format!("20 {region} envelopes after `fail {cell}`"),
+            |sends| {
+                sends
+                    .iter()
+                    .filter(|sent| sent.issued > failed.returned && sent.region == region)
+                    .count()
+                    >= 20
+            },
+        );
+        // Old envelopes still open: the witness, and whatever the load opened.
+        self.open(&format!("{tag}-opener"), &witness.id);
+        let landed: Vec<Sent> = self
+            .sends_issued_after(failed.returned)
+            .into_iter()
+            .filter(|sent| in_cell(sent))
+            .collect();
+        assert!(
+            landed.is_empty(),
+            "{} envelopes issued after `fail {cell}` returned landed in {cell}: {:?}",
+            landed.len(),
+            landed.iter().map(|sent| &sent.id).collect::<Vec<_>>()
+        );
+        let (last_minted, opened_after) = {
+            let log = self.log.lock().unwrap();
+            let last = log
+                .sends
+                .iter()
+                .filter(|sent| in_cell(sent) && sent.issued <= failed.returned)
+                .map(|sent| sent.acked)
+                .max();
+            let opened: Vec<Instant> = log
+                .opens
+                .iter()
+                .filter(|opened| opened.issued > failed.returned)
+                .filter(|opened| self.cell_of(&opened.envelope) == cell)
+                .map(|opened| opened.acked)
+                .collect();
+            (last, opened)
+        };
+        eprintln!(
+            "live: fail {cell}: the last envelope minted in {cell} was acknowledged {} ms after \
+             --apply started (the apply returned after {} ms); {} shares of {cell}'s envelopes \
+             opened after it returned, the first acknowledged {} ms after it",
+            signed_ms(last_minted, failed.started),
+            (failed.returned - failed.started).as_millis(),
+            opened_after.len(),
+            signed_ms(opened_after.iter().min().copied(), failed.returned),
+        );
+
+        let restored = self.apply(&["restore", cell]);
+        self.wait_for_sends(&format!("an envelope in {cell} after `restore`"), |sends| {
+            sends
+                .iter()
+                .any(|sent| sent.issued > restored.returned && in_cell(sent))
+        });
+        self.stop_and_verify(&format!("fail/restore {cell}"), load);
+    }
+}
+
+/// `at - since` in milliseconds, negative when `at` is earlier; `?` when
+/// there is no `at`.
+fn signed_ms(at: Option<Instant>, since: Instant) -> String {
+    let Some(at) = at else {
+        return "?".to_owned();
+    };
+    let ms = |d: Duration| i128::try_from(d.as_millis()).unwrap_or(i128::MAX);
+    let signed = if at >= since {
+        ms(at - since)
+    } else {
+        -ms(since - at)
+    };
+    signed.to_string()
+}
+
+#[test]
+fn changes_under_load_lose_and_duplicate_nothing() {
+    let live = Live::start();
+    live.fail_and_restore("n1");
+    drop(live);
+}

@@ -144,6 +144,31 @@ pub enum Command {
         #[command(flatten)]
         change: commands::change::ChangeArgs,
     },
+    /// Mint new envelopes of region FROM in region TO's cells (FROM's
+    /// existing envelopes still open in its own cells); dry run unless --apply.
+    DrainRegion {
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        change: commands::change::ChangeArgs,
+    },
+    /// Let a drained region mint in its own cells again (dry run unless
+    /// --apply).
+    Undrain {
+        from: String,
+        #[command(flatten)]
+        change: commands::change::ChangeArgs,
+    },
+    /// Set runtime switches that shed work under load: history=on|off,
+    /// history.pages=N, claims=on|off (=on removes the switch); dry run
+    /// unless --apply.
+    Degrade {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        switches: Vec<String>,
+        #[command(flatten)]
+        change: commands::change::ChangeArgs,
+    },
 }
 
 /// Why a command failed; each maps to an exit code.
@@ -237,6 +262,15 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
         }
         Command::Restore { cell, change } => {
             commands::change::restore(&cli.topology, &cell, &change, out)
+        }
+        Command::DrainRegion { from, to, change } => {
+            commands::region::drain(&cli.topology, &from, &to, &change, out)
+        }
+        Command::Undrain { from, change } => {
+            commands::region::undrain(&cli.topology, &from, &change, out)
+        }
+        Command::Degrade { switches, change } => {
+            commands::degrade::run(&cli.topology, &switches, &change, out)
         }
         Command::MintPool { region } => {
             commands::mint_pool::run(&load::topology(&cli.topology)?, region.as_deref(), out)

@@ -1,6 +1,7 @@
 //! One module per command, each `run(inputs, out)`.
 
 pub mod change;
+pub mod degrade;
 pub mod demo;
 pub mod dev_token;
 pub mod down;
@@ -8,6 +9,7 @@ pub mod fund;
 pub mod migrate;
 pub mod mint_pool;
 pub mod reconcile;
+pub mod region;
 pub mod route;
 pub mod state_dir;
 pub mod status;

@@ -316,3 +316,291 @@ fn unified_diff_shows_hunks_with_context() {
          @@ -13,3 +13,4 @@\n 13\n 14\n 15\n+16\n"
     );
 }
+
+/// The diff of `drain-region north --to south` on the bundled cells.yaml.
+const NORTH_DRAINED_DIFF: &str = concat!(
+    "plan: drain-region north --to south\n",
+    "--- cells.yaml\n",
+    "+++ cells.yaml (planned)\n",
+    "@@ -50,4 +50,5 @@\n",
+    "       s2: 500-999\n",
+    " minting:\n",
+    "   epoch: 0\n",
+    "-  region_override: {}\n",
+    "+  region_override:\n",
+    "+    north: south\n",
+    "mint pool after the change:\n",
+    "region north: epoch 0, 1000 suffixes, minted in south (region_override)\n",
+    "  s1        50.00%  000-499\n",
+    "  s2        50.00%  500-999\n",
+    "region south: epoch 0, 1000 suffixes\n",
+    "  s1        50.00%  000-499\n",
+    "  s2        50.00%  500-999\n",
+);
+
+fn topology_of(path: &Path) -> Topology {
+    Topology::parse(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn drain_region_dry_run_prints_the_diff_and_pool_and_writes_nothing() {
+    let original = bundled_text();
+    let (dir, path) = write_temp("cells.yaml", &original);
+    let out = cellctl(&["drain-region", "north", "--to", "south"], Some(&path));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with(NORTH_DRAINED_DIFF), "{}", out.stdout);
+    assert!(
+        out.stdout.ends_with(&format!(
+            "dry run: nothing written; run again with --apply to write {}\n",
+            path.display()
+        )),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    assert_eq!(entries(dir.path()), ["cells.yaml"]);
+}
+
+#[test]
+fn drain_region_apply_mints_in_the_target_and_undrain_brings_it_back() {
+    let original = bundled_text();
+    let (dir, path) = write_temp("cells.yaml", &original);
+    let prev = dir.path().join("cells.yaml.prev");
+    let out = cellctl(
+        &["drain-region", "north", "--to", "south", "--apply"],
+        Some(&path),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with(NORTH_DRAINED_DIFF), "{}", out.stdout);
+    assert!(out.stdout.contains("\napplied: wrote "), "{}", out.stdout);
+    let drained = topology_of(&path);
+    let north = drained.region_digit("north").unwrap();
+    assert_eq!(drained.mint_region(north), drained.region_digit("south"));
+    // North's existing envelopes still route to north's cells.
+    let route = cellctl(&["route", "2601221000000000001400"], Some(&path));
+    assert_eq!(route.code, 0, "{}", route.stderr);
+    assert!(route.stdout.contains("n2"), "{}", route.stdout);
+    assert_eq!(std::fs::read_to_string(&prev).unwrap(), original);
+    assert_eq!(entries(dir.path()), ["cells.yaml", "cells.yaml.prev"]);
+
+    // Draining again to the same target changes nothing.
+    let drained_text = std::fs::read_to_string(&path).unwrap();
+    let again = cellctl(
+        &["drain-region", "north", "--to", "south", "--apply"],
+        Some(&path),
+    );
+    assert_eq!(again.code, 1, "{}", again.stdout);
+    assert_eq!(
+        again.stderr,
+        "cellctl: cannot drain-region north --to south: region \"north\" is already drained to \"south\"\n"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), drained_text);
+
+    let back = cellctl(&["undrain", "north", "--apply"], Some(&path));
+    assert_eq!(back.code, 0, "{}", back.stderr);
+    assert!(
+        back.stdout.starts_with(
+            "plan: undrain north\n--- cells.yaml\n+++ cells.yaml (planned)\n@@ -50,5 +50,4 @@\n"
+        ) && back
+            .stdout
+            .contains("-  region_override:\n-    north: south\n+  region_override: {}\n"),
+        "{}",
+        back.stdout
+    );
+    assert_eq!(
+        topology_of(&path).fingerprint(),
+        Topology::parse(&original).unwrap().fingerprint()
+    );
+    assert_eq!(std::fs::read_to_string(&prev).unwrap(), drained_text);
+    let undrained = cellctl(&["undrain", "north", "--apply"], Some(&path));
+    assert_eq!(undrained.code, 1);
+    assert_eq!(
+        undrained.stderr,
+        "cellctl: cannot undrain north: region \"north\" is not drained\n"
+    );
+}
+
+#[test]
+fn drain_region_refusals_name_the_region_and_change_nothing() {
+    let original = bundled_text();
+    let (dir, path) = write_temp("cells.yaml", &original);
+    for (args, message) in [
+        (
+            &["drain-region", "north", "--to", "west", "--apply"][..],
+            r#"cannot drain-region north --to west: unknown region "west""#,
+        ),
+        (
+            &["drain-region", "west", "--to", "north", "--apply"][..],
+            r#"cannot drain-region west --to north: unknown region "west""#,
+        ),
+        (
+            &["drain-region", "north", "--to", "north", "--apply"][..],
+            r#"cannot drain-region north --to north: region "north" cannot be drained into itself (to stop a drain: undrain north)"#,
+        ),
+        (
+            &["undrain", "west", "--apply"][..],
+            r#"cannot undrain west: unknown region "west""#,
+        ),
+        (
+            &["undrain", "south", "--apply"][..],
+            r#"cannot undrain south: region "south" is not drained"#,
+        ),
+    ] {
+        let out = cellctl(args, Some(&path));
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
+        assert_eq!(out.stderr, format!("cellctl: {message}\n"), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+        assert_eq!(entries(dir.path()), ["cells.yaml"]);
+    }
+    // A drain through a drained region (south into north, then north into
+    // south) would chain overrides: refused by validation, naming both.
+    let south_drained = original.replace("region_override: {}", "region_override: {south: north}");
+    let (_dir, drained_path) = write_temp("cells.yaml", &south_drained);
+    let out = cellctl(
+        &["drain-region", "north", "--to", "south", "--apply"],
+        Some(&drained_path),
+    );
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(
+        out.stderr,
+        "cellctl: cannot drain-region north --to south: the planned topology is invalid:\n\
+         minting.region_override.south: target region \"north\" is itself overridden to \"south\"; overrides do not chain\n\
+         minting.region_override.north: target region \"south\" is itself overridden to \"north\"; overrides do not chain\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&drained_path).unwrap(),
+        south_drained
+    );
+}
+
+#[test]
+fn degrade_dry_run_prints_the_diff_and_writes_nothing() {
+    let original = bundled_text();
+    let (dir, path) = write_temp("cells.yaml", &original);
+    let out = cellctl(&["degrade", "claims=off", "history.pages=2"], Some(&path));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with(concat!(
+            "plan: degrade claims=off history.pages=2\n",
+            "--- cells.yaml\n",
+            "+++ cells.yaml (planned)\n",
+            "@@ -51,3 +51,7 @@\n",
+            " minting:\n",
+            "   epoch: 0\n",
+            "   region_override: {}\n",
+            "+degrade:\n",
+            "+  history:\n",
+            "+    pages: 2\n",
+            "+  claims: off\n",
+            "mint pool after the change:\n",
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("dry run: nothing written"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    assert_eq!(entries(dir.path()), ["cells.yaml"]);
+}
+
+#[test]
+fn degrade_apply_sets_switches_and_on_removes_them() {
+    use redcell_topology::{ClaimsMode, HistoryMode};
+    let original = bundled_text();
+    let (dir, path) = write_temp("cells.yaml", &original);
+    let prev = dir.path().join("cells.yaml.prev");
+    let out = cellctl(
+        &["degrade", "claims=off", "history=off", "--apply"],
+        Some(&path),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("\napplied: wrote "), "{}", out.stdout);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.ends_with("degrade:\n  history: off\n  claims: off\n"),
+        "{text}"
+    );
+    let degraded = topology_of(&path);
+    assert_eq!(degraded.claims_mode(), ClaimsMode::Off);
+    assert_eq!(degraded.history_mode(), HistoryMode::Off);
+    assert_eq!(std::fs::read_to_string(&prev).unwrap(), original);
+    let validate = cellctl(&["validate", path.to_str().unwrap()], None);
+    assert_eq!(validate.code, 0, "{}", validate.stderr);
+
+    // claims=on removes the key; history stays off.
+    let both_off = std::fs::read_to_string(&path).unwrap();
+    let out = cellctl(&["degrade", "claims=on", "--apply"], Some(&path));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("-  claims: off\n"), "{}", out.stdout);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.ends_with("degrade:\n  history: off\n"), "{text}");
+    assert_eq!(std::fs::read_to_string(&prev).unwrap(), both_off);
+
+    // history=on removes the last switch, and with it `degrade:`.
+    let out = cellctl(&["degrade", "history=on", "--apply"], Some(&path));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("degrade"), "{text}");
+    assert_eq!(
+        topology_of(&path).fingerprint(),
+        Topology::parse(&original).unwrap().fingerprint()
+    );
+    assert_eq!(entries(dir.path()), ["cells.yaml", "cells.yaml.prev"]);
+}
+
+#[test]
+fn degrade_refuses_bad_keys_and_values_naming_them_and_changes_nothing() {
+    let original = bundled_text();
+    let (dir, path) = write_temp("cells.yaml", &original);
+    let valid = "(valid: history=on|off, history.pages=N, claims=on|off)";
+    for (args, message) in [
+        (
+            &["degrade", "claim=off", "--apply"][..],
+            format!("cannot degrade: unknown switch \"claim\" {valid}"),
+        ),
+        (
+            &["degrade", "history=off", "claims=maybe", "--apply"][..],
+            format!("cannot degrade: claims: expected on or off, not \"maybe\" {valid}"),
+        ),
+        (
+            &["degrade", "history", "--apply"][..],
+            format!("cannot degrade: \"history\" is not KEY=VALUE {valid}"),
+        ),
+        (
+            &["degrade", "history.pages=many", "--apply"][..],
+            format!("cannot degrade: history.pages: expected a number of pages, not \"many\" {valid}"),
+        ),
+        (
+            &["degrade", "history.pages=0", "--apply"][..],
+            "cannot degrade history.pages=0: the planned topology is invalid:\n\
+             degrade.history.pages: must be at least 1 (use `history: off` to turn it off)"
+                .to_owned(),
+        ),
+        (
+            &["degrade", "history=off", "history.pages=2", "--apply"][..],
+            "cannot degrade history=off history.pages=2: degrade switch \"history\" is given twice"
+                .to_owned(),
+        ),
+        (
+            &["degrade", "claims=on", "--apply"][..],
+            "cannot degrade claims=on: nothing to change: the degrade switches are already claims=on"
+                .to_owned(),
+        ),
+    ] {
+        let out = cellctl(args, Some(&path));
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
+        assert_eq!(out.stderr, format!("cellctl: {message}\n"), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+        assert_eq!(entries(dir.path()), ["cells.yaml"]);
+    }
+    // No switch at all is a usage error (clap's exit code 2).
+    let out = cellctl(&["degrade", "--apply"], Some(&path));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("KEY=VALUE"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+}

@@ -31,8 +31,10 @@ pub struct CellArgs {
     /// Address to listen on for gRPC.
     #[arg(long, env = "REDCELL_LISTEN")]
     pub listen: SocketAddr,
-    /// The order DB; defaults to the cell's `db` in the topology (override to
-    /// keep credentials out of cells.yaml).
+    /// The order DB; defaults to the cell's `db` in the topology, followed
+    /// when the file changes. Given here (to keep credentials out of
+    /// cells.yaml), it pins the server to this DB: a rewrite of the cell's
+    /// `db` is then refused until a restart (`cell::db::follow`).
     #[arg(long, env = "REDCELL_DB_DSN")]
     pub db_dsn: Option<String>,
     /// The ledger (the payment system's stand-in).
@@ -128,7 +130,10 @@ pub struct CellConfig {
     pub topology: Arc<TopologyHandle>,
     /// How often the server checks the topology file for changes.
     pub topology_reload: Duration,
-    pub db_dsn: String,
+    /// `--db-dsn`: pins the order DB. `None`: the server connects to the
+    /// cell's `db` in the serving topology and follows it when the file
+    /// changes ([`crate::db::follow`]).
+    pub db_dsn: Option<String>,
     pub db_pool: usize,
     pub limits: Limits,
     pub envelope_ttl: Duration,
@@ -145,15 +150,14 @@ impl CellConfig {
     /// Defaults for `cell` of a fixed `topology` (tests and embedders adjust
     /// fields, e.g. put a [`TopologyHandle`] with a file in `topology`).
     pub fn new(cell: &str, topology: Arc<Topology>) -> Result<CellConfig, String> {
-        let db_dsn = topology
-            .cell(cell)
-            .map(|found| found.db.clone())
-            .ok_or_else(|| unknown_cell(cell, &topology))?;
+        if topology.cell(cell).is_none() {
+            return Err(unknown_cell(cell, &topology));
+        }
         Ok(CellConfig {
             cell: cell.to_owned(),
             topology: Arc::new(TopologyHandle::fixed(topology)),
             topology_reload: Duration::from_secs(1),
-            db_dsn,
+            db_dsn: None,
             db_pool: 16,
             limits: Limits::default(),
             envelope_ttl: Duration::from_secs(86_400),
@@ -230,9 +234,7 @@ impl CellConfig {
         };
         config.topology = Arc::new(TopologyHandle::new(args.topology.clone(), topology));
         config.topology_reload = Duration::from_millis(args.topology_reload_ms);
-        if let Some(dsn) = &args.db_dsn {
-            config.db_dsn = dsn.clone();
-        }
+        config.db_dsn.clone_from(&args.db_dsn);
         config.db_pool = args.db_pool;
         config.limits = Limits {
             max_count: args.max_count,
@@ -253,6 +255,17 @@ impl CellConfig {
             ..WorkerConfig::default()
         };
         Ok(config.clone())
+    }
+}
+
+impl CellConfig {
+    /// The order DB to connect to under `topology`: `--db-dsn`, else the
+    /// cell's `db` in it (`None`: the cell is not in it).
+    pub fn order_db_dsn(&self, topology: &Topology) -> Option<String> {
+        match &self.db_dsn {
+            Some(dsn) => Some(dsn.clone()),
+            None => topology.cell(&self.cell).map(|found| found.db.clone()),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use deadpool_postgres::Pool;
 use redcell_lifecycle::TopologyHandle;
 
-use crate::{ids::IdMinter, lane::Lanes, metrics::CellMetrics, request::Limits};
+use crate::{db::OrderDb, ids::IdMinter, lane::Lanes, metrics::CellMetrics, request::Limits};
 
 /// How Opens are executed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,6 +24,9 @@ pub struct CellContext<P> {
     /// asks it every topology question it has.
     pub topology: Arc<TopologyHandle>,
     pub pool: Pool,
+    /// Where `pool` connects, and the topology it has caught up with (what
+    /// `CellStatus` reports).
+    pub order_db: Arc<OrderDb>,
     pub payments: P,
     pub lanes: Lanes,
     pub minter: IdMinter,

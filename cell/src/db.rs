@@ -3,12 +3,19 @@
 //! the ledger ([`redcell_payments::sqlstate`]), so a failure means the same
 //! on both sides of the money boundary (a statement timeout is retryable in
 //! both); this module only picks the cell's variant for each meaning.
+//!
+//! A logic server's pool follows the cell's `db` in the live topology
+//! ([`follow`]).
 
 use std::{str::FromStr, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use redcell_payments::sqlstate::SqlFailure;
 use tokio_postgres::NoTls;
+
+pub mod follow;
+
+pub use follow::OrderDb;
 
 /// A database failure, by what the caller should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +63,13 @@ impl From<deadpool_postgres::PoolError> for DbError {
     }
 }
 
-/// A lazy pool (it connects on first use), with a wait timeout so a dead DB
-/// answers `UNAVAILABLE` instead of hanging requests.
+/// A lazy pool (it connects on first use) of `size` connections to `dsn`
+/// for good, with a wait timeout so a dead DB answers `UNAVAILABLE` instead
+/// of hanging requests. A logic server's pool follows the topology instead
+/// ([`OrderDb::pool`]); this one is for one-off checks and tools.
 pub fn pool(dsn: &str, size: usize) -> Result<Pool, String> {
-    let config =
+    let mut config =
         tokio_postgres::Config::from_str(dsn).map_err(|error| format!("malformed DSN: {error}"))?;
-    let mut config = config;
     config.connect_timeout(Duration::from_secs(2));
     let manager = Manager::from_config(
         config,
@@ -70,6 +78,11 @@ pub fn pool(dsn: &str, size: usize) -> Result<Pool, String> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    build_pool(manager, size)
+}
+
+/// The pool settings every order-DB pool has, whatever it connects to.
+fn build_pool(manager: Manager, size: usize) -> Result<Pool, String> {
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)

@@ -97,9 +97,14 @@ async fn serve(args: CellArgs, config: CellConfig) -> Result<(), Failure> {
 /// Refuses an order DB that answers with a schema this binary was not built
 /// for; lets an unreachable one through (health keeps it NOT_SERVING).
 async fn check_order_db(config: &CellConfig) -> Result<(), Failure> {
-    let shown = redcell_migrations::display_dsn(&config.db_dsn);
-    let pool = db::pool(&config.db_dsn, 1)
-        .map_err(|error| Failure::Config(format!("order DB {shown}: {error}")))?;
+    let dsn = config
+        .order_db_dsn(&config.topology.load())
+        .ok_or_else(|| {
+            Failure::Config(format!("--cell: {} is not in the topology", config.cell))
+        })?;
+    let shown = redcell_migrations::display_dsn(&dsn);
+    let pool =
+        db::pool(&dsn, 1).map_err(|error| Failure::Config(format!("order DB {shown}: {error}")))?;
     match db::check_schema(&pool).await {
         SchemaCheck::Current => Ok(()),
         SchemaCheck::Mismatch(problem) => Err(Failure::Config(format!(

@@ -3,7 +3,8 @@
 //!
 //! The topology is live: when `config.topology` has a file, a tracked task
 //! rereads it when it changes and on SIGHUP (the handler is installed before
-//! the port serves), and every request reads its own snapshot.
+//! the port serves), and every request reads its own snapshot. After each
+//! reread the order DB pool follows the cell's `db` ([`db::follow`]).
 //!
 //! Shutdown order: stop accepting and drain in-flight gRPC calls (each waits for
 //! its lane's batch to commit), then cancel the lanes and workers and wait for
@@ -70,7 +71,13 @@ pub async fn run<P: Payments>(
     payments: P,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let pool = db::pool(&config.db_dsn, config.db_pool).map_err(RunError::Database)?;
+    let topology = config.topology.load();
+    let dsn = config.order_db_dsn(&topology).ok_or_else(|| {
+        RunError::Database(format!("cell {} is not in the topology", config.cell))
+    })?;
+    let order_db = db::OrderDb::new(&config.cell, &dsn, config.db_dsn.is_some(), topology)
+        .map_err(RunError::Database)?;
+    let pool = order_db.pool(config.db_pool).map_err(RunError::Database)?;
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
     let lanes = Lanes::new(
@@ -83,6 +90,7 @@ pub async fn run<P: Payments>(
         cell: config.cell.clone(),
         topology: config.topology.clone(),
         pool: pool.clone(),
+        order_db: order_db.clone(),
         payments,
         lanes,
         minter: IdMinter::new(pool.clone(), config.cell.clone()),
@@ -104,12 +112,13 @@ pub async fn run<P: Payments>(
     ));
     spawn_workers(&tracker, &cancel, &context, &config);
     if config.topology.path().is_some() {
-        tracker.spawn(
-            config
-                .topology
-                .clone()
-                .watch(config.topology_reload, cancel.child_token()),
-        );
+        tracker.spawn(db::follow::watch(
+            config.topology.clone(),
+            order_db,
+            pool.clone(),
+            config.topology_reload,
+            cancel.child_token(),
+        ));
     }
 
     tracing::info!(cell = %config.cell, address = ?listener.local_addr().ok(), "serving");

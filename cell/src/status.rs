@@ -31,7 +31,10 @@ impl<P: Payments> CellOps for CellOpsService<P> {
         _request: Request<CellStatusRequest>,
     ) -> Result<Response<CellStatusResponse>, Status> {
         let handle = &self.context.topology;
-        let topology = handle.load();
+        // The topology the order DB has caught up with, not the handle's
+        // latest: failover trusts a reported fingerprint to mean "no new
+        // transaction on the old DB" (`crate::db::follow`).
+        let topology = self.context.order_db.served();
         Ok(Response::new(CellStatusResponse {
             cell: self.context.cell.clone(),
             lanes_open: u64::try_from(self.context.lanes.len()).unwrap_or(u64::MAX),

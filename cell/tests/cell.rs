@@ -28,3 +28,6 @@ mod storage;
 
 #[path = "cell/reload.rs"]
 mod reload;
+
+#[path = "cell/repoint.rs"]
+mod repoint;

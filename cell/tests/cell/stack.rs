@@ -381,6 +381,17 @@ impl StackBuilder {
         self.assemble(orders, ledger_db, addresses)
     }
 
+    /// [`StackBuilder::start_external`] on databases the caller made (an
+    /// order DB on a PostgreSQL server of the test's own, to stop).
+    pub fn start_external_on(
+        self,
+        orders: TestDb,
+        ledger_db: TestDb,
+        addresses: &[SocketAddr],
+    ) -> Stack {
+        self.assemble(orders, ledger_db, addresses)
+    }
+
     /// The stack `start` builds, with the same knobs, before any server runs.
     fn assemble(&self, orders: TestDb, ledger_db: TestDb, addresses: &[SocketAddr]) -> Stack {
         let topology_text = topology_text(addresses, &orders.dsn);

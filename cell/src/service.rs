@@ -134,7 +134,7 @@ impl<P: Payments> RedEnvelope for CellService<P> {
             envelope: Some(page.envelope.to_proto()),
             claims: page.claims.iter().map(|claim| claim.to_proto()).collect(),
             next_page_token: page.next_page_token,
-            degraded: false,
+            degraded: page.degraded,
         }))
     }
 

@@ -1,7 +1,13 @@
 //! Get: an envelope and its claims in sequence order, paginated. Read from the
 //! order DB (not the lane), so it shows only committed claims.
+//!
+//! `degrade.claims: off` (read from this request's topology snapshot) sheds
+//! the claims query: the envelope alone, marked degraded. The router strips
+//! the list too, from its own snapshot, so a client sees the switch as soon
+//! as either side has reloaded.
 
 use redcell_proto::page::PageSize;
+use redcell_topology::ClaimsMode;
 
 use crate::{
     context::CellContext,
@@ -22,6 +28,8 @@ pub struct EnvelopePage {
     pub claims: Vec<Claim>,
     /// Empty on the last page.
     pub next_page_token: String,
+    /// The claims were left out by `degrade.claims: off`.
+    pub degraded: bool,
 }
 
 pub async fn get<P>(cell: &CellContext<P>, query: GetQuery) -> Result<EnvelopePage, CellError> {
@@ -35,6 +43,14 @@ pub async fn get<P>(cell: &CellContext<P>, query: GetQuery) -> Result<EnvelopePa
         .await?
         .ok_or_else(|| CellError::NotFound(format!("envelope {id} not found")))?;
     drop(client);
+    if cell.topology.load().claims_mode() == ClaimsMode::Off {
+        return Ok(EnvelopePage {
+            envelope,
+            claims: Vec::new(),
+            next_page_token: String::new(),
+            degraded: true,
+        });
+    }
     let claims = store::claims_page(&cell.pool, &id, after, limit).await?;
     let next_page_token = match claims.last() {
         Some(last) if claims.len() == limit as usize => last.sequence.to_string(),
@@ -44,5 +60,6 @@ pub async fn get<P>(cell: &CellContext<P>, query: GetQuery) -> Result<EnvelopePa
         envelope,
         claims,
         next_page_token,
+        degraded: false,
     })
 }

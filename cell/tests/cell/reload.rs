@@ -302,3 +302,65 @@ async fn a_bad_file_is_refused_counted_and_the_old_topology_keeps_serving() {
     assert_eq!(epoch_of(&gained.id), "01", "{}", gained.id);
     cell.finish(&grown).await;
 }
+
+/// Get of `envelope` as `user` on the cell, one page of `page_size` claims.
+async fn get(cell: &ReloadingCell, user: &str, envelope: &str, page_size: u32) -> pb::GetResponse {
+    Stack::client_on(&cell.channel, user)
+        .get(pb::GetRequest {
+            envelope_id: envelope.to_owned(),
+            page_token: String::new(),
+            page_size,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// `degrade.claims: off` is read per request from the reloaded snapshot: the
+/// cell answers Get with the envelope only, marked degraded (the claims query
+/// is not run), and lists the claims again once the switch is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claims_switch_sheds_gets_claim_list_on_reload() {
+    let mut cell = ReloadingCell::start().await;
+    let original = cell.stack.topology_text.clone();
+    let envelope = cell.send("sender", 1_000, None).await.unwrap();
+    let mut opened = 0;
+    for user in ["bob", "carol"] {
+        opened += cell.open(&envelope.id, user).await;
+    }
+    let whole = get(&cell, "sender", &envelope.id, 0).await;
+    assert_eq!(whole.claims.len(), 2);
+    assert!(!whole.degraded);
+    assert!(
+        !get(&cell, "sender", &envelope.id, 1)
+            .await
+            .next_page_token
+            .is_empty()
+    );
+
+    let shed = format!("{original}degrade: {{claims: off}}\n");
+    replace_file(&cell.file, &shed);
+    cell.wait_until("reloaded", |handle| handle.reloads() == 1)
+        .await;
+    for page_size in [0, 1] {
+        let reply = get(&cell, "sender", &envelope.id, page_size).await;
+        assert!(reply.claims.is_empty(), "{reply:?}");
+        assert!(reply.next_page_token.is_empty(), "{reply:?}");
+        assert!(reply.degraded, "{reply:?}");
+        assert_eq!(reply.envelope, whole.envelope);
+    }
+    // Opens are not shed.
+    opened += cell.open(&envelope.id, "dave").await;
+
+    replace_file(&cell.file, &original);
+    cell.wait_until("reloaded again", |handle| handle.reloads() == 2)
+        .await;
+    let back = get(&cell, "sender", &envelope.id, 0).await;
+    assert_eq!(back.claims.len(), 3);
+    assert!(!back.degraded);
+    assert_eq!(
+        back.claims.iter().map(|c| c.amount_cents).sum::<i64>(),
+        opened
+    );
+    cell.finish(&original).await;
+}

@@ -54,6 +54,15 @@ pub struct MintingDoc {
     /// Sender region -> region whose cells mint for it (a drained region).
     #[serde(default)]
     pub region_override: IndexMap<String, String>,
+    /// Set by `cellctl switch` (with `switched_at`): the epoch minted before
+    /// the switch, which `cellctl reverse` returns to. Absent when no switch
+    /// is in progress (never switched, reversed, or completed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_from: Option<u32>,
+    /// When that switch was applied, RFC 3339 UTC (`2026-01-22T08:00:00Z`):
+    /// `cellctl complete` refuses until the soak time has passed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_at: Option<String>,
 }
 
 /// Runtime switches that shed optional work under load. An absent switch is
@@ -88,7 +97,7 @@ const ROOT_KEYS: &[&str] = &[
 ];
 const CELL_KEYS: &[&str] = &["name", "region", "status", "servers", "db"];
 const EPOCH_KEYS: &[&str] = &["id", "ranges"];
-const MINTING_KEYS: &[&str] = &["epoch", "region_override"];
+const MINTING_KEYS: &[&str] = &["epoch", "region_override", "switched_from", "switched_at"];
 const DEGRADE_KEYS: &[&str] = &["history", "claims"];
 const HISTORY_KEYS: &[&str] = &["pages"];
 

@@ -6,7 +6,8 @@
 //! * [`EnvelopeId`] — the 22-digit ID codec ([`id`]) and [`Topology::route`],
 //!   `(R, EE, SSS) -> cell`;
 //! * [`mint`] — the mint pool per region and the suffix draw for new envelopes;
-//! * [`plan`] — fail / restore / expand / promote / drain as pure functions.
+//! * [`plan`] — fail / restore / expand / switch / reverse / complete / drain
+//!   as pure functions.
 //!
 //! No I/O beyond parsing text handed in by the caller: binaries read files and
 //! swap snapshots; this crate decides what they mean.
@@ -24,10 +25,14 @@ pub mod mint;
 pub mod model;
 pub mod plan;
 pub mod suffix;
+pub mod timestamp;
 pub mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use id::{EnvelopeId, EpochId, IdError, MintDate, RegionDigit};
 pub use mint::{CellMint, PoolCell, RegionPool};
-pub use model::{Cell, CellStatus, ClaimsMode, Epoch, HistoryMode, RangeTable, RouteError, Topology};
+pub use model::{
+    Cell, CellStatus, ClaimsMode, Epoch, HistoryMode, MintSwitch, RangeTable, RouteError, Topology,
+};
 pub use suffix::{Suffix, SuffixRange};
+pub use timestamp::UtcTimestamp;

@@ -14,6 +14,7 @@ use crate::{
     error::ConfigErrors,
     id::{EnvelopeId, EpochId, RegionDigit},
     suffix::{Suffix, SuffixRange},
+    timestamp::UtcTimestamp,
 };
 
 /// Whether a cell takes new envelopes. Existing envelopes route to their cell
@@ -117,6 +118,17 @@ pub enum ClaimsMode {
     Off,
 }
 
+/// A switch of minting to a newer epoch that is not completed yet
+/// (`minting.switched_from` / `switched_at`): `cellctl reverse` may still
+/// send minting back to `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MintSwitch {
+    /// The epoch minted before the switch (older than the minting epoch).
+    pub from: EpochId,
+    /// When the switch was applied.
+    pub at: UtcTimestamp,
+}
+
 /// Why an existing envelope ID cannot be routed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -138,6 +150,7 @@ pub struct Topology {
     pub(crate) mint_region: Vec<usize>,
     pub(crate) history: HistoryMode,
     pub(crate) claims: ClaimsMode,
+    pub(crate) switch: Option<MintSwitch>,
 }
 
 impl Topology {
@@ -203,6 +216,36 @@ impl Topology {
     pub fn mint_region(&self, region: RegionDigit) -> Option<RegionDigit> {
         let target = *self.mint_region.get(region.index())?;
         RegionDigit::new(u8::try_from(target + 1).ok()?)
+    }
+
+    /// The switch in progress, if minting moved to a new epoch and that was
+    /// neither reversed nor completed.
+    pub fn switch(&self) -> Option<MintSwitch> {
+        self.switch
+    }
+
+    /// The cells an expansion added and that do not mint yet: they own
+    /// suffixes in the latest epoch and none in the minting epoch. Empty
+    /// once minting is on the latest epoch.
+    pub fn pending_cells(&self) -> Vec<&Cell> {
+        let (Some(latest), Some(minting)) = (self.epochs.last(), self.epoch(self.minting_epoch))
+        else {
+            return Vec::new();
+        };
+        let owns = |epoch: &Epoch, index: usize| {
+            epoch.tables.iter().any(|table| {
+                table
+                    .assignments
+                    .iter()
+                    .any(|(owner, ranges)| *owner == index && !ranges.is_empty())
+            })
+        };
+        self.cells
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| owns(latest, *index) && !owns(minting, *index))
+            .map(|(_, cell)| cell)
+            .collect()
     }
 
     pub fn history_mode(&self) -> HistoryMode {

@@ -7,11 +7,14 @@
 //! range tables of existing epochs, which is why an existing envelope ID keeps
 //! routing to the same cell through any sequence of plans.
 
+use std::time::Duration;
+
 use crate::{
     document::{CellDoc, Document, EpochDoc, HistoryDegradeDoc},
     error::ConfigErrors,
     model::{CellStatus, ClaimsMode, HistoryMode, Topology},
     suffix::{self, Suffix},
+    timestamp::UtcTimestamp,
 };
 
 /// Why a plan cannot be made.
@@ -59,6 +62,26 @@ pub enum PlanError {
     SwitchTwice(&'static str),
     #[error("nothing to change: the degrade switches are already {0}")]
     SwitchesUnchanged(String),
+    #[error(
+        "minting was switched from epoch {from} to epoch {to} at {at} and not completed; \
+         reverse or complete that switch first"
+    )]
+    SwitchInProgress { from: u8, to: u8, at: String },
+    #[error(
+        "nothing to switch to: the minting epoch {minting} is the latest (plan an expansion first)"
+    )]
+    NothingToSwitch { minting: u8 },
+    #[error("nothing to {0}: minting is not switched (no switch, or it was reversed or completed)")]
+    NotSwitched(&'static str),
+    #[error(
+        "the switch of {at} soaks for {soak_secs} s before it can be completed ({left_secs} s left; \
+         until then it can be reversed)"
+    )]
+    Soaking {
+        at: String,
+        soak_secs: u64,
+        left_secs: u64,
+    },
     #[error("the planned topology is invalid:\n{0}")]
     Invalid(ConfigErrors),
 }
@@ -120,6 +143,7 @@ pub fn expand(topology: &Topology, splits: &[Split]) -> Result<Topology, PlanErr
     if splits.is_empty() {
         return Err(PlanError::NothingToSplit);
     }
+    refuse_switch_in_progress(topology)?;
     let latest = topology.epochs().last().ok_or(PlanError::EpochsExhausted)?;
     if latest.id != topology.minting_epoch() {
         return Err(PlanError::ExpansionPending {
@@ -216,6 +240,79 @@ pub fn promote(topology: &Topology, epoch: u32) -> Result<Topology, PlanError> {
     }
     let mut document = topology.document().clone();
     document.minting.epoch = epoch;
+    revalidate(document)
+}
+
+/// Refused while a switch is neither reversed nor completed: a reverse must
+/// know the one epoch it returns to.
+fn refuse_switch_in_progress(topology: &Topology) -> Result<(), PlanError> {
+    match topology.switch() {
+        Some(switch) => Err(PlanError::SwitchInProgress {
+            from: switch.from.get(),
+            to: topology.minting_epoch().get(),
+            at: switch.at.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `cellctl switch`: moves minting to the latest epoch (the one an
+/// expansion added) and records where it came from and when
+/// (`minting.switched_from`, `switched_at`), so that [`reverse`] can move it
+/// back and [`complete`] can tell how long it has soaked. Refused while
+/// another switch is in progress or when there is no newer epoch. Whether
+/// the new cells are healthy is the caller's check: it needs the network.
+pub fn switch(topology: &Topology, now: UtcTimestamp) -> Result<Topology, PlanError> {
+    refuse_switch_in_progress(topology)?;
+    let minting = topology.minting_epoch();
+    let latest = topology.epochs().last().map_or(minting, |epoch| epoch.id);
+    if latest == minting {
+        return Err(PlanError::NothingToSwitch {
+            minting: minting.get(),
+        });
+    }
+    let mut document = topology.document().clone();
+    document.minting.epoch = u32::from(latest.get());
+    document.minting.switched_from = Some(u32::from(minting.get()));
+    document.minting.switched_at = Some(now.to_string());
+    revalidate(document)
+}
+
+/// `cellctl reverse`: minting back to the epoch it was switched from, the
+/// switch forgotten. The new epoch stays in the file: IDs minted under it
+/// meanwhile keep routing to the new cells (and open there); the new cells
+/// simply receive no new envelopes until the next [`switch`].
+pub fn reverse(topology: &Topology) -> Result<Topology, PlanError> {
+    let switch = topology.switch().ok_or(PlanError::NotSwitched("reverse"))?;
+    let mut document = topology.document().clone();
+    document.minting.epoch = u32::from(switch.from.get());
+    document.minting.switched_from = None;
+    document.minting.switched_at = None;
+    revalidate(document)
+}
+
+/// `cellctl complete`: the switch becomes final (no reverse after it, and
+/// the next expansion may be planned). Refused until `soak` has passed since
+/// the switch: the policy that says how long a reverse may still be needed.
+pub fn complete(
+    topology: &Topology,
+    now: UtcTimestamp,
+    soak: Duration,
+) -> Result<Topology, PlanError> {
+    let switch = topology
+        .switch()
+        .ok_or(PlanError::NotSwitched("complete"))?;
+    let soaked = now.since(switch.at);
+    if soaked < soak {
+        return Err(PlanError::Soaking {
+            at: switch.at.to_string(),
+            soak_secs: soak.as_secs(),
+            left_secs: (soak - soaked).as_secs().max(1),
+        });
+    }
+    let mut document = topology.document().clone();
+    document.minting.switched_from = None;
+    document.minting.switched_at = None;
     revalidate(document)
 }
 

@@ -12,8 +12,9 @@ use crate::{
     endpoint,
     error::{ConfigError, ConfigErrors},
     id::{EpochId, RegionDigit},
-    model::{Cell, CellStatus, ClaimsMode, Epoch, HistoryMode, RangeTable, Topology},
+    model::{Cell, CellStatus, ClaimsMode, Epoch, HistoryMode, MintSwitch, RangeTable, Topology},
     suffix::{self, SUFFIX_COUNT, Suffix},
+    timestamp::UtcTimestamp,
 };
 
 /// The only document version this build understands.
@@ -37,6 +38,7 @@ pub(crate) fn validate(document: Document) -> Result<Topology, ConfigErrors> {
     let cells = check_cells(&document, &regions, &mut errors);
     let epochs = check_epochs(&document, &regions, &cells, &mut errors);
     let minting_epoch = check_minting_epoch(&document, &epochs, &mut errors);
+    let switch = check_switch(&document, &epochs, &mut errors);
     let mint_region = check_mint_regions(
         &document,
         &regions,
@@ -58,6 +60,7 @@ pub(crate) fn validate(document: Document) -> Result<Topology, ConfigErrors> {
             mint_region,
             history,
             claims,
+            switch,
         }),
         _ => Err(ConfigErrors(errors.0)),
     }
@@ -405,6 +408,64 @@ fn check_minting_epoch(
         .iter()
         .find(|epoch| u32::from(epoch.id.get()) == wanted)
         .map(|epoch| epoch.id)
+}
+
+/// `minting.switched_from` and `switched_at`: both or neither; the epoch
+/// exists and is older than the minting epoch (a switch moves minting
+/// forward); the instant is RFC 3339 UTC.
+fn check_switch(document: &Document, epochs: &[Epoch], errors: &mut Errors) -> Option<MintSwitch> {
+    let minting = &document.minting;
+    let (from, at) = match (minting.switched_from, minting.switched_at.as_deref()) {
+        (None, None) => return None,
+        (Some(from), Some(at)) => (from, at),
+        (Some(_), None) => {
+            errors.push(
+                "minting.switched_at",
+                "missing: switched_from and switched_at are set together (by `cellctl switch`)",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            errors.push(
+                "minting.switched_from",
+                "missing: switched_from and switched_at are set together (by `cellctl switch`)",
+            );
+            return None;
+        }
+    };
+    let before = errors.0.len();
+    if !document.epochs.iter().any(|epoch| epoch.id == from) {
+        errors.push(
+            "minting.switched_from",
+            format!("epoch {from} is not declared under epochs"),
+        );
+    } else if from >= minting.epoch {
+        errors.push(
+            "minting.switched_from",
+            format!(
+                "epoch {from} is not older than minting.epoch {} (a switch moves minting to a newer epoch)",
+                minting.epoch
+            ),
+        );
+    }
+    let at = UtcTimestamp::parse(at);
+    if at.is_none() {
+        errors.push(
+            "minting.switched_at",
+            format!(
+                "malformed timestamp {:?} (expected RFC 3339 UTC, e.g. 2026-01-22T08:00:00Z)",
+                minting.switched_at.as_deref().unwrap_or_default()
+            ),
+        );
+    }
+    let from = epochs
+        .iter()
+        .find(|epoch| u32::from(epoch.id.get()) == from)
+        .map(|epoch| epoch.id);
+    match (errors.0.len() == before, from, at) {
+        (true, Some(from), Some(at)) => Some(MintSwitch { from, at }),
+        _ => None,
+    }
 }
 
 /// Per region position, the region position that mints for it.

@@ -304,3 +304,64 @@ fn several_errors_are_reported_together() {
         ],
     );
 }
+
+/// The bundled file expanded (n1 split into n4, epoch 1) with `minting`
+/// replaced by `minting_lines`.
+fn expanded_with(minting_lines: &str) -> String {
+    let expanded = BUNDLED
+        .replace(
+            "  - name: s1\n",
+            "  - name: n4\n    region: north\n    status: active\n    servers: [\"127.0.0.1:7131\"]\n    db: \"postgres://redcell@127.0.0.1:6104/cell_n4\"\n  - name: s1\n",
+        )
+        .replace(
+            "minting:\n",
+            "  - id: 1\n    ranges:\n      north: { n1: \"000-166\", n4: \"167-332\", n2: \"333-665\", n3: \"666-999\" }\n      south: { s1: \"000-499\", s2: \"500-999\" }\nminting:\n",
+        );
+    let at = expanded.find("minting:\n").unwrap();
+    let end = expanded[at..].find("degrade:").unwrap() + at;
+    format!(
+        "{}minting:\n{minting_lines}{}",
+        &expanded[..at],
+        &expanded[end..]
+    )
+}
+
+#[test]
+fn a_switch_in_progress_is_accepted() {
+    let text =
+        expanded_with("  epoch: 1\n  switched_from: 0\n  switched_at: 2026-01-22T08:00:00Z\n");
+    let topology = redcell_topology::Topology::parse(&text).unwrap();
+    assert_eq!(topology.switch().unwrap().from.get(), 0);
+}
+
+#[test]
+fn switch_fields_come_together_older_existing_and_well_formed() {
+    check(
+        &expanded_with("  epoch: 1\n  switched_from: 0\n"),
+        &[
+            "minting.switched_at: missing: switched_from and switched_at are set together (by `cellctl switch`)",
+        ],
+    );
+    check(
+        &expanded_with("  epoch: 1\n  switched_at: 2026-01-22T08:00:00Z\n"),
+        &[
+            "minting.switched_from: missing: switched_from and switched_at are set together (by `cellctl switch`)",
+        ],
+    );
+    check(
+        &expanded_with("  epoch: 0\n  switched_from: 1\n  switched_at: 2026-01-22T08:00:00Z\n"),
+        &[
+            "minting.switched_from: epoch 1 is not older than minting.epoch 0 (a switch moves minting to a newer epoch)",
+        ],
+    );
+    check(
+        &expanded_with("  epoch: 1\n  switched_from: 7\n  switched_at: 2026-01-22T08:00:00Z\n"),
+        &["minting.switched_from: epoch 7 is not declared under epochs"],
+    );
+    check(
+        &expanded_with("  epoch: 1\n  switched_from: 0\n  switched_at: 2026-01-22 08:00\n"),
+        &[
+            r#"minting.switched_at: malformed timestamp "2026-01-22 08:00" (expected RFC 3339 UTC, e.g. 2026-01-22T08:00:00Z)"#,
+        ],
+    );
+}

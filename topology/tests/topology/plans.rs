@@ -1,7 +1,10 @@
-//! Plans on the bundled topology: fail / restore / expand / promote / drain.
+//! Plans on the bundled topology: fail / restore / expand / promote /
+//! switch / reverse / complete / drain.
+
+use std::time::Duration;
 
 use redcell_topology::{
-    EnvelopeId, Topology,
+    EnvelopeId, Topology, UtcTimestamp,
     plan::{self, NewCell, PlanError, Split},
 };
 
@@ -303,5 +306,130 @@ fn degrade_refusals() {
             .to_string(),
         "the planned topology is invalid:\n\
          degrade.history.pages: must be at least 1 (use `history: off` to turn it off)"
+    );
+}
+
+fn at(text: &str) -> UtcTimestamp {
+    UtcTimestamp::parse(text).unwrap()
+}
+
+/// bundled + n1 split into n4 (epoch 1, not minting yet).
+fn expanded() -> Topology {
+    plan::expand(
+        &bundled(),
+        &[Split {
+            from: "n1".into(),
+            into: new_cell("n4", 7131),
+        }],
+    )
+    .unwrap()
+}
+
+#[test]
+fn switch_moves_minting_and_records_where_from_and_when() {
+    let expanded = expanded();
+    assert_eq!(
+        expanded
+            .pending_cells()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["n4"]
+    );
+    let switched = plan::switch(&expanded, at("2026-01-22T08:00:00Z")).unwrap();
+    assert_eq!(switched.minting_epoch().get(), 1);
+    let switch = switched.switch().unwrap();
+    assert_eq!(
+        (switch.from.get(), switch.at.to_string().as_str()),
+        (0, "2026-01-22T08:00:00Z")
+    );
+    assert!(switched.pending_cells().is_empty());
+    assert_eq!(pool_cells(&switched, "north"), ["n1", "n2", "n3", "n4"]);
+    let text = switched.to_yaml().unwrap();
+    assert!(
+        text.contains("  epoch: 1\n  region_override: {}\n  switched_from: 0\n  switched_at: 2026-01-22T08:00:00Z\n"),
+        "{text}"
+    );
+    assert_eq!(Topology::parse(&text).unwrap(), switched);
+
+    // One switch at a time, and nothing to switch to without an expansion.
+    assert_eq!(
+        plan::switch(&switched, at("2026-01-22T08:00:01Z")).unwrap_err(),
+        PlanError::SwitchInProgress {
+            from: 0,
+            to: 1,
+            at: "2026-01-22T08:00:00Z".into()
+        }
+    );
+    assert_eq!(
+        plan::switch(&bundled(), at("2026-01-22T08:00:00Z")).unwrap_err(),
+        PlanError::NothingToSwitch { minting: 0 }
+    );
+    // No new expansion while the switch may still be reversed.
+    let error = plan::expand(
+        &switched,
+        &[Split {
+            from: "n2".into(),
+            into: new_cell("n5", 7141),
+        }],
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "minting was switched from epoch 0 to epoch 1 at 2026-01-22T08:00:00Z and not completed; \
+         reverse or complete that switch first"
+    );
+}
+
+#[test]
+fn reverse_returns_minting_and_keeps_the_new_epoch_routing() {
+    let expanded = expanded();
+    let switched = plan::switch(&expanded, at("2026-01-22T08:00:00Z")).unwrap();
+    let reversed = plan::reverse(&switched).unwrap();
+    assert_eq!(reversed, expanded);
+    assert_eq!(pool_cells(&reversed, "north"), ["n1", "n2", "n3"]);
+    // An ID minted under epoch 1 while switched still routes to n4.
+    let minted_on_n4: EnvelopeId = "2601221010000000001200".parse().unwrap();
+    assert_eq!(reversed.route(&minted_on_n4).unwrap().name, "n4");
+    assert_eq!(
+        plan::reverse(&reversed).unwrap_err().to_string(),
+        "nothing to reverse: minting is not switched (no switch, or it was reversed or completed)"
+    );
+    // And it can be switched again.
+    assert!(plan::switch(&reversed, at("2026-01-22T09:00:00Z")).is_ok());
+}
+
+#[test]
+fn complete_waits_for_the_soak_then_forbids_reverse() {
+    let switched = plan::switch(&expanded(), at("2026-01-22T08:00:00Z")).unwrap();
+    let soak = Duration::from_secs(600);
+    assert_eq!(
+        plan::complete(&switched, at("2026-01-22T08:09:00Z"), soak)
+            .unwrap_err()
+            .to_string(),
+        "the switch of 2026-01-22T08:00:00Z soaks for 600 s before it can be completed (60 s left; \
+         until then it can be reversed)"
+    );
+    let completed = plan::complete(&switched, at("2026-01-22T08:10:00Z"), soak).unwrap();
+    assert_eq!(completed.minting_epoch().get(), 1);
+    assert!(completed.switch().is_none());
+    assert_eq!(
+        plan::reverse(&completed).unwrap_err(),
+        PlanError::NotSwitched("reverse")
+    );
+    assert_eq!(
+        plan::complete(&completed, at("2026-01-22T09:00:00Z"), Duration::ZERO).unwrap_err(),
+        PlanError::NotSwitched("complete")
+    );
+    // The next expansion may be planned now.
+    assert!(
+        plan::expand(
+            &completed,
+            &[Split {
+                from: "n2".into(),
+                into: new_cell("n5", 7141),
+            }],
+        )
+        .is_ok()
     );
 }

@@ -5,11 +5,13 @@
 //! the pool minus exactly them; a cell mints exactly the suffixes that route
 //! back to it in the minting epoch.
 
+use std::time::Duration;
+
 use indexmap::IndexMap;
 use proptest::prelude::*;
 use redcell_topology::{
     Cell, CellStatus, ClaimsMode, EnvelopeId, EpochId, HistoryMode, MintDate, RegionDigit, Suffix,
-    Topology,
+    Topology, UtcTimestamp,
     document::{CellDoc, Document, EpochDoc, MintingDoc},
     plan::{self, DegradeSwitch, NewCell, Split},
 };
@@ -39,6 +41,8 @@ fn topology_strategy() -> impl Strategy<Value = Topology> {
             minting: MintingDoc {
                 epoch: 0,
                 region_override: IndexMap::new(),
+                switched_from: None,
+                switched_at: None,
             },
             degrade: Default::default(),
         };
@@ -76,6 +80,12 @@ enum Step {
     Restore(usize),
     Expand(Vec<usize>),
     Promote,
+    /// `cellctl switch` at this many seconds after 2026-01-22T00:00:00Z.
+    Switch(u64),
+    Reverse,
+    /// `cellctl complete` at this many seconds after the same instant, with
+    /// this soak (seconds).
+    Complete(u64, u64),
     Drain(usize, usize),
     Undrain(usize),
     /// History (0 on, 1 off, n >= 2 at most n - 2 pages: 0 is refused) and
@@ -89,6 +99,9 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         (0usize..16).prop_map(Step::Restore),
         prop::collection::vec(0usize..16, 1..3).prop_map(Step::Expand),
         Just(Step::Promote),
+        (0u64..1000).prop_map(Step::Switch),
+        Just(Step::Reverse),
+        (0u64..2000, 0u64..1000).prop_map(|(at, soak)| Step::Complete(at, soak)),
         (0usize..3, 0usize..3).prop_map(|(a, b)| Step::Drain(a, b)),
         (0usize..3).prop_map(Step::Undrain),
         (0u32..4, any::<bool>()).prop_map(|(h, c)| Step::Degrade(h, c)),
@@ -125,6 +138,11 @@ fn apply(topology: &Topology, step: &Step, counter: &mut u32) -> Option<Topology
             let latest = topology.epochs().last()?.id.get();
             plan::promote(topology, u32::from(latest))
         }
+        Step::Switch(at) => plan::switch(topology, instant(*at)),
+        Step::Reverse => plan::reverse(topology),
+        Step::Complete(at, soak) => {
+            plan::complete(topology, instant(*at), Duration::from_secs(*soak))
+        }
         Step::Drain(a, b) => plan::drain_region(topology, &region_name(*a), &region_name(*b)),
         Step::Undrain(a) => plan::undrain_region(topology, &region_name(*a)),
         Step::Degrade(history, claims) => {
@@ -132,6 +150,11 @@ fn apply(topology: &Topology, step: &Step, counter: &mut u32) -> Option<Topology
         }
     };
     result.ok()
+}
+
+/// 2026-01-22T00:00:00Z plus `secs`.
+fn instant(secs: u64) -> UtcTimestamp {
+    UtcTimestamp::from_unix_secs(1_769_040_000 + secs).unwrap()
 }
 
 fn degrade_switches(history: u32, claims: bool) -> [DegradeSwitch; 2] {
@@ -180,6 +203,15 @@ fn routes(topology: &Topology) -> Vec<((u8, u8, u16), String)> {
 }
 
 fn check_invariants(topology: &Topology) {
+    if let Some(switch) = topology.switch() {
+        assert!(switch.from < topology.minting_epoch(), "{switch:?}");
+        assert!(topology.epoch(switch.from).is_some());
+    }
+    // The file written is the topology planned (the switch state included).
+    assert_eq!(
+        &Topology::parse(&topology.to_yaml().unwrap()).unwrap(),
+        topology
+    );
     let routed = routes(topology);
     assert_eq!(
         routed.len(),
@@ -265,6 +297,70 @@ proptest! {
                 prop_assert_eq!(after.get(&key), Some(&cell), "{:?} rerouted by {:?}", key, step);
             }
             current = next;
+        }
+    }
+
+    /// The operator's expansion workflow on any topology: expand (any cells),
+    /// switch, reverse, switch, complete, with envelopes minted at every
+    /// stage. Every ID minted at any stage routes to the cell that minted it
+    /// at the end; a reverse puts minting back exactly; reverse is refused
+    /// after complete, and complete before its soak.
+    #[test]
+    fn expand_switch_reverse_switch_complete_keeps_every_id_on_its_cell(
+        topology in topology_strategy(),
+        picks in prop::collection::vec(0usize..16, 1..4),
+        randoms in prop::collection::vec(any::<u64>(), 24),
+        soak in 0u64..5000,
+    ) {
+        let mut counter = 0;
+        let Some(expanded) = apply(&topology, &Step::Expand(picks), &mut counter) else {
+            return Ok(()); // every pick too small to split
+        };
+        prop_assert_eq!(expanded.minting_epoch(), topology.minting_epoch());
+        prop_assert!(!expanded.pending_cells().is_empty());
+        let date = MintDate::new(2026, 1, 22).unwrap();
+        let mut minted: Vec<(EnvelopeId, String)> = Vec::new();
+        let mint_some = |t: &Topology, minted: &mut Vec<(EnvelopeId, String)>| {
+            for pool in t.mint_pools() {
+                for random in &randoms {
+                    if let Some((suffix, cell)) = pool.draw(*random) {
+                        let id = EnvelopeId::new(date, pool.minter, pool.epoch, 1, suffix).unwrap();
+                        minted.push((id, t.cells()[cell].name.clone()));
+                    }
+                }
+            }
+        };
+        mint_some(&topology, &mut minted);
+        mint_some(&expanded, &mut minted);
+
+        let switched = plan::switch(&expanded, instant(10)).unwrap();
+        let latest = expanded.epochs().last().unwrap().id;
+        prop_assert_eq!(switched.minting_epoch(), latest);
+        prop_assert_eq!(switched.switch().unwrap().from, topology.minting_epoch());
+        prop_assert!(switched.pending_cells().is_empty());
+        prop_assert_eq!(plan::switch(&switched, instant(11)).unwrap_err(), plan::PlanError::SwitchInProgress {
+            from: topology.minting_epoch().get(), to: latest.get(), at: instant(10).to_string(),
+        });
+        mint_some(&switched, &mut minted);
+
+        let reversed = plan::reverse(&switched).unwrap();
+        prop_assert_eq!(&reversed, &expanded);
+        mint_some(&reversed, &mut minted);
+
+        let again = plan::switch(&reversed, instant(20)).unwrap();
+        mint_some(&again, &mut minted);
+        match plan::complete(&again, instant(20 + soak / 2), Duration::from_secs(soak)) {
+            Err(plan::PlanError::Soaking { .. }) => prop_assert!(soak / 2 < soak),
+            other => prop_assert!(soak == 0, "{:?}", other),
+        }
+        let completed = plan::complete(&again, instant(20 + soak), Duration::from_secs(soak)).unwrap();
+        prop_assert_eq!(completed.minting_epoch(), latest);
+        prop_assert!(completed.switch().is_none());
+        prop_assert_eq!(plan::reverse(&completed).unwrap_err(), plan::PlanError::NotSwitched("reverse"));
+        prop_assert_eq!(plan::complete(&completed, instant(99_999), Duration::ZERO).unwrap_err(), plan::PlanError::NotSwitched("complete"));
+        check_invariants(&completed);
+        for (id, cell) in &minted {
+            prop_assert_eq!(&completed.route(id).unwrap().name, cell, "{} rerouted", id);
         }
     }
 

@@ -96,9 +96,11 @@ struct Live {
 }
 
 impl Live {
-    fn start() -> Live {
+    /// `cellctl up` with `flags` (besides `--fast`; none: the cells' own
+    /// envelope TTL), the client connected, every load user funded.
+    fn start(flags: &[&str]) -> Live {
         let site = Site::new();
-        let up = site.up_with("live", &[]);
+        let up = site.up_with("live", flags);
         let state = site.state();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -148,6 +150,12 @@ impl Live {
     fn cell_of(&self, id: &str) -> String {
         let id: EnvelopeId = id.parse().unwrap();
         self.topology.route(&id).unwrap().name.clone()
+    }
+
+    /// The region an envelope ID was minted in.
+    fn region_of(&self, id: &str) -> String {
+        let id: EnvelopeId = id.parse().unwrap();
+        self.topology.region_name(id.region()).unwrap().to_owned()
     }
 
     /// `cellctl ARGS --apply --state-dir S`, which must succeed; timed from
@@ -265,11 +273,16 @@ impl Live {
             &self.ledger,
         ));
         eprintln!(
-            "live: {scenario}: {} Sends and {} Opens acknowledged so far; retried attempts {:?}; \
-             Opens without a share {:?}; checked {} envelopes, {} claims; ledger settled after \
-             {} ms: balances {} + held {} = funded {}",
+            "live: {scenario}: {} Sends and {} Opens acknowledged so far ({} distinct shares: \
+             opening a share again answers it again); retried attempts {:?}; Opens without a share {:?}; checked {} \
+             envelopes, {} claims; ledger settled after {} ms: balances {} + held {} = funded {}",
             log.sends.len(),
             log.opens.len(),
+            log.opens
+                .iter()
+                .map(|opened| (&opened.envelope, &opened.user))
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
             log.retried,
             log.no_share,
             audit.envelopes,
@@ -331,7 +344,7 @@ impl Live {
             let last = log
                 .sends
                 .iter()
-                .filter(|sent| in_cell(sent) && sent.issued <= failed.returned)
+                .filter(|sent| sent.sender != WITNESS && in_cell(sent))
                 .map(|sent| sent.acked)
                 .max();
             let opened: Vec<Instant> = log
@@ -344,9 +357,9 @@ impl Live {
             (last, opened)
         };
         eprintln!(
-            "live: fail {cell}: the last envelope minted in {cell} was acknowledged {} ms after \
-             --apply started (the apply returned after {} ms); {} shares of {cell}'s envelopes \
-             opened after it returned, the first acknowledged {} ms after it",
+            "live: fail {cell}: the load's last envelope minted in {cell} was acknowledged {} ms \
+             after --apply started (the apply returned after {} ms); {} shares of {cell}'s \
+             envelopes opened after it returned, the first acknowledged {} ms after it",
             signed_ms(last_minted, failed.started),
             (failed.returned - failed.started).as_millis(),
             opened_after.len(),
@@ -360,6 +373,203 @@ impl Live {
                 .any(|sent| sent.issued > restored.returned && in_cell(sent))
         });
         self.stop_and_verify(&format!("fail/restore {cell}"), load);
+    }
+
+    /// `drain-region FROM --to TO`: new envelopes of FROM's senders are
+    /// minted in TO (every one issued after the apply returned), FROM's old
+    /// envelopes still open, and `undrain FROM` mints them at home again.
+    fn drain_and_undrain(&self, from: &str, to: &str) {
+        let tag = format!("drain-{from}");
+        let load = self.load(&tag);
+        let witness = self.witness(&tag, from, |sent| self.region_of(&sent.id) == from);
+        let of_from = |sent: &Sent| sent.region == from;
+
+        let drained = self.apply(&["drain-region", from, "--to", to]);
+        self.wait_for_sends(&format!("10 {from} envelopes after the drain"), |sends| {
+            sends
+                .iter()
+                .filter(|sent| sent.issued > drained.returned && of_from(sent))
+                .count()
+                >= 10
+        });
+        self.open(&format!("{tag}-opener"), &witness.id);
+        let during: Vec<Sent> = self
+            .sends_issued_after(drained.returned)
+            .into_iter()
+            .filter(|sent| of_from(sent))
+            .collect();
+        let astray: Vec<String> = during
+            .iter()
+            .filter(|sent| self.region_of(&sent.id) != to)
+            .map(|sent| format!("{} ({})", sent.id, self.cell_of(&sent.id)))
+            .collect();
+        assert!(
+            astray.is_empty(),
+            "{from} envelopes issued while drained to {to} were minted elsewhere: {astray:?}"
+        );
+        let last_at_home = self
+            .log
+            .lock()
+            .unwrap()
+            .sends
+            .iter()
+            .filter(|sent| sent.sender != WITNESS && of_from(sent))
+            .filter(|sent| self.region_of(&sent.id) == from)
+            .map(|sent| sent.acked)
+            .max();
+        eprintln!(
+            "live: drain {from} -> {to}: {} {from} envelopes minted in {to} after the apply \
+             returned; the load's last minted in {from} was acknowledged {} ms after --apply started",
+            during.len(),
+            signed_ms(last_at_home, drained.started)
+        );
+
+        let undrained = self.apply(&["undrain", from]);
+        self.wait_for_sends(&format!("10 {from} envelopes after the undrain"), |sends| {
+            sends
+                .iter()
+                .filter(|sent| sent.issued > undrained.returned && of_from(sent))
+                .count()
+                >= 10
+        });
+        let astray: Vec<String> = self
+            .sends_issued_after(undrained.returned)
+            .into_iter()
+            .filter(|sent| of_from(sent) && self.region_of(&sent.id) != from)
+            .map(|sent| sent.id)
+            .collect();
+        assert!(
+            astray.is_empty(),
+            "{from} envelopes issued after the undrain were minted outside {from}: {astray:?}"
+        );
+        self.stop_and_verify(&format!("drain {from} -> {to} and back"), load);
+    }
+
+    /// `degrade claims=off`: Get answers the envelope without its claims,
+    /// marked degraded; `degrade history=off`: History answers UNAVAILABLE
+    /// saying it is switched off; both back on, both answer in full again —
+    /// under load, which must lose nothing meanwhile.
+    fn degrade_and_back(&self) {
+        let load = self.load("degrade");
+        // An envelope with at least one acknowledged claim to look at.
+        let deadline = Instant::now() + WAIT;
+        let (envelope, claimed) = loop {
+            let found = {
+                let log = self.log.lock().unwrap();
+                log.opens
+                    .last()
+                    .map(|opened| (opened.envelope.clone(), opened.user.clone()))
+            };
+            if let Some(found) = found {
+                break found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no Open acknowledged in {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let viewer = "live-viewer";
+        let get = || {
+            let mut client = self.router.client(viewer);
+            self.runtime
+                .block_on(client.get(redcell_proto::v1::GetRequest {
+                    envelope_id: envelope.clone(),
+                    page_token: String::new(),
+                    page_size: 0,
+                }))
+                .map(tonic::Response::into_inner)
+        };
+        let history = || {
+            let mut client = self.router.client(&claimed);
+            self.runtime
+                .block_on(client.history(redcell_proto::v1::HistoryRequest {
+                    direction: redcell_proto::v1::HistoryDirection::Received.into(),
+                    page_token: String::new(),
+                    page_size: 0,
+                }))
+                .map(tonic::Response::into_inner)
+        };
+        let full = get().unwrap();
+        assert!(!full.degraded && !full.claims.is_empty(), "{full:?}");
+        assert!(!history().unwrap().entries.is_empty());
+
+        self.apply(&["degrade", "claims=off"]);
+        let shed = get().unwrap();
+        assert!(shed.degraded, "{shed:?}");
+        assert!(
+            shed.claims.is_empty() && shed.next_page_token.is_empty(),
+            "{shed:?}"
+        );
+        assert_eq!(
+            shed.envelope.as_ref().map(|e| e.total_cents),
+            full.envelope.as_ref().map(|e| e.total_cents)
+        );
+        self.apply(&["degrade", "history=off"]);
+        let refused = history().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("switched off"), "{refused:?}");
+
+        self.apply(&["degrade", "claims=on"]);
+        let back = get().unwrap();
+        assert!(
+            !back.degraded && back.claims.len() >= full.claims.len(),
+            "{back:?}"
+        );
+        self.apply(&["degrade", "history=on"]);
+        assert!(!history().unwrap().entries.is_empty());
+        self.stop_and_verify("degrade claims and history off and on", load);
+    }
+
+    /// The checks are not vacuous: the real log forged three ways — an
+    /// acknowledged amount changed, an acknowledged Open left out, a Send
+    /// acknowledged with an envelope no cell has — is caught each way, and
+    /// only so.
+    fn checks_catch_a_forged_log(&self) {
+        let mut forged = self.log.lock().unwrap().clone();
+        assert!(forged.opens.len() >= 2, "too few Opens to forge");
+        forged.opens[0].amount_cents += 1;
+        let changed = forged.opens[0].clone();
+        // Every acknowledgement of the last share (its user may have opened
+        // it more than once).
+        let left_out = forged
+            .opens
+            .iter()
+            .rev()
+            .find(|opened| (&opened.envelope, &opened.user) != (&changed.envelope, &changed.user))
+            .cloned()
+            .expect("two shares to forge");
+        forged.opens.retain(|opened| {
+            (&opened.envelope, &opened.user) != (&left_out.envelope, &left_out.user)
+        });
+        let mut phantom = forged.sends[0].clone();
+        // Same day, region, epoch and suffix; a sequence no cell minted.
+        phantom.id = format!("{}9999999999{}", &phantom.id[..9], &phantom.id[19..]);
+        forged.sends.push(phantom.clone());
+        let found = self
+            .runtime
+            .block_on(checks::against_the_fleet(&self.router, &forged))
+            .problems;
+        let expected = [
+            format!(
+                "envelope {}: {} was acknowledged {} cents",
+                changed.envelope, changed.user, changed.amount_cents
+            ),
+            format!(
+                "envelope {}: claim of {} ({} cents) was never acknowledged",
+                left_out.envelope, left_out.user, left_out.amount_cents
+            ),
+            format!("acknowledged Send lost: Get {}: ", phantom.id),
+        ];
+        for problem in &expected {
+            assert!(
+                found
+                    .iter()
+                    .any(|found| found.starts_with(problem.as_str())),
+                "the checks missed {problem:?}; they found {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
     }
 }
 
@@ -380,7 +590,10 @@ fn signed_ms(at: Option<Instant>, since: Instant) -> String {
 
 #[test]
 fn changes_under_load_lose_and_duplicate_nothing() {
-    let live = Live::start();
+    let live = Live::start(&[]);
     live.fail_and_restore("n1");
+    live.drain_and_undrain("north", "south");
+    live.degrade_and_back();
+    live.checks_catch_a_forged_log();
     drop(live);
 }

@@ -80,14 +80,20 @@ async fn get_all(client: &mut super::load::Client, id: &str) -> Result<Shown, St
     }
 }
 
-/// Checks the whole log against the fleet and the ledger; panics listing
-/// every problem found.
-pub async fn verify(
-    router: &Router,
-    log: &Log,
-    funded: &BTreeMap<String, i64>,
-    ledger: &PgLedger,
-) -> Audit {
+/// The log against what Get shows through the router.
+pub struct Findings {
+    /// Every disagreement, in words.
+    pub problems: Vec<String>,
+    /// Envelopes checked and their claims.
+    pub envelopes: usize,
+    pub claims: usize,
+    /// What the envelopes still hold: totals less their claims.
+    pub held_cents: i64,
+}
+
+/// Every acknowledged Send and Open of `log` against the envelopes and
+/// claims the fleet shows; the unresolved operations count as problems too.
+pub async fn against_the_fleet(router: &Router, log: &Log) -> Findings {
     let mut problems: Vec<String> = log.unresolved.clone();
 
     // Every acknowledged Send, by Get through the router.
@@ -127,13 +133,7 @@ pub async fn verify(
     }
 
     // Claims against acknowledged Opens, both ways.
-    let mut acked: HashMap<(&str, &str), Vec<&super::load::Opened>> = HashMap::new();
-    for opened in &log.opens {
-        acked
-            .entry((opened.envelope.as_str(), opened.user.as_str()))
-            .or_default()
-            .push(opened);
-    }
+    let acked = acked_opens(log);
     let mut claims = 0;
     let mut held = 0;
     for (id, got) in &shown {
@@ -193,6 +193,42 @@ pub async fn verify(
         }
     }
 
+    Findings {
+        problems,
+        envelopes: shown.len(),
+        claims,
+        held_cents: held,
+    }
+}
+
+/// The acknowledged Opens by (envelope, user).
+fn acked_opens(log: &Log) -> HashMap<(&str, &str), Vec<&super::load::Opened>> {
+    let mut acked: HashMap<(&str, &str), Vec<&super::load::Opened>> = HashMap::new();
+    for opened in &log.opens {
+        acked
+            .entry((opened.envelope.as_str(), opened.user.as_str()))
+            .or_default()
+            .push(opened);
+    }
+    acked
+}
+
+/// Checks the whole log against the fleet ([`against_the_fleet`]) and the
+/// ledger; panics listing every problem found.
+pub async fn verify(
+    router: &Router,
+    log: &Log,
+    funded: &BTreeMap<String, i64>,
+    ledger: &PgLedger,
+) -> Audit {
+    let Findings {
+        mut problems,
+        envelopes,
+        claims,
+        held_cents: held,
+    } = against_the_fleet(router, log).await;
+    let acked = acked_opens(log);
+
     // The ledger: each user's balance as the log says, once settled.
     let mut expected: BTreeMap<String, i64> = funded.clone();
     for sent in &log.sends {
@@ -245,7 +281,7 @@ pub async fn verify(
             .join("\n")
     );
     Audit {
-        envelopes: shown.len(),
+        envelopes,
         claims,
         funded_cents,
         balances_cents,

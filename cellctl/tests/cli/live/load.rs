@@ -104,7 +104,7 @@ pub struct Opened {
 }
 
 /// Everything the fleet answered, kept across scenarios.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Log {
     pub sends: Vec<Sent>,
     pub opens: Vec<Opened>,
@@ -245,7 +245,10 @@ impl Load {
     /// envelope (LUCKY or EQUAL, 1-3 shares of 0.50-2.50) from its region,
     /// then opens the newest envelope of another user it has not tried yet,
     /// and one older one at random (so old envelopes, of a failed cell too,
-    /// keep being opened). `tag` makes the idempotency keys of this load
+    /// keep being opened). A new load remembers nothing of the previous
+    /// one's Opens, so its users also open again envelopes they already hold
+    /// a share of: the fleet must answer that same share (the checks hold
+    /// every acknowledgement of a share to its one claim). `tag` makes the idempotency keys of this load
     /// unique on the fleet.
     pub fn start(
         runtime: &tokio::runtime::Runtime,

@@ -100,7 +100,12 @@ impl Live {
     /// envelope TTL), the client connected, every load user funded.
     fn start(flags: &[&str]) -> Live {
         let site = Site::new();
+        let starting = Instant::now();
         let up = site.up_with("live", flags);
+        eprintln!(
+            "live: the fleet was up after {} ms",
+            starting.elapsed().as_millis()
+        );
         let state = site.state();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

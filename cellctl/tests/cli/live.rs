@@ -169,7 +169,9 @@ impl Live {
     fn apply(&self, args: &[&str]) -> Applied {
         let state = self.state();
         let mut all = args.to_vec();
-        all.extend(["--apply", "--state-dir", &state]);
+        // A generous wait: on a busy machine a reload may be slow, and the
+        // time it took is what is printed, not judged.
+        all.extend(["--apply", "--wait-secs", "60", "--state-dir", &state]);
         let started = Instant::now();
         let (code, out, errors) = self.site.run(&all);
         let returned = Instant::now();

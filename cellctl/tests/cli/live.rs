@@ -595,6 +595,16 @@ fn signed_ms(at: Option<Instant>, since: Instant) -> String {
     signed.to_string()
 }
 
+/// Every scenario on one fleet, in order. Scenario (a) goes in as one more
+/// method of [`Live`] on a fleet started with `--standby`: under
+/// `self.load("failover")`, a witness in n1 (`self.witness`, as in
+/// [`Live::fail_and_restore`]); kill -9 of n1's primary (the pid of part
+/// `postgres-PORT`, PORT from n1's `db` in the topology, in
+/// `self._up.part_pids()`), timed from there; `self.apply(&["fail", "n1"])`;
+/// `cellctl failover n1 --apply`; `self.open(.., &witness.id)` (its `acked`
+/// less the kill: death to the first successful Open); `self.apply(&["restore",
+/// "n1"])`; `self.stop_and_verify(..)`. The load retries Opens of n1's
+/// envelopes with `UNAVAILABLE` meanwhile, up to `load::RETRY_FOR`.
 #[test]
 fn changes_under_load_lose_and_duplicate_nothing() {
     let live = Live::start(&[]);

@@ -169,6 +169,32 @@ pub enum Command {
         #[command(flatten)]
         change: commands::change::ChangeArgs,
     },
+    /// Parallel expansion: new cells and a new epoch splitting the chosen
+    /// cells' suffixes (--split OLD:NEW,... or --add N); minting stays put
+    /// until `switch`. Dry run unless --apply; a `cellctl up` fleet starts
+    /// the new cells' databases and logic servers.
+    Expand(commands::expand::ExpandArgs),
+    /// Move minting to the epoch `expand` added, once every new cell serves
+    /// (dry run unless --apply).
+    Switch {
+        #[command(flatten)]
+        change: commands::change::ChangeArgs,
+    },
+    /// Move minting back to the epoch before `switch`; envelopes minted on
+    /// the new cells still route and open there (dry run unless --apply).
+    Reverse {
+        #[command(flatten)]
+        change: commands::change::ChangeArgs,
+    },
+    /// Make a switch final once it has soaked; reverse is refused after it
+    /// (dry run unless --apply).
+    Complete {
+        /// How long after the switch a reverse may still be needed.
+        #[arg(long, default_value_t = commands::switch::DEFAULT_SOAK_SECS, value_name = "SECS")]
+        soak_secs: u64,
+        #[command(flatten)]
+        change: commands::change::ChangeArgs,
+    },
 }
 
 /// Why a command failed; each maps to an exit code.
@@ -271,6 +297,12 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
         }
         Command::Degrade { switches, change } => {
             commands::degrade::run(&cli.topology, &switches, &change, out)
+        }
+        Command::Expand(args) => commands::expand::run(&cli.topology, &args, out),
+        Command::Switch { change } => commands::switch::switch(&cli.topology, &change, out),
+        Command::Reverse { change } => commands::switch::reverse(&cli.topology, &change, out),
+        Command::Complete { soak_secs, change } => {
+            commands::switch::complete(&cli.topology, soak_secs, &change, out)
         }
         Command::MintPool { region } => {
             commands::mint_pool::run(&load::topology(&cli.topology)?, region.as_deref(), out)

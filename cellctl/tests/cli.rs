@@ -8,6 +8,8 @@ use redcell_migrations::{LEDGER, ORDER_DB, Schema};
 
 #[path = "cli/change.rs"]
 mod change;
+#[path = "cli/expand.rs"]
+mod expand;
 #[path = "cli/live.rs"]
 mod live;
 #[path = "cli/ops.rs"]

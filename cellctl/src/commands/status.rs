@@ -431,7 +431,7 @@ pub(crate) async fn part_status(
     status
 }
 
-async fn db_status(dsn: String, probe: Duration) -> DbStatus {
+pub(crate) async fn db_status(dsn: String, probe: Duration) -> DbStatus {
     let mut status = DbStatus {
         dsn: display_dsn(&dsn),
         reachable: false,

@@ -12,7 +12,10 @@
 //!
 //! A part that does not answer at all (its process is down) is reported, not
 //! waited for: it reads the new file when it starts, so it can never serve
-//! the old one. A part that answers but still serves an older topology when
+//! the old one. The exception is a logic server of a cell the change adds
+//! (`must_start`, `cellctl expand`): the `up` fleet starts it (initdb,
+//! migrations, then the server), so it is waited for while down, for at
+//! least [`STARTING_WAIT`], and one that never answers is an error. A part that answers but still serves an older topology when
 //! `--wait-secs` runs out is an error (exit 1): the file *is* written, and the
 //! message says which part lags and what it serves.
 
@@ -38,6 +41,9 @@ use crate::{
 const POLL: Duration = Duration::from_millis(20);
 /// Deadline of one probe (connect, health, status).
 const PROBE: Duration = Duration::from_millis(1000);
+/// The least wait when a new cell must start: its PostgreSQL is initialized
+/// and migrated first, which takes seconds.
+pub const STARTING_WAIT: Duration = Duration::from_secs(60);
 
 /// One router or logic server to hear from.
 #[derive(Debug, Clone)]
@@ -46,6 +52,8 @@ struct Target {
     label: String,
     part: Part,
     address: String,
+    /// A new cell's server: waited for while down.
+    must_start: bool,
 }
 
 /// Where a part stands at the end of the wait.
@@ -60,12 +68,15 @@ enum Outcome {
 }
 
 /// Signals the fleet on `state_dir` (if it runs `path`) and waits until each
-/// part serves `after`, printing one line per finding.
+/// part serves `after`, printing one line per finding. `must_start` lists
+/// server addresses the fleet is starting (new cells): those are waited for
+/// even while down, for at least [`STARTING_WAIT`].
 pub fn converge(
     path: &Path,
     after: &Topology,
     state_dir: &Path,
     wait: Duration,
+    must_start: &[String],
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
     let written = Instant::now();
@@ -86,7 +97,12 @@ pub fn converge(
         return Ok(());
     };
     let signalled = signal(&state);
-    let targets = targets(after, &state);
+    let targets = targets(after, &state, must_start);
+    let wait = if targets.iter().any(|target| target.must_start) {
+        wait.max(STARTING_WAIT)
+    } else {
+        wait
+    };
     let runtime = super::super::reconcile::runtime()?;
     let outcomes = runtime.block_on(wait_for(
         &targets,
@@ -142,7 +158,7 @@ fn signal(state: &StateDir) -> usize {
 }
 
 /// Every logic server of the new topology and every router of the fleet.
-fn targets(after: &Topology, state: &StateDir) -> Vec<Target> {
+fn targets(after: &Topology, state: &StateDir, must_start: &[String]) -> Vec<Target> {
     let mut targets: Vec<Target> = after
         .cells()
         .iter()
@@ -151,6 +167,7 @@ fn targets(after: &Topology, state: &StateDir) -> Vec<Target> {
                 label: format!("cell {} server {address}", cell.name),
                 part: Part::Server,
                 address: address.clone(),
+                must_start: must_start.contains(address),
             })
         })
         .collect();
@@ -163,6 +180,7 @@ fn targets(after: &Topology, state: &StateDir) -> Vec<Target> {
                 label: format!("router {address}"),
                 part: Part::Router,
                 address,
+                must_start: false,
             }),
     );
     targets
@@ -193,14 +211,18 @@ async fn wait_for(
         let probes: Vec<_> = probes.collect();
         for (index, probe) in pending.iter().zip(probes) {
             let outcome = match probe.await {
+                Ok(status) if targets[*index].must_start && status.health != "SERVING" => {
+                    not_serving_yet(&status)
+                }
                 Ok(status) => outcome_of(&status, written),
                 Err(error) => Outcome::Lagging(format!("probe failed: {error}")),
             };
             outcomes[*index] = Some(outcome);
         }
-        let settled = outcomes
-            .iter()
-            .all(|outcome| matches!(outcome, Some(Outcome::Serves(_) | Outcome::Down(_))));
+        let settled = outcomes.iter().zip(targets).all(|(outcome, target)| {
+            matches!(outcome, Some(Outcome::Serves(_)))
+                || (matches!(outcome, Some(Outcome::Down(_))) && !target.must_start)
+        });
         if settled || written.elapsed() >= wait {
             break;
         }
@@ -208,8 +230,24 @@ async fn wait_for(
     }
     outcomes
         .into_iter()
-        .map(|outcome| outcome.unwrap_or_else(|| Outcome::Lagging("never asked".into())))
+        .zip(targets)
+        .map(|(outcome, target)| match outcome {
+            Some(Outcome::Down(why)) if target.must_start => {
+                Outcome::Lagging(format!("a new cell's server that did not start ({why})"))
+            }
+            Some(outcome) => outcome,
+            None => Outcome::Lagging("never asked".into()),
+        })
         .collect()
+}
+
+/// A new cell's server is done only once it answers SERVING (its order DB
+/// checked): a `switch` right after the wait must find it ready.
+fn not_serving_yet(status: &PartStatus) -> Outcome {
+    match status.health.as_str() {
+        "DOWN" => Outcome::Down(status.error.clone().unwrap_or_else(|| "DOWN".into())),
+        health => Outcome::Lagging(format!("{health} (a new cell's server: SERVING awaited)")),
+    }
 }
 
 fn outcome_of(status: &PartStatus, written: Instant) -> Outcome {

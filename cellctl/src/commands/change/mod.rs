@@ -193,8 +193,21 @@ pub fn run(
         &planned.after,
         &args.state_dir,
         Duration::from_secs(args.wait_secs),
+        &new_servers(&planned.before, &planned.after),
         out,
     )
+}
+
+/// The logic servers of cells `after` has and `before` has not (an
+/// expansion's new cells): the `up` fleet starts them, so the wait covers
+/// them while they are still down.
+fn new_servers(before: &Topology, after: &Topology) -> Vec<String> {
+    after
+        .cells()
+        .iter()
+        .filter(|cell| before.cell(&cell.name).is_none())
+        .flat_map(|cell| cell.servers.iter().cloned())
+        .collect()
 }
 
 /// Asks "apply?" when stdin and stdout are both a terminal (an operator at a

@@ -250,10 +250,22 @@ impl Live {
             if done(&self.log.lock().unwrap().sends) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the load never showed {what} within {WAIT:?}"
-            );
+            if Instant::now() >= deadline {
+                let log = self.log.lock().unwrap();
+                panic!(
+                    "the load never showed {what} within {WAIT:?}: {} Sends acknowledged, the \
+                     last ten in {:?}; retried {:?}; unresolved {:?}",
+                    log.sends.len(),
+                    log.sends
+                        .iter()
+                        .rev()
+                        .take(10)
+                        .map(|sent| self.cell_of(&sent.id))
+                        .collect::<Vec<_>>(),
+                    log.retried,
+                    log.unresolved
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -14,6 +14,7 @@
 //! envelope whose ID routes to another cell, or panics on client input.
 
 pub mod allocation;
+pub mod archive;
 pub mod config;
 pub(crate) mod context;
 pub mod db;

@@ -86,9 +86,23 @@
 //! order-DB side is what grows with the data; bounding it too is a merge
 //! join per key prefix (the ledger's `claim:`/`refund:`/`send:` ranges are
 //! each in ID order, as order-DB portals by key or ID can be), with every
-//! snapshot taken before the ledger's and held for the pass. Each read-only snapshot is held only for its own pass. Archived days (`cellctl archive`, to come) must
-//! archive their ledger keys' facts with them, or their entries become
-//! orphans: the archiver owns that.
+//! snapshot taken before the ledger's and held for the pass. Each read-only snapshot is held only for its own pass.
+//!
+//! # Archived envelopes
+//!
+//! `cellctl archive` ([`crate::archive`]) deletes the rows of settled
+//! envelopes and keeps per envelope its carried totals
+//! (`archived_envelopes`, in the same transaction as the delete). The ledger
+//! keeps their entries; each is matched to the carried totals of the
+//! archived envelope its key names, read in O1 with the rows: the debit must
+//! be the sender's of the total (paying the Send's order), the `claim:`
+//! credits as many and as much as the claims were, the `refund:` credit the
+//! refunded cents to the sender ([`DiscrepancyKind::ArchivedTotals`]
+//! otherwise). A settled envelope's entries all precede its archive (every
+//! transfer was done), so O1 sees either its rows or its totals, never
+//! neither. Archived envelopes hold no money (debit − credits = 0) and are
+//! counted in [`Report::archived_envelopes`], apart from
+//! [`Report::envelopes`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -147,6 +161,9 @@ pub enum DiscrepancyKind {
     /// The ledger's own books: an account whose balance is not its credits
     /// minus its debits.
     LedgerBooks,
+    /// An archived envelope whose carried totals (`archived_envelopes`) are
+    /// not what the ledger holds under its keys, or that also has live rows.
+    ArchivedTotals,
 }
 
 /// One broken invariant.
@@ -181,6 +198,9 @@ pub struct Report {
     pub discrepancies: Vec<Discrepancy>,
     pub envelopes: i64,
     pub claims: i64,
+    /// Envelopes archived (`cellctl archive`): their ledger entries were
+    /// matched against carried totals, not rows.
+    pub archived_envelopes: i64,
     /// Sends still `PENDING_PAYMENT` (the recovery worker resolves them).
     pub pending_payments: i64,
     pub pending_transfers: i64,
@@ -331,6 +351,9 @@ const MISDIRECTED_REFUNDS: &str = "SELECT t.envelope_id, t.key, t.user_id, e.sen
      FROM transfers t JOIN envelopes e ON e.id = t.envelope_id \
      WHERE t.kind = 2 AND t.user_id <> e.sender";
 const TRANSFERS: &str = "SELECT envelope_id, key, user_id, amount_cents, status = 2 FROM transfers";
+/// The carried totals of archived envelopes (orders migration 3).
+const ARCHIVED: &str = "SELECT envelope_id, sender, status, total_cents, claim_count, \
+       claimed_cents, refunded_cents, send_key FROM archived_envelopes";
 
 // O2: rows by key, read after the ledger.
 const ENVELOPES_BY_ID: &str = "SELECT id, sender, total_cents FROM envelopes WHERE id = ANY($1)";
@@ -365,11 +388,51 @@ struct CreditFacts {
     credit: Option<LedgerEntry>,
 }
 
+/// An archived envelope of O1 (its carried totals) and what the ledger holds
+/// under its keys.
+struct ArchivedFacts {
+    sender: String,
+    status: Option<Status>,
+    total: i64,
+    claim_count: i64,
+    claimed: i64,
+    refunded: i64,
+    /// The Send's idempotency key: the merchant order the debit pays.
+    order: Option<String>,
+    debit: Option<LedgerEntry>,
+    claim_credits: i64,
+    claim_credited: i64,
+    refund_credits: i64,
+    refund_credited: i64,
+    /// Entries under its keys that are not what such a key may be.
+    wrong: Vec<String>,
+}
+
+impl ArchivedFacts {
+    /// Accounts for a money entry under one of this envelope's keys.
+    fn record(&mut self, entry: &LedgerEntry) {
+        match (LedgerKey::split(&entry.key), entry.kind) {
+            (Some((KeyKind::Send, _)), _) => self.debit = Some(entry.clone()),
+            (Some((KeyKind::Claim, _)), EntryKind::Credit) => {
+                self.claim_credits += 1;
+                self.claim_credited += entry.amount_cents;
+            }
+            (Some((KeyKind::Refund, _)), EntryKind::Credit) if entry.account == self.sender => {
+                self.refund_credits += 1;
+                self.refund_credited += entry.amount_cents;
+            }
+            _ => self.wrong.push(format!("{entry:?}")),
+        }
+    }
+}
+
 /// One cell while it is being checked.
 struct CellCheck {
     report: Report,
     envelopes: HashMap<String, EnvelopeFacts>,
     credits: HashMap<String, CreditFacts>,
+    /// Archived envelopes by ID: their entries match carried totals.
+    archived: HashMap<String, ArchivedFacts>,
     /// Money entries whose key named no O1 row: looked up again in O2.
     unmatched: Vec<LedgerEntry>,
     /// Debits minus credits of this cell's orphan entries.
@@ -426,6 +489,7 @@ async fn read_orders(cell: &str, orders: &mut Client) -> Result<CellCheck, Recon
         },
         envelopes: HashMap::new(),
         credits: HashMap::new(),
+        archived: HashMap::new(),
         unmatched: Vec::new(),
         orphaned_cents: 0,
     };
@@ -656,6 +720,36 @@ async fn read_orders(cell: &str, orders: &mut Client) -> Result<CellCheck, Recon
             },
         );
     }
+    for row in orders.query(ARCHIVED, &[]).await? {
+        let id: String = column(&row, 0, "archived_envelopes.envelope_id")?;
+        let code: i16 = column(&row, 2, "archived_envelopes.status")?;
+        check.report.archived_envelopes += 1;
+        if check.envelopes.contains_key(&id) {
+            check.note(
+                K::ArchivedTotals,
+                Some(&id),
+                "archived but its envelope row is still live".into(),
+            );
+        }
+        check.archived.insert(
+            id,
+            ArchivedFacts {
+                sender: column(&row, 1, "archived_envelopes.sender")?,
+                status: Status::from_code(code),
+                total: column(&row, 3, "archived_envelopes.total_cents")?,
+                claim_count: i64::from(column::<i32>(&row, 4, "archived_envelopes.claim_count")?),
+                claimed: column(&row, 5, "archived_envelopes.claimed_cents")?,
+                refunded: column(&row, 6, "archived_envelopes.refunded_cents")?,
+                order: column(&row, 7, "archived_envelopes.send_key")?,
+                debit: None,
+                claim_credits: 0,
+                claim_credited: 0,
+                refund_credits: 0,
+                refund_credited: 0,
+                wrong: Vec::new(),
+            },
+        );
+    }
     orders.commit().await?;
     Ok(check)
 }
@@ -718,11 +812,13 @@ where
             };
             if entry.kind == EntryKind::Void {
                 // A void moves nothing; a void with no row is a refused Send.
-                if let Some(facts) = route(topology, id)
-                    .and_then(|cell| index_of.get(cell))
-                    .and_then(|&index| checks[index].envelopes.get_mut(id))
-                {
-                    facts.debit = Some(entry);
+                if let Some(&index) = route(topology, id).and_then(|cell| index_of.get(cell)) {
+                    let check = &mut checks[index];
+                    if let Some(facts) = check.envelopes.get_mut(id) {
+                        facts.debit = Some(entry);
+                    } else if let Some(facts) = check.archived.get_mut(id) {
+                        facts.record(&entry);
+                    }
                 }
                 return;
             }
@@ -747,12 +843,18 @@ where
                 if let Some(facts) = check.envelopes.get_mut(id) {
                     check.report.hold(&entry);
                     facts.debit = Some(entry);
+                } else if let Some(facts) = check.archived.get_mut(id) {
+                    check.report.hold(&entry);
+                    facts.record(&entry);
                 } else {
                     check.unmatched.push(entry);
                 }
             } else if let Some(facts) = check.credits.get_mut(&entry.key) {
                 facts.credit = Some(entry.clone());
                 check.report.hold(&entry);
+            } else if let Some(facts) = check.archived.get_mut(id) {
+                check.report.hold(&entry);
+                facts.record(&entry);
             } else {
                 check.unmatched.push(entry);
             }
@@ -773,6 +875,7 @@ where
         match_late_entries(check, orders).await?;
         check_envelopes(check, orders).await?;
         check_credits(check);
+        check_archived(check);
     }
 
     for mut check in checks {
@@ -1047,6 +1150,77 @@ fn check_credits(check: &mut CellCheck) {
     }
     for (envelope, (kind, message)) in notes {
         check.note(kind, Some(&envelope), message);
+    }
+}
+
+/// Archived envelopes of O1: their carried totals against the entries under
+/// their keys.
+fn check_archived(check: &mut CellCheck) {
+    use DiscrepancyKind as K;
+    let mut notes = Vec::new();
+    for (id, facts) in &check.archived {
+        let mut note = |kind, message: String| notes.push((id.clone(), kind, message));
+        for wrong in &facts.wrong {
+            note(
+                K::ArchivedTotals,
+                format!("{wrong} is not an entry its key may have"),
+            );
+        }
+        let debit = facts
+            .debit
+            .as_ref()
+            .filter(|entry| entry.kind != EntryKind::Void);
+        match (facts.status, debit) {
+            (None, _) => note(K::UnknownStatus, "archived with an unknown status".into()),
+            (Some(Status::Cancelled), Some(entry)) => note(
+                K::UnpaidButMoved,
+                format!("archived cancelled but its sender was debited: {entry:?}"),
+            ),
+            (Some(Status::Cancelled), None) => {}
+            (Some(status), None) => note(
+                K::MissingTransfer,
+                format!(
+                    "archived {status:?} but the ledger has no debit under {}",
+                    debit_key_text(id)
+                ),
+            ),
+            (Some(_), Some(entry)) => {
+                if let Some((kind, message)) =
+                    entry_mismatch(entry, EntryKind::Debit, &facts.sender, facts.total)
+                {
+                    note(kind, message);
+                } else if let (Some(paid), Some(order)) = (&entry.order, &facts.order)
+                    && paid != order
+                {
+                    note(
+                        K::WrongEntry,
+                        format!("{entry:?} pays order {paid}, the Send's key was {order}"),
+                    );
+                }
+            }
+        }
+        if (facts.claim_credits, facts.claim_credited) != (facts.claim_count, facts.claimed) {
+            note(
+                K::ArchivedTotals,
+                format!(
+                    "carried {} claims of {} but the ledger credited {} claims of {}",
+                    facts.claim_count, facts.claimed, facts.claim_credits, facts.claim_credited
+                ),
+            );
+        }
+        let refunds = i64::from(facts.refunded > 0);
+        if (facts.refund_credits, facts.refund_credited) != (refunds, facts.refunded) {
+            note(
+                K::ArchivedTotals,
+                format!(
+                    "carried a refund of {} but the ledger credited {} refunds of {} to the sender",
+                    facts.refunded, facts.refund_credits, facts.refund_credited
+                ),
+            );
+        }
+    }
+    for (id, kind, message) in notes {
+        check.note(kind, Some(&id), message);
     }
 }
 

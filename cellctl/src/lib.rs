@@ -118,6 +118,9 @@ pub enum Command {
         #[arg(long, env = "REDCELL_LEDGER_DSN")]
         ledger_dsn: Option<String>,
     },
+    /// Export and delete the rows of settled envelopes minted before a day,
+    /// keeping their totals for reconcile and Get (dry run unless --apply).
+    Archive(commands::archive::ArchiveArgs),
     /// Every cell, logic server, order DB and router of the fleet: health,
     /// lanes, outbox, the topology each serves (--json for scripts).
     Status(commands::status::StatusArgs),
@@ -277,6 +280,9 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
             let dsn = commands::reconcile::ledger_dsn(ledger_dsn, &state_dir)?;
             let topology = load::topology(&cli.topology)?;
             commands::reconcile::run(&topology, cell.as_deref(), &dsn, out)
+        }
+        Command::Archive(args) => {
+            commands::archive::run(&load::topology(&cli.topology)?, args, out)
         }
         Command::Status(args) => commands::status::run(&cli.topology, args, out),
         Command::Transfers(args) => {

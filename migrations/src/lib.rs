@@ -43,6 +43,11 @@ pub const ORDER_DB: &[Migration] = &[
         name: "exact_split_and_recovery",
         sql: include_str!("../sql/orders/0002_exact_split_and_recovery.sql"),
     },
+    Migration {
+        version: 3,
+        name: "archives",
+        sql: include_str!("../sql/orders/0003_archives.sql"),
+    },
 ];
 
 /// The built-in ledger (the payment system's stand-in).

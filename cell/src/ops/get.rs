@@ -39,9 +39,17 @@ pub async fn get<P>(cell: &CellContext<P>, query: GetQuery) -> Result<EnvelopePa
         .resolve(query.page_size)
         .map_err(|error| CellError::invalid("page_size", error.to_string()))?;
     let client = cell.pool.get().await.map_err(DbError::from)?;
-    let envelope = store::load_envelope(&**client, &id)
-        .await?
-        .ok_or_else(|| CellError::NotFound(format!("envelope {id} not found")))?;
+    let Some(envelope) = store::load_envelope(&**client, &id).await? else {
+        // An archived ID is not found either, but the answer says where it went.
+        let why = match crate::archive::whereabouts(&**client, &id)
+            .await
+            .map_err(DbError::from)?
+        {
+            Some(whereabouts) => format!("envelope {id} was {whereabouts}"),
+            None => format!("envelope {id} not found"),
+        };
+        return Err(CellError::NotFound(why));
+    };
     drop(client);
     if cell.topology.load().claims_mode() == ClaimsMode::Off {
         return Ok(EnvelopePage {

@@ -1,5 +1,6 @@
 //! One module per command, each `run(inputs, out)`.
 
+pub mod archive;
 pub mod change;
 pub mod degrade;
 pub mod demo;

@@ -230,6 +230,13 @@ fn print_cells(reports: &[Report], out: &mut impl Write) -> Result<(), CommandEr
             money(report.held_cents),
             money(report.settled_cents)
         )?;
+        if report.archived_envelopes > 0 {
+            writeln!(
+                out,
+                "           {} archived envelopes matched by their carried totals",
+                report.archived_envelopes
+            )?;
+        }
     }
     Ok(())
 }

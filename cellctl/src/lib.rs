@@ -19,6 +19,7 @@ use std::{io::Write, path::PathBuf};
 use clap::{Parser, Subcommand};
 
 pub use commands::change;
+pub use commands::render;
 pub use load::LoadError;
 
 /// Operate a redcell deployment: topology, routing and mint pools.
@@ -198,6 +199,9 @@ pub enum Command {
         #[command(flatten)]
         change: commands::change::ChangeArgs,
     },
+    /// Render deployment manifests from the topology: `render k8s -o k8s/`.
+    #[command(subcommand)]
+    Render(commands::render::Target),
 }
 
 /// Why a command failed; each maps to an exit code.
@@ -310,6 +314,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
         Command::Complete { soak_secs, change } => {
             commands::switch::complete(&cli.topology, soak_secs, &change, out)
         }
+        Command::Render(target) => commands::render::run(&cli.topology, target, out),
         Command::MintPool { region } => {
             commands::mint_pool::run(&load::topology(&cli.topology)?, region.as_deref(), out)
         }

@@ -14,6 +14,8 @@ mod expand;
 mod live;
 #[path = "cli/ops.rs"]
 mod ops;
+#[path = "cli/render.rs"]
+mod render;
 #[path = "cli/up.rs"]
 mod up;
 

@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod mint_pool;
 pub mod reconcile;
 pub mod region;
+pub mod render;
 pub mod route;
 pub mod state_dir;
 pub mod status;

@@ -148,6 +148,10 @@ pub enum Command {
         #[command(flatten)]
         change: commands::change::ChangeArgs,
     },
+    /// Replace a cell's database server by its synchronous standby (`up
+    /// --standby`): refuses a standby that is behind; with --apply fences the
+    /// old primary, promotes the standby, repoints cells.yaml.
+    Failover(commands::failover::FailoverArgs),
     /// Mint new envelopes of region FROM in region TO's cells (FROM's
     /// existing envelopes still open in its own cells); dry run unless --apply.
     DrainRegion {
@@ -299,6 +303,7 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
         Command::Restore { cell, change } => {
             commands::change::restore(&cli.topology, &cell, &change, out)
         }
+        Command::Failover(args) => commands::failover::run(&cli.topology, args, out),
         Command::DrainRegion { from, to, change } => {
             commands::region::drain(&cli.topology, &from, &to, &change, out)
         }

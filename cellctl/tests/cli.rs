@@ -16,6 +16,8 @@ mod live;
 mod ops;
 #[path = "cli/render.rs"]
 mod render;
+#[path = "cli/standby.rs"]
+mod standby;
 #[path = "cli/up.rs"]
 mod up;
 

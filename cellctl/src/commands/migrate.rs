@@ -149,7 +149,7 @@ async fn migrate(target: &Target) -> Result<Vec<i32>, String> {
 
 /// An error and its sources, `outer: inner: root`, each said once (an error
 /// that prints its source is not repeated by it).
-fn chain(error: &dyn std::error::Error) -> String {
+pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod dev_token;
 pub mod down;
 pub mod expand;
+pub mod failover;
 pub mod fund;
 pub mod migrate;
 pub mod mint_pool;

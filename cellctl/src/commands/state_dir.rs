@@ -14,6 +14,11 @@
 //!   pids/<part>.pid     each process `up` started (postgres, cell, router)
 //!   logs/<part>.log     each process's stdout and stderr, appended across runs
 //!   postgres-<port>/    data directory of the PostgreSQL server on that port
+//!                       (a primary, or a standby of `up --standby`)
+//!   postgres-<port>/fenced  that server was failed over (`cellctl failover`):
+//!                       never started again; its data holds standby.signal
+//!   standbys/<port>     the synchronous standby of the server on that port
+//!                       (`primary=`, `standby=` ports; see up/roles.rs)
 //! ```
 //!
 //! Secrets are created with mode 0600 and never rewritten, so a second `up`

@@ -14,7 +14,11 @@
 //!   its signal is killed (PostgreSQL with its children).
 //! - A part that exits on its own is reported once, with its log; the rest
 //!   keep running (an operator may kill a logic server on purpose to watch
-//!   the router fail over, and `status` shows it down).
+//!   the router fail over, and `status` shows it down). Only *supervised*
+//!   parts are started again ([`Fleet::respawn`]): the standbys, whose
+//!   absence blocks every commit of their primary. A primary is never
+//!   restarted behind the operator's back (a dead primary is what
+//!   `cellctl failover` is for).
 
 use std::{
     fs::OpenOptions,
@@ -32,6 +36,9 @@ use redcell_pgsys::{
 use super::super::state_dir::{StateDir, log_tail};
 use crate::CommandError;
 
+/// A supervised part is started again no sooner than this after its last
+/// start, so one that cannot start does not spin.
+pub const RESTART_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a part may take to exit after its stop signal.
 pub const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Lines of a part's log quoted in an error.
@@ -57,6 +64,18 @@ pub struct Part {
     pid_file: PathBuf,
     /// Set once its unexpected exit was reported.
     exited: Option<ExitStatus>,
+    /// How to start it again, for a supervised part.
+    restart: Option<Restart>,
+    started: Instant,
+}
+
+/// Builds the command of a supervised part, for each (re)start.
+pub struct Restart(Box<dyn Fn() -> Command + Send>);
+
+impl std::fmt::Debug for Restart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Restart")
+    }
 }
 
 /// Every process this `up` started, in start order.
@@ -100,6 +119,9 @@ impl Fleet {
         })?;
         let pid = child.id();
         let pid_file = self.state.pid_file(name);
+        // A part started again replaces its exited self.
+        self.parts
+            .retain(|part| part.name != name || part.exited.is_none());
         self.parts.push(Part {
             name: name.to_owned(),
             kind,
@@ -107,6 +129,8 @@ impl Fleet {
             child,
             pid_file: pid_file.clone(),
             exited: None,
+            restart: None,
+            started: Instant::now(),
         });
         std::fs::write(&pid_file, format!("{pid}\n")).map_err(|error| {
             CommandError::Input(format!(
@@ -115,6 +139,60 @@ impl Fleet {
             ))
         })?;
         Ok(pid)
+    }
+
+    /// [`Fleet::spawn`]s `restart()` as part `name`, and again (by
+    /// [`Fleet::respawn`]) whenever it exits while the fleet runs.
+    pub fn spawn_supervised(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        restart: Box<dyn Fn() -> Command + Send>,
+    ) -> Result<u32, CommandError> {
+        let pid = self.spawn(name, kind, restart())?;
+        if let Some(part) = self.parts.iter_mut().rev().find(|part| part.name == name) {
+            part.restart = Some(Restart(restart));
+        }
+        Ok(pid)
+    }
+
+    /// Starts again every supervised part that exited, at most once per
+    /// [`RESTART_BACKOFF`]; one line per restart (or failure to) to report.
+    pub fn respawn(&mut self) -> Vec<String> {
+        let due: Vec<usize> = (0..self.parts.len())
+            .filter(|&index| {
+                let part = &self.parts[index];
+                part.restart.is_some()
+                    && part.exited.is_some()
+                    && part.started.elapsed() >= RESTART_BACKOFF
+            })
+            .collect();
+        let mut said = Vec::new();
+        // From the back, so the indexes of the rest stay valid.
+        for index in due.into_iter().rev() {
+            let part = self.parts.remove(index);
+            let Some(Restart(restart)) = part.restart else {
+                continue;
+            };
+            match self.spawn(&part.name, part.kind, restart()) {
+                Ok(pid) => {
+                    if let Some(again) = self.parts.last_mut() {
+                        again.restart = Some(Restart(restart));
+                    }
+                    said.push(format!("{} started again (pid {pid})", part.name));
+                }
+                Err(error) => {
+                    said.push(format!("{} could not be started again: {error}", part.name));
+                    // Keep it, exited, to try again after the backoff.
+                    self.parts.push(Part {
+                        restart: Some(Restart(restart)),
+                        started: Instant::now(),
+                        ..part
+                    });
+                }
+            }
+        }
+        said
     }
 
     /// The exit status of part `name` if it has exited.

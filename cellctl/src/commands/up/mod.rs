@@ -11,6 +11,11 @@
 //!    naming it and its part, never a hang.
 //! 3. **PostgreSQL** ([`postgres`]): `initdb` once per data directory (a
 //!    second `up` reuses the data), start, create and migrate databases.
+//!    With `--standby` (and on every later run once a standby is recorded,
+//!    [`roles`]), each server's synchronous streaming standby is copied
+//!    (first time) and started before any database work ([`standby`]). A
+//!    server that `cellctl failover` fenced, or an unpromoted standby's data,
+//!    is refused as a primary.
 //! 4. **Logic servers, then routers** ([`fleet`]), with the state directory's
 //!    internal token and HS256 key; each must answer the gRPC health check
 //!    `SERVING` before the deadline, or `up` stops everything it started and
@@ -25,6 +30,8 @@ pub mod fleet;
 pub mod plan;
 pub mod postgres;
 pub mod progress;
+pub mod roles;
+pub mod standby;
 
 use std::{
     io::Write,
@@ -42,7 +49,7 @@ use tonic_health::pb::{
 
 use self::{
     fleet::{Fleet, Kind},
-    plan::Plan,
+    plan::{Plan, StandbyChoice},
 };
 use super::state_dir::{self, StateDir};
 use crate::{CommandError, load};
@@ -92,6 +99,14 @@ pub struct UpArgs {
     /// STATE_DIR/logs/up.log); stop it with `cellctl down`.
     #[arg(long)]
     pub detach: bool,
+    /// Give every PostgreSQL server (each cell DB's and the ledger's) a
+    /// synchronous streaming standby on this machine; once given, later runs
+    /// keep it (see `cellctl failover`).
+    #[arg(long)]
+    pub standby: bool,
+    /// A standby listens on its primary's port plus OFFSET.
+    #[arg(long, default_value_t = standby::DEFAULT_OFFSET, value_name = "OFFSET")]
+    pub standby_port_offset: u16,
 }
 
 /// Runs `up` until a stop signal (or, with `--detach`, until it is up).
@@ -125,11 +140,20 @@ async fn up(
         CommandError::Input(format!("--topology {}: {error}", topology_path.display()))
     })?;
     let topology = load::topology(&topology_path)?;
+    let state = StateDir::at(&args.state_dir)?;
+    let standbys = StandbyChoice {
+        offset: args.standby.then_some(args.standby_port_offset),
+        recorded: roles::pairs(&state)?
+            .into_iter()
+            .map(|pair| (pair.primary, pair.standby))
+            .collect(),
+    };
     let plan = Plan::new(
         &topology,
         &args.ledger_dsn,
         args.routers,
         args.router_listen,
+        &standbys,
     )
     .map_err(|errors| {
         CommandError::Input(format!(
@@ -145,8 +169,19 @@ async fn up(
         .map_err(|error| CommandError::Input(error.to_string()))?;
     let pg_user =
         ServerUser::for_this_process().map_err(|error| CommandError::Input(error.to_string()))?;
-    let state = StateDir::at(&args.state_dir)?;
     refuse_second_up(&state, &args.state_dir)?;
+    let refused: Vec<String> = plan
+        .postgres
+        .iter()
+        .filter_map(|pg| roles::check_primary(&state, pg.port).err())
+        .collect();
+    if !refused.is_empty() {
+        return Err(CommandError::Input(format!(
+            "cannot start {}:\n  {}",
+            topology_path.display(),
+            refused.join("\n  ")
+        )));
+    }
     state.create()?;
     if let Some(user) = &pg_user {
         check_reachable(state.root(), user)?;
@@ -425,6 +460,9 @@ async fn serve(
                         log.display()
                     ));
                 }
+                for said in fleet.respawn() {
+                    progress::note(&said);
+                }
             }
         }
     }
@@ -433,12 +471,22 @@ async fn serve(
 fn summary(plan: &Plan) -> String {
     let mut cells: Vec<&str> = plan.cells.iter().map(|c| c.cell.as_str()).collect();
     cells.dedup();
+    let standbys = plan
+        .postgres
+        .iter()
+        .filter(|pg| pg.standby.is_some())
+        .count();
     format!(
-        "{} cells ({} logic servers), {} router(s), {} PostgreSQL server(s)",
+        "{} cells ({} logic servers), {} router(s), {} PostgreSQL server(s){}",
         cells.len(),
         plan.cells.len(),
         plan.routers.len(),
-        plan.postgres.len()
+        plan.postgres.len(),
+        if standbys == 0 {
+            String::new()
+        } else {
+            format!(" with {standbys} synchronous standby(s)")
+        }
     )
 }
 

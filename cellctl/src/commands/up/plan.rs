@@ -6,6 +6,10 @@
 //!   the ledger DSN; each holds the databases its DSNs name. The DSNs must
 //!   name this machine (`127.0.0.1` or `localhost`; the servers listen on 127.0.0.1): `up` cannot start
 //!   a server elsewhere.
+//! - With `--standby` (or a standby recorded by an earlier `up --standby`),
+//!   each of those servers gets a synchronous streaming standby on
+//!   `port + --standby-port-offset` (or its recorded port): see
+//!   [`super::standby`].
 //! - One `cell` process per address in each cell's `servers`.
 //! - `--routers N` routers on consecutive ports from `--router-listen`, each
 //!   in a region of the topology in turn (the region new envelopes of its
@@ -32,6 +36,27 @@ pub struct PgPlan {
     /// port (trust authentication on loopback, as the DSNs carry no password).
     pub superuser: String,
     pub databases: Vec<PgDatabase>,
+    /// Its synchronous standby, if it has one.
+    pub standby: Option<StandbyPlan>,
+}
+
+/// The synchronous streaming standby of a [`PgPlan`] server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbyPlan {
+    pub port: u16,
+}
+
+/// Which servers get a standby, and where.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StandbyChoice {
+    /// `--standby`: every server without a recorded standby gets one on its
+    /// port plus this offset.
+    pub offset: Option<u16>,
+    /// `(primary port, standby port)` pairs recorded by earlier runs. A
+    /// recorded standby is planned whatever the flags: a server that has a
+    /// standby stays synchronous with it, or the standby would silently fall
+    /// behind and a later failover would lose what it missed.
+    pub recorded: Vec<(u16, u16)>,
 }
 
 /// One database on a [`PgPlan`] server.
@@ -66,6 +91,19 @@ impl PgPlan {
     }
 }
 
+impl StandbyPlan {
+    pub fn part(&self) -> String {
+        format!("postgres-{}", self.port)
+    }
+
+    /// Its `application_name` on the primary (what `synchronous_standby_names`
+    /// names) and its physical replication slot's name: lower-case letters,
+    /// digits and `_` only, so neither needs quoting.
+    pub fn name(&self) -> String {
+        format!("standby_{}", self.port)
+    }
+}
+
 impl CellPlan {
     pub fn part(&self) -> String {
         format!("cell-{}-{}", self.cell, self.listen.port())
@@ -85,6 +123,7 @@ impl Plan {
         ledger_dsn: &str,
         routers: u16,
         router_listen: SocketAddr,
+        standbys: &StandbyChoice,
     ) -> Result<Plan, Vec<String>> {
         let mut errors = Vec::new();
         let mut postgres: Vec<PgPlan> = Vec::new();
@@ -121,6 +160,7 @@ impl Plan {
                             port,
                             superuser: user,
                             databases: vec![database],
+                            standby: None,
                         }),
                     }
                 }
@@ -140,6 +180,28 @@ impl Plan {
             "ledger".to_owned(),
             Schema::Ledger,
         );
+        for server in &mut postgres {
+            let recorded = standbys
+                .recorded
+                .iter()
+                .find(|(primary, _)| *primary == server.port)
+                .map(|(_, standby)| *standby);
+            let port = match (recorded, standbys.offset) {
+                (Some(port), _) => Some(port),
+                (None, Some(offset)) => {
+                    let port = server.port.checked_add(offset);
+                    if port.is_none() {
+                        errors.push(format!(
+                            "--standby-port-offset {offset}: the standby of {} would listen past port 65535",
+                            server.part()
+                        ));
+                    }
+                    port
+                }
+                (None, None) => None,
+            };
+            server.standby = port.map(|port| StandbyPlan { port });
+        }
 
         let mut cells = Vec::new();
         for (index, cell) in topology.cells().iter().enumerate() {
@@ -202,9 +264,14 @@ impl Plan {
 
     /// Every port the fleet listens on, with the part that will.
     pub fn ports(&self) -> Vec<(u16, String)> {
-        let postgres = self.postgres.iter().map(|pg| {
+        let postgres = self.postgres.iter().flat_map(|pg| {
             let labels: Vec<&str> = pg.databases.iter().map(|db| db.label.as_str()).collect();
-            (pg.port, format!("PostgreSQL for {}", labels.join(", ")))
+            let primary = (pg.port, format!("PostgreSQL for {}", labels.join(", ")));
+            let standby = pg
+                .standby
+                .as_ref()
+                .map(|standby| (standby.port, format!("PostgreSQL standby of {}", pg.part())));
+            std::iter::once(primary).chain(standby)
         });
         let cells = self.cells.iter().map(|cell| {
             (
@@ -221,7 +288,7 @@ impl Plan {
 }
 
 /// `(port, user, database)` of a DSN that names a server on this machine.
-fn local_database(dsn: &str) -> Result<(u16, String, String), String> {
+pub fn local_database(dsn: &str) -> Result<(u16, String, String), String> {
     let config: tokio_postgres::Config = dsn
         .parse()
         .map_err(|error| format!("malformed DSN: {error}"))?;

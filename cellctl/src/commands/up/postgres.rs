@@ -9,6 +9,10 @@
 //! crash of the processes (not of the machine). Unix sockets are off: the
 //! DSNs are TCP on 127.0.0.1, and a socket path inside a deep state directory
 //! could exceed the 107-byte limit.
+//!
+//! A server with a standby ([`super::standby`]) is started with
+//! `synchronous_standby_names` naming it, and its standby is started before
+//! any database is created or migrated.
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -64,30 +68,42 @@ pub async fn start(
         "{part}: starting PostgreSQL on 127.0.0.1:{}",
         pg.port
     ));
-    let mut command = Command::new(binaries.postgres());
-    command
-        .arg("-D")
-        .arg(&data)
-        .arg("-p")
-        .arg(pg.port.to_string())
-        .args(["-c", "listen_addresses=127.0.0.1"])
-        .current_dir(&dir);
-    for setting in COMMON.iter().chain(if fast { FAST } else { DURABLE }) {
-        command.arg("-c").arg(setting);
-    }
-    if let Some(user) = user {
-        command.uid(user.uid).gid(user.gid);
+    let mut command = server_command(binaries, user, &dir, pg.port, fast);
+    if let Some(standby) = &pg.standby {
+        // Every commit waits until the standby has flushed it
+        // (synchronous_commit=on): on the command line, not in the data
+        // directory, so a standby copied from this one (and promoted one
+        // day) never inherits a wait for a standby it does not have.
+        command
+            .arg("-c")
+            .arg(format!("synchronous_standby_names={}", standby.name()));
     }
     let started = fleet.spawn(&part, Kind::Postgres, command).map(drop);
     let ready = match started {
-        Ok(()) => wait_ready(pg, &part, fleet).await,
+        Ok(()) => wait_ready(pg.port, &pg.superuser, &part, fleet).await,
         Err(error) => Err(error),
     };
     if let Err(error) = ready {
         step.failed();
         return Err(error);
     }
-    step.done(if fast { "fast (fsync off)" } else { "durable" });
+    step.done(match (fast, &pg.standby) {
+        (true, None) => "fast (fsync off)",
+        (false, None) => "durable",
+        (true, Some(_)) => "fast (fsync off), synchronous commit to its standby",
+        (false, Some(_)) => "durable, synchronous commit to its standby",
+    });
+
+    // Before any database work: with a standby named, a commit waits for it.
+    if let Some(standby) = &pg.standby {
+        let server = super::standby::Server {
+            binaries,
+            user,
+            fast,
+            state,
+        };
+        super::standby::start(pg, standby, &server, fleet).await?;
+    }
 
     for database in &pg.databases {
         let step = progress::step(format!(
@@ -106,6 +122,33 @@ pub async fn start(
         }
     }
     Ok(())
+}
+
+/// The postmaster of the data directory `dir/data`, listening on
+/// 127.0.0.1:`port` (a primary, or a standby when `standby.signal` is there),
+/// as `user` when we are root.
+pub fn server_command(
+    binaries: &PgBinaries,
+    user: Option<&ServerUser>,
+    dir: &Path,
+    port: u16,
+    fast: bool,
+) -> Command {
+    let mut command = Command::new(binaries.postgres());
+    command
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .current_dir(dir);
+    for setting in COMMON.iter().chain(if fast { FAST } else { DURABLE }) {
+        command.arg("-c").arg(setting);
+    }
+    if let Some(user) = user {
+        command.uid(user.uid).gid(user.gid);
+    }
+    command
 }
 
 fn initdb(
@@ -160,18 +203,18 @@ fn initdb(
     )))
 }
 
-fn admin_config(pg: &PgPlan, database: &str, user: &str) -> tokio_postgres::Config {
+pub fn admin_config(port: u16, database: &str, user: &str) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
-        .port(pg.port)
+        .port(port)
         .user(user)
         .dbname(database)
         .connect_timeout(CONNECT_TIMEOUT);
     config
 }
 
-async fn connect(
+pub async fn connect(
     config: &tokio_postgres::Config,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
@@ -180,8 +223,13 @@ async fn connect(
 }
 
 /// Until the server answers `select 1`; fails at once if it exits.
-async fn wait_ready(pg: &PgPlan, part: &str, fleet: &mut Fleet) -> Result<(), CommandError> {
-    let config = admin_config(pg, "postgres", &pg.superuser);
+pub async fn wait_ready(
+    port: u16,
+    superuser: &str,
+    part: &str,
+    fleet: &mut Fleet,
+) -> Result<(), CommandError> {
+    let config = admin_config(port, "postgres", superuser);
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = fleet.exit_status(part) {
@@ -208,7 +256,7 @@ async fn wait_ready(pg: &PgPlan, part: &str, fleet: &mut Fleet) -> Result<(), Co
 /// Creates the database's role and the database when missing, then applies
 /// the embedded migrations; says what it did.
 async fn prepare(pg: &PgPlan, database: &super::plan::PgDatabase) -> Result<String, String> {
-    let admin = connect(&admin_config(pg, "postgres", &pg.superuser))
+    let admin = connect(&admin_config(pg.port, "postgres", &pg.superuser))
         .await
         .map_err(|error| format!("cannot connect as {}: {error}", pg.superuser))?;
     ensure(
@@ -232,7 +280,7 @@ async fn prepare(pg: &PgPlan, database: &super::plan::PgDatabase) -> Result<Stri
     .await
     .map_err(|error| format!("creating the database: {error}"))?;
     drop(admin);
-    let mut client = connect(&admin_config(pg, &database.name, &database.owner))
+    let mut client = connect(&admin_config(pg.port, &database.name, &database.owner))
         .await
         .map_err(|error| format!("cannot connect as {}: {error}", database.owner))?;
     let applied = redcell_migrations::apply(&mut client, database.schema.migrations())

@@ -404,3 +404,80 @@ fn render_refuses_flags_kubernetes_would_refuse() {
     );
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
 }
+
+/// The operator's story of item 3 through the binary: render, `cellctl
+/// expand --split n1:n4 --apply` on the file, render again into the same
+/// directory: the report names the two new files and the two changed ones
+/// (the ConfigMap's, and kustomization.yaml listing the new files), and
+/// every other file is left unchanged.
+#[test]
+fn rendering_after_cellctl_expand_apply_writes_only_the_new_cell_and_the_config_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("cells.yaml");
+    std::fs::copy(bundled(), &topology).unwrap();
+    let out = dir.path().join("k8s");
+    let render = || {
+        cellctl(
+            &[
+                "--topology",
+                topology.to_str().unwrap(),
+                "render",
+                "k8s",
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    assert_eq!(render().code, 0);
+    let expand = cellctl(
+        &[
+            "--topology",
+            topology.to_str().unwrap(),
+            "expand",
+            "--split",
+            "n1:n4",
+            "--apply",
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(expand.code, 0, "{}", expand.stderr);
+
+    let again = render();
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let written: Vec<&str> = again
+        .stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("  written   "))
+        .map(|rest| rest.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        written,
+        [
+            "topology.yaml",
+            "cell-n4.yaml",
+            "postgres/cell-n4-db.yaml",
+            "kustomization.yaml"
+        ],
+        "{}",
+        again.stdout
+    );
+    let unchanged = again
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with("  unchanged "))
+        .count();
+    assert_eq!(
+        unchanged,
+        files(&out).len() - written.len(),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        std::fs::read_to_string(out.join("topology.yaml"))
+            .unwrap()
+            .contains("- cell-n4-0.cell-n4.redcell.svc:7100"),
+    );
+}

@@ -2,19 +2,19 @@
 //! binary against real PostgreSQL (the harness's shared server), a logic
 //! server of the cell in-process on a real socket for Get.
 //!
-//! Back-dating: the cell mints IDs with today's date, so the cold day's
-//! envelopes are written here as the cell and its workers write them (rows
-//! with a 2026-01-22 ID and `created_at`, the ledger entries under their
-//! `LedgerKey`s through `PgLedger`), the way `cli/ops.rs` seeds a stuck
-//! transfer. Routing and partitions follow the ID, and reconcile passes on
-//! them before anything is archived, which is the check that the seed is what
-//! the cell would have written.
+//! Back-dating: the cell mints IDs with today's date, so the cold day
+//! (2026-01-22) is seeded as the cell writes it (`archive/seed.rs`), the way
+//! `cli/ops.rs` seeds a stuck transfer; reconcile passes on the seed before
+//! anything is archived.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "archive/seed.rs"]
+mod seed;
 
 use std::{path::Path, process::Command, sync::Arc, time::Instant};
 
 use redcell_migrations::{LEDGER, ORDER_DB};
-use redcell_payments::{Debit, DebitOutcome, DebitResolution, LedgerKey, Payments, PgLedger};
+use redcell_payments::{LedgerKey, PgLedger};
 use redcell_proto::{
     internal::AsUser,
     v1::{self as pb, red_envelope_client::RedEnvelopeClient},
@@ -22,6 +22,13 @@ use redcell_proto::{
 use redcell_topology::Topology;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
+
+use seed::{Seed, key, write};
+
+/// A north ID of the cold day's test topology (suffix 742, owned by n1).
+fn id(yymmdd: &str, sequence: u64) -> String {
+    seed::north_id(yymmdd, sequence, 742)
+}
 
 const INTERNAL_TOKEN: &str = "archive-test-internal-token-0123456789";
 
@@ -64,144 +71,6 @@ minting:
   epoch: 0
 "#
     )
-}
-
-/// A north, epoch-0 ID minted on `yymmdd`.
-fn id(yymmdd: &str, sequence: u64) -> String {
-    format!("{yymmdd}100{sequence:010}742")
-}
-
-fn key(key: LedgerKey) -> String {
-    key.to_string()
-}
-
-/// An envelope as the cell leaves it: status, shares opened (user, cents),
-/// the refund of an expiry, whether its transfers are done.
-struct Seed<'a> {
-    id: String,
-    sender: &'a str,
-    status: i16,
-    total: i64,
-    count: i32,
-    claims: &'a [(&'a str, i64)],
-    refund: i64,
-    settled: bool,
-}
-
-/// Writes `seed`'s rows and its ledger entries (deposit, debit or void,
-/// the credits of done transfers); returns what was deposited.
-async fn write(orders: &Client, ledger: &PgLedger, seed: &Seed<'_>) -> i64 {
-    let envelope: redcell_topology::EnvelopeId = seed.id.parse().unwrap();
-    let day: i16 = seed.id[4..6].parse().unwrap();
-    let created = format!(
-        "20{}-{}-{} 10:00:00+00",
-        &seed.id[0..2],
-        &seed.id[2..4],
-        &seed.id[4..6]
-    );
-    let claimed: i64 = seed.claims.iter().map(|(_, cents)| cents).sum();
-    let opened = i32::try_from(seed.claims.len()).unwrap();
-    let (remaining, left) = match seed.status {
-        2 => (seed.total - claimed, seed.count - opened),
-        _ => (0, 0),
-    };
-    let order = format!("send-{}", seed.id);
-    orders
-        .execute(
-            "INSERT INTO envelopes (day, id, sender, kind, status, total_cents, count, \
-               remaining_cents, remaining_count, greeting, recipients, seed, created_at, \
-               expires_at, split_rule) \
-             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, 'hi', '{}', decode(repeat('ab', 32), 'hex'), \
-               $9::text::timestamptz, $9::text::timestamptz + interval '1 day', 2)",
-            &[
-                &day,
-                &seed.id,
-                &seed.sender,
-                &seed.status,
-                &seed.total,
-                &seed.count,
-                &remaining,
-                &left,
-                &created,
-            ],
-        )
-        .await
-        .unwrap();
-    orders
-        .execute(
-            "INSERT INTO send_requests (sender, idempotency_key, envelope_id, created_at) \
-             VALUES ($1, $2, $3, $4::text::timestamptz)",
-            &[&seed.sender, &order, &seed.id, &created],
-        )
-        .await
-        .unwrap();
-    let send = key(LedgerKey::Send(envelope));
-    if seed.status == 5 {
-        let resolution = ledger.resolve_debit(&send).await.unwrap();
-        assert_eq!(resolution, DebitResolution::Voided);
-        return 0;
-    }
-    let deposit = redcell_payments::deposit_key(seed.sender, &seed.id);
-    ledger
-        .deposit(&deposit, seed.sender, seed.total)
-        .await
-        .unwrap();
-    let debited = ledger
-        .debit(Debit {
-            key: &send,
-            order: &order,
-            account: seed.sender,
-            cents: seed.total,
-        })
-        .await
-        .unwrap();
-    assert_eq!(debited, DebitOutcome::Debited);
-    let status: i16 = if seed.settled { 2 } else { 1 };
-    let mut transfers = Vec::new();
-    for (index, (user, cents)) in seed.claims.iter().enumerate() {
-        let sequence = u32::try_from(index + 1).unwrap();
-        orders
-            .execute(
-                "INSERT INTO claims (day, envelope_id, user_id, seq, amount_cents, opened_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz)",
-                &[
-                    &day,
-                    &seed.id,
-                    user,
-                    &i32::try_from(sequence).unwrap(),
-                    cents,
-                    &created,
-                ],
-            )
-            .await
-            .unwrap();
-        let claim = key(LedgerKey::Claim { envelope, sequence });
-        transfers.push((claim, 1_i16, *user, *cents));
-    }
-    if seed.refund > 0 {
-        transfers.push((
-            key(LedgerKey::Refund(envelope)),
-            2,
-            seed.sender,
-            seed.refund,
-        ));
-    }
-    for (key, kind, user, cents) in transfers {
-        orders
-            .execute(
-                "INSERT INTO transfers (key, kind, envelope_id, user_id, amount_cents, status, \
-                   next_attempt_at, created_at, done_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6::smallint, now() + interval '1 hour', \
-                   $7::text::timestamptz, CASE WHEN $6::smallint = 2 THEN now() END)",
-                &[&key, &kind, &seed.id, &user, &cents, &status, &created],
-            )
-            .await
-            .unwrap();
-        if seed.settled {
-            ledger.credit(&key, user, cents).await.unwrap();
-        }
-    }
-    seed.total
 }
 
 async fn count(orders: &Client, query: &str) -> i64 {
@@ -667,4 +536,68 @@ fn archive_exports_settled_cold_envelopes_and_reconcile_still_balances() {
         "{}",
         orphaned.stdout
     );
+}
+
+/// Not a check: seeds a settled back-dated day into a running fleet (the
+/// order DB of the cell owning `REDCELL_SEED_SUFFIX` in the north region,
+/// `REDCELL_SEED_ORDERS_DSN`, and its ledger, `REDCELL_SEED_LEDGER_DSN`), so
+/// that `cellctl archive` has a cold day to archive in the walk-through: an
+/// exhausted, an expired-and-refunded and a cancelled envelope minted on
+/// `REDCELL_SEED_DAY` (YYMMDD, default 260122), IDs from sequence 1.
+/// `cargo test -p redcell-cellctl --test archive -- --ignored seed_a_back_dated_day`
+#[test]
+#[ignore = "a walk-through aid: writes into the fleet named by REDCELL_SEED_*"]
+fn seed_a_back_dated_day_into_a_running_fleet() {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("set {name}"));
+    let orders_dsn = var("REDCELL_SEED_ORDERS_DSN");
+    let ledger_dsn = var("REDCELL_SEED_LEDGER_DSN");
+    let suffix: u16 =
+        std::env::var("REDCELL_SEED_SUFFIX").map_or(742, |suffix| suffix.parse().unwrap());
+    let day = std::env::var("REDCELL_SEED_DAY").unwrap_or_else(|_| "260122".to_owned());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ledger = PgLedger::connect(&ledger_dsn, 1).unwrap();
+    let orders = runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&orders_dsn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    });
+    let id = |sequence| seed::north_id(&day, sequence, suffix);
+    let seeds = [
+        Seed {
+            id: id(1),
+            sender: "alice",
+            status: 3,
+            total: 3_000,
+            count: 3,
+            claims: &[("bob", 1_000), ("carol", 1_200), ("dave", 800)],
+            refund: 0,
+            settled: true,
+        },
+        Seed {
+            id: id(2),
+            sender: "alice",
+            status: 4,
+            total: 2_000,
+            count: 3,
+            claims: &[("bob", 500)],
+            refund: 1_500,
+            settled: true,
+        },
+        Seed {
+            id: id(3),
+            sender: "erin",
+            status: 5,
+            total: 900,
+            count: 1,
+            claims: &[],
+            refund: 0,
+            settled: true,
+        },
+    ];
+    for seed in &seeds {
+        runtime.block_on(write(&orders, &ledger, seed));
+        println!("seeded {}", seed.id);
+    }
 }

@@ -314,7 +314,7 @@ fn archive_exports_settled_cold_envelopes_and_reconcile_still_balances() {
         applied.stdout,
         format!(
             "archive: settled envelopes minted before 2026-01-23 (by their ID's date), 1 cells\n  \
-             cell n1       archiving 4 envelopes, 5 claims, 6 transfers, 4 send requests\n  \
+             cell n1       to archive: 4 envelopes, 5 claims, 6 transfers, 4 send requests\n  \
              cell n1       archived 4 envelopes, 5 claims, 6 transfers, 4 send requests -> {}\n",
             manifest_path.display()
         )
@@ -600,4 +600,169 @@ fn seed_a_back_dated_day_into_a_running_fleet() {
         runtime.block_on(write(&orders, &ledger, seed));
         println!("seeded {}", seed.id);
     }
+}
+
+/// Two cells, each its own order DB, one ledger: `n1` (suffixes 000-499)
+/// holds a settled cold envelope, `n2` (500-999) one whose transfer is stuck.
+/// The fleet run is refused as a whole (n1 unchanged too); `--cell n1`
+/// archives n1 alone; once n2's transfer is settled, the fleet run archives
+/// n2 and finds nothing left in n1; the fleet reconciles throughout.
+#[test]
+fn a_fleet_archive_is_refused_whole_and_runs_one_transaction_per_cell() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(redcell_harness::shared()).unwrap();
+    let prefix = "cellctl_archive_fleet";
+    for (name, migrations) in [("n1", ORDER_DB), ("n2", ORDER_DB), ("ledger", LEDGER)] {
+        runtime.block_on(async {
+            let database = format!("{prefix}_{name}");
+            server.create_database(&database).await.unwrap();
+            let mut client = server.connect(&database).await.unwrap();
+            redcell_migrations::apply(&mut client, migrations)
+                .await
+                .unwrap();
+        });
+    }
+    let dsn = |name: &str| server.dsn(&format!("{prefix}_{name}"));
+    let ledger_dsn = dsn("ledger");
+    let text = format!(
+        r#"version: 1
+regions: [north]
+cells:
+  - name: n1
+    region: north
+    status: active
+    servers: ["127.0.0.1:9"]
+    db: "{n1}"
+  - name: n2
+    region: north
+    status: active
+    servers: ["127.0.0.1:10"]
+    db: "{n2}"
+epochs:
+  - id: 0
+    ranges:
+      north: {{ n1: "000-499", n2: "500-999" }}
+minting:
+  epoch: 0
+"#,
+        n1 = dsn("n1"),
+        n2 = dsn("n2"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cells_yaml = dir.path().join("cells.yaml");
+    std::fs::write(&cells_yaml, text).unwrap();
+    let archive_dir = dir.path().join("archive");
+    let archive_arg = archive_dir.to_str().unwrap();
+    let ledger = PgLedger::connect(&ledger_dsn, 1).unwrap();
+    let n1 = runtime
+        .block_on(server.connect(&format!("{prefix}_n1")))
+        .unwrap();
+    let n2 = runtime
+        .block_on(server.connect(&format!("{prefix}_n2")))
+        .unwrap();
+    let settled = seed::north_id("260122", 1, 100);
+    let stuck = seed::north_id("260122", 1, 900);
+    runtime.block_on(async {
+        let seed = |id: &str, settled| Seed {
+            id: id.to_owned(),
+            sender: "alice",
+            status: 3,
+            total: 500,
+            count: 1,
+            claims: &[("bob", 500)],
+            refund: 0,
+            settled,
+        };
+        write(&n1, &ledger, &seed(&settled, true)).await;
+        write(&n2, &ledger, &seed(&stuck, false)).await;
+    });
+    let reconcile = ["reconcile", "--ledger-dsn", &ledger_dsn];
+    let clean = cellctl(&reconcile, &cells_yaml);
+    assert_eq!(clean.code, 0, "{}{}", clean.stdout, clean.stderr);
+
+    let fleet = [
+        "archive",
+        "--before",
+        "2026-01-23",
+        "--to",
+        archive_arg,
+        "--apply",
+    ];
+    let n1_rows = runtime.block_on(rows(&n1));
+    let refused = cellctl(&fleet, &cells_yaml);
+    assert_eq!(refused.code, 1, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        line_with(&refused.stdout, "cell n1")
+            .ends_with("to archive: 1 envelopes, 1 claims, 1 transfers, 1 send requests")
+            && line_with(&refused.stdout, "cell n2")
+                .ends_with(&format!("nothing to archive; 1 unsettled (e.g. {stuck})")),
+        "{}",
+        refused.stdout
+    );
+    assert!(
+        refused.stderr.contains(&format!(
+            "cell n2: 1 unsettled envelope(s) minted before 2026-01-23 (e.g. {stuck})"
+        )),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(runtime.block_on(rows(&n1)), n1_rows, "n1 changed");
+    assert!(!archive_dir.exists());
+
+    let one = cellctl(&[&fleet[..], &["--cell", "n1"]].concat(), &cells_yaml);
+    assert_eq!(one.code, 0, "{}{}", one.stdout, one.stderr);
+    assert!(
+        one.stdout.ends_with(&format!(
+            "  cell n1       archived 1 envelopes, 1 claims, 1 transfers, 1 send requests -> {}\n",
+            archive_dir
+                .join("n1-before-2026-01-23-1-manifest.json")
+                .display()
+        )),
+        "{}",
+        one.stdout
+    );
+    let balanced = cellctl(&reconcile, &cells_yaml);
+    assert_eq!(balanced.code, 0, "{}{}", balanced.stdout, balanced.stderr);
+
+    let transfer = key(LedgerKey::Claim {
+        envelope: stuck.parse().unwrap(),
+        sequence: 1,
+    });
+    let retried = cellctl(
+        &[
+            "transfers",
+            "--retry",
+            &transfer,
+            "--ledger-dsn",
+            &ledger_dsn,
+        ],
+        &cells_yaml,
+    );
+    assert_eq!(retried.code, 0, "{}{}", retried.stdout, retried.stderr);
+    let rest = cellctl(&fleet, &cells_yaml);
+    assert_eq!(rest.code, 0, "{}{}", rest.stdout, rest.stderr);
+    assert!(
+        rest.stdout.contains("  cell n1       nothing to archive\n")
+            && rest.stdout.contains(&format!(
+                "  cell n2       archived 1 envelopes, 1 claims, 1 transfers, 1 send requests -> {}\n",
+                archive_dir
+                    .join("n2-before-2026-01-23-1-manifest.json")
+                    .display()
+            )),
+        "{}",
+        rest.stdout
+    );
+    let all = cellctl(&reconcile, &cells_yaml);
+    assert_eq!(all.code, 0, "{}{}", all.stdout, all.stderr);
+    assert!(
+        all.stdout.contains(
+            "conservation: ledger balances 10.00 + held 0.00 + orphaned 0.00 = deposited 10.00 (holds)"
+        ) && all
+            .stdout
+            .matches("           1 archived envelopes matched by their carried totals\n")
+            .count()
+            == 2,
+        "{}",
+        all.stdout
+    );
 }

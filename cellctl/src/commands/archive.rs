@@ -186,7 +186,7 @@ fn describe(survey: &Survey, apply: bool) -> String {
     let mut line = if survey.settled.envelopes == 0 {
         "nothing to archive".to_owned()
     } else if apply {
-        format!("archiving {}", rows(&survey.settled))
+        format!("to archive: {}", rows(&survey.settled))
     } else {
         format!("would archive {}", rows(&survey.settled))
     };

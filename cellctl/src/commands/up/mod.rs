@@ -23,10 +23,14 @@
 //! 5. **Ready**: the routers file is written (what `demo` and later commands
 //!    read), the router address, a dev token and the next commands printed.
 //!    `--demo` then runs `cellctl demo` in this process.
+//!    While it runs, `up` rereads cells.yaml every second and starts the
+//!    PostgreSQL and logic servers of cells that appear in it ([`grow`]:
+//!    `cellctl expand --apply`).
 //! 6. **Stop** on SIGINT/SIGTERM, at any step: routers, logic servers, then
 //!    PostgreSQL, each bounded.
 
 pub mod fleet;
+mod grow;
 pub mod plan;
 pub mod postgres;
 pub mod progress;
@@ -229,7 +233,7 @@ async fn up(
     let outcome = match started {
         Ok(true) => {
             let served = serve(
-                &plan,
+                &launch,
                 &args,
                 &state,
                 &mut fleet,
@@ -286,18 +290,7 @@ impl Launch<'_> {
         let step = progress::step(format!("starting {} logic servers", self.plan.cells.len()));
         let mut cells = Vec::new();
         for cell in &self.plan.cells {
-            let mut command = Command::new(self.cell_binary);
-            command
-                .arg("--topology")
-                .arg(self.topology)
-                .args(["--cell", &cell.cell])
-                .args(["--listen", &cell.listen.to_string()])
-                .args(["--ledger-dsn", &self.args.ledger_dsn])
-                .env("REDCELL_INTERNAL_TOKEN", self.internal_token)
-                .env_remove("REDCELL_DB_DSN");
-            if let Some(secs) = self.args.demo_expiry {
-                command.args(["--envelope-ttl-secs", &secs.to_string()]);
-            }
+            let command = self.cell_command(cell);
             if let Err(error) = fleet.spawn(&cell.part(), Kind::Cell, command) {
                 step.failed();
                 return Err(error);
@@ -326,6 +319,24 @@ impl Launch<'_> {
             routers.push((router.part(), router.listen));
         }
         self.healthy(fleet, step, &routers).await
+    }
+
+    /// The logic server process of one planned server (at start, and for a
+    /// cell added later, [`grow`]).
+    fn cell_command(&self, cell: &plan::CellPlan) -> Command {
+        let mut command = Command::new(self.cell_binary);
+        command
+            .arg("--topology")
+            .arg(self.topology)
+            .args(["--cell", &cell.cell])
+            .args(["--listen", &cell.listen.to_string()])
+            .args(["--ledger-dsn", &self.args.ledger_dsn])
+            .env("REDCELL_INTERNAL_TOKEN", self.internal_token)
+            .env_remove("REDCELL_DB_DSN");
+        if let Some(secs) = self.args.demo_expiry {
+            command.args(["--envelope-ttl-secs", &secs.to_string()]);
+        }
+        command
     }
 
     /// Waits until every part answers SERVING; the first that exits or
@@ -399,7 +410,7 @@ pub async fn serving(address: SocketAddr) -> bool {
 /// The fleet is up: record it, say how to use it, then wait for a stop
 /// signal, reporting parts that exit meanwhile.
 async fn serve(
-    plan: &Plan,
+    launch: &Launch<'_>,
     args: &UpArgs,
     state: &StateDir,
     fleet: &mut Fleet,
@@ -407,6 +418,8 @@ async fn serve(
     interrupt: &mut tokio::signal::unix::Signal,
     terminate: &mut tokio::signal::unix::Signal,
 ) -> Result<(), CommandError> {
+    let plan = launch.plan;
+    let mut growth = grow::Growth::new(launch);
     let routers: Vec<String> = plan.routers.iter().map(|r| r.listen.to_string()).collect();
     let mut token = Vec::new();
     super::dev_token::run(DEMO_USER, &state.hs256_key_file(), 3600, &mut token)?;
@@ -463,6 +476,7 @@ async fn serve(
                 for said in fleet.respawn() {
                     progress::note(&said);
                 }
+                growth.follow(launch, fleet).await;
             }
         }
     }

@@ -1,0 +1,189 @@
+//! A running `up` follows cells.yaml: the PostgreSQL server and logic
+//! servers of a cell that appears in the file are started, so that `cellctl
+//! expand --apply` on a local fleet ends with its new cells serving (issue 12
+//! item 1).
+//!
+//! The serve loop calls [`Growth::follow`] every second; it rereads the file
+//! and acts only when the bytes changed and the new text is valid, and only
+//! on cells whose *names* are new. Everything else a change does (status,
+//! epochs, minting, a DB moved by `cellctl failover`) is the running
+//! processes' own reload, never a start here: starting a server for a
+//! changed DSN could start a second writer.
+//!
+//! For the new cells the start sequence is `up`'s own ([`super::Launch`]):
+//! the plan of the new topology (same flags, same standby choice) gives
+//! their PostgreSQL servers (initdb, start, create and migrate the
+//! databases, with a standby under `--standby`) and their logic servers,
+//! which must answer SERVING within `--start-timeout`. Each part is a child
+//! of `up` with its pid recorded, so `down` and Ctrl-C stop it like the
+//! rest. A failed start is reported in `up`'s log once and not retried every
+//! second (the cell stays known); `cellctl status` shows it down, and
+//! restarting `up` starts it. A new cell whose database is on a PostgreSQL
+//! server that already runs is not supported here (the note says how to
+//! create it by hand): by the `expand` convention every cell gets a server
+//! of its own.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use redcell_topology::Topology;
+
+use super::{
+    Launch,
+    fleet::{Fleet, Kind},
+    plan::{Plan, StandbyChoice},
+    postgres, progress, roles,
+};
+
+/// What this `up` already runs, to tell new cells from known ones.
+#[derive(Debug)]
+pub struct Growth {
+    path: PathBuf,
+    /// The file's bytes when last read (empty before the first read).
+    seen: Vec<u8>,
+    /// Every cell name started (or tried).
+    cells: BTreeSet<String>,
+    /// Every PostgreSQL port this `up` runs (primaries and standbys).
+    postgres: BTreeSet<u16>,
+}
+
+impl Growth {
+    pub fn new(launch: &Launch<'_>) -> Growth {
+        let plan = launch.plan;
+        Growth {
+            path: launch.topology.to_owned(),
+            // Nothing seen yet: the first call compares the file with the
+            // plan, so a cell written while `up` was starting is not missed.
+            seen: Vec::new(),
+            cells: plan.cells.iter().map(|cell| cell.cell.clone()).collect(),
+            postgres: plan
+                .postgres
+                .iter()
+                .flat_map(|pg| std::iter::once(pg.port).chain(pg.standby.as_ref().map(|s| s.port)))
+                .collect(),
+        }
+    }
+
+    /// Starts the parts of cells new in the file since the last call.
+    pub async fn follow(&mut self, launch: &Launch<'_>, fleet: &mut Fleet) {
+        let Ok(bytes) = std::fs::read(&self.path) else {
+            return; // mid-rename or removed: the next tick reads it again
+        };
+        if bytes == self.seen {
+            return;
+        }
+        self.seen = bytes;
+        let Ok(topology) = Topology::parse(&String::from_utf8_lossy(&self.seen)) else {
+            return; // the servers refuse it too, and log why
+        };
+        let new: Vec<String> = topology
+            .cells()
+            .iter()
+            .map(|cell| cell.name.clone())
+            .filter(|name| !self.cells.contains(name))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        self.cells.extend(new.iter().cloned());
+        progress::note(&format!(
+            "{} adds cell(s) {}: starting their PostgreSQL and logic servers",
+            self.path.display(),
+            new.join(", ")
+        ));
+        if let Err(why) = self.start(&topology, &new, launch, fleet).await {
+            progress::note(&format!(
+                "cell(s) {} not started: {why}; the rest keeps running",
+                new.join(", ")
+            ));
+        }
+    }
+
+    async fn start(
+        &mut self,
+        topology: &Topology,
+        new: &[String],
+        launch: &Launch<'_>,
+        fleet: &mut Fleet,
+    ) -> Result<(), String> {
+        let args = launch.args;
+        let standbys = StandbyChoice {
+            offset: args.standby.then_some(args.standby_port_offset),
+            recorded: roles::pairs(launch.state)
+                .map_err(|error| error.to_string())?
+                .into_iter()
+                .map(|pair| (pair.primary, pair.standby))
+                .collect(),
+        };
+        let plan = Plan::new(
+            topology,
+            &args.ledger_dsn,
+            args.routers,
+            args.router_listen,
+            &standbys,
+        )
+        .map_err(|errors| errors.join("; "))?;
+        let is_new = |label: &str| new.iter().any(|name| label == format!("cell {name}"));
+        for pg in &plan.postgres {
+            let databases: Vec<_> = pg
+                .databases
+                .iter()
+                .filter(|database| is_new(&database.label))
+                .cloned()
+                .collect();
+            if databases.is_empty() {
+                continue;
+            }
+            if self.postgres.contains(&pg.port) {
+                return Err(format!(
+                    "{} runs already; create database(s) {} on it and `cellctl migrate --cell` \
+                     them, then restart `up`",
+                    pg.part(),
+                    databases
+                        .iter()
+                        .map(|database| database.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            self.postgres.insert(pg.port);
+            self.postgres
+                .extend(pg.standby.as_ref().map(|standby| standby.port));
+            let pg = super::plan::PgPlan {
+                databases,
+                ..pg.clone()
+            };
+            postgres::start(
+                &pg,
+                launch.pg_binaries,
+                launch.pg_user,
+                args.fast,
+                launch.state,
+                fleet,
+            )
+            .await
+            .map_err(|error| error.to_string())?;
+        }
+        let servers: Vec<_> = plan
+            .cells
+            .iter()
+            .filter(|cell| new.contains(&cell.cell))
+            .collect();
+        let step = progress::step(format!(
+            "starting {} logic server(s) of {}",
+            servers.len(),
+            new.join(", ")
+        ));
+        let mut parts = Vec::new();
+        for cell in servers {
+            if let Err(error) = fleet.spawn(&cell.part(), Kind::Cell, launch.cell_command(cell)) {
+                step.failed();
+                return Err(error.to_string());
+            }
+            parts.push((cell.part(), cell.listen));
+        }
+        launch
+            .healthy(fleet, step, &parts)
+            .await
+            .map_err(|error| error.to_string())
+    }
+}

@@ -6,6 +6,8 @@ use std::{path::PathBuf, process::Command};
 
 use redcell_migrations::{LEDGER, ORDER_DB, Schema};
 
+#[path = "cli/archive.rs"]
+mod archive;
 #[path = "cli/change.rs"]
 mod change;
 #[path = "cli/expand.rs"]

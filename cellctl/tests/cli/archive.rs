@@ -6,8 +6,6 @@
 //! (2026-01-22) is seeded as the cell writes it (`archive/seed.rs`), the way
 //! `cli/ops.rs` seeds a stuck transfer; reconcile passes on the seed before
 //! anything is archived.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 #[path = "archive/seed.rs"]
 mod seed;
 
@@ -544,7 +542,7 @@ fn archive_exports_settled_cold_envelopes_and_reconcile_still_balances() {
 /// that `cellctl archive` has a cold day to archive in the walk-through: an
 /// exhausted, an expired-and-refunded and a cancelled envelope minted on
 /// `REDCELL_SEED_DAY` (YYMMDD, default 260122), IDs from sequence 1.
-/// `cargo test -p redcell-cellctl --test archive -- --ignored seed_a_back_dated_day`
+/// `cargo test -p redcell-cellctl --test cli -- --ignored archive::seed_a_back_dated_day`
 #[test]
 #[ignore = "a walk-through aid: writes into the fleet named by REDCELL_SEED_*"]
 fn seed_a_back_dated_day_into_a_running_fleet() {

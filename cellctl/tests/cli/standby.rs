@@ -5,14 +5,16 @@
 //! in north (so every Send mints in n1).
 //!
 //! The story, in one test (one fleet): the standbys stream synchronously; a
-//! standby whose replay is paused is refused as behind; an envelope is sent,
+//! standby killed -9 is started again by `up` and its primary commits again;
+//! a standby whose replay is paused is refused as behind; an envelope is sent,
 //! its cell's primary is killed -9 right after the acknowledgement; the dry
 //! run shows the plan and changes nothing; `--apply` fences, promotes and
 //! repoints; the envelope opens again through the router; the fenced data
 //! directory, started by hand, takes no writes; a second failover (no
 //! standby left) and a failover of the ledger's server are refused; after
 //! `down`, an `up` on the old file is refused and one on the new file starts
-//! the promoted server, never the fenced one.
+//! the promoted server, never the fenced one, with a new standby of its own;
+//! a switchover (primary running) then stops it and promotes that standby.
 //!
 //! Timings (kill to first successful Open, the failover command) are printed,
 //! never asserted against a bound.
@@ -55,19 +57,27 @@ impl Ports {
             .collect();
         let port = |index: usize| held[index].local_addr().unwrap().port();
         let chosen: Vec<u16> = (0..5).map(port).collect();
-        // One offset for both servers: both standby ports free and distinct
-        // from the rest.
+        // One offset for every standby: of both servers, and later of n1's
+        // promoted standby (n1_db + 2 offsets); each free and distinct from
+        // the rest.
         let offset = (1..4000u16)
             .map(|step| step * 7)
             .find(|offset| {
-                [chosen[0], chosen[1]].iter().all(|primary| {
-                    primary.checked_add(*offset).is_some_and(|standby| {
+                let standbys = [
+                    chosen[0].checked_add(*offset),
+                    chosen[1].checked_add(*offset),
+                    offset
+                        .checked_mul(2)
+                        .and_then(|twice| chosen[0].checked_add(twice)),
+                ];
+                standbys.iter().all(|standby| {
+                    standby.is_some_and(|standby| {
                         !chosen.contains(&standby)
                             && TcpListener::bind(("127.0.0.1", standby)).is_ok()
                     })
                 })
             })
-            .expect("a free pair of standby ports");
+            .expect("free standby ports");
         Ports {
             n1_db: chosen[0],
             n2_db: chosen[1],
@@ -504,27 +514,7 @@ fn standby_failover_fences_promotes_and_repoints_a_live_fleet() {
     );
 
     // 6. The acknowledged envelope opens through the router again.
-    let opened = runtime.block_on(async {
-        let mut bob = router_client(&site, "bob").await;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match bob
-                .open(pb::OpenRequest {
-                    envelope_id: envelope.clone(),
-                })
-                .await
-            {
-                Ok(reply) => break reply.into_inner(),
-                Err(status) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{envelope} does not open after the failover: {status}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
+    let opened = runtime.block_on(open(&site, "bob", &envelope));
     assert_eq!(opened.status(), pb::ShareStatus::Available, "{opened:?}");
     assert!(opened.amount_cents > 0, "{opened:?}");
     eprintln!(
@@ -580,7 +570,8 @@ fn standby_failover_fences_promotes_and_repoints_a_live_fleet() {
     drop(up);
 
     // 10. up on the old file is refused (its server is fenced); on the new
-    //     file it starts the promoted server, and n2's standby (recorded).
+    //     file (with --standby again) it starts the promoted server as a
+    //     primary with a standby of its own, and n2's (recorded).
     let prev = site.dir.path().join("cells.yaml.prev");
     let output = site.up_command(&prev, &[]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -589,7 +580,8 @@ fn standby_failover_fences_promotes_and_repoints_a_live_fleet() {
         stderr.contains(&format!("postgres-{n1_db} is fenced")),
         "{stderr}"
     );
-    let again = site.up("up2", &[]);
+    let again = site.up("up2", &["--standby", "--standby-port-offset", &offset]);
+    let n1_third = n1_standby + site.ports.offset;
     let parts = again.parts();
     assert!(
         parts.contains(&format!("postgres-{n1_standby}")),
@@ -599,6 +591,7 @@ fn standby_failover_fences_promotes_and_repoints_a_live_fleet() {
         parts.contains(&format!("postgres-{}", site.ports.n2_standby())),
         "{parts:?}"
     );
+    assert!(parts.contains(&format!("postgres-{n1_third}")), "{parts:?}");
     assert!(!parts.contains(&format!("postgres-{n1_db}")), "{parts:?}");
     assert!(!port_answers(n1_db), "the fenced server was started");
     let rows: i64 = runtime.block_on(async {
@@ -610,6 +603,53 @@ fn standby_failover_fences_promotes_and_repoints_a_live_fleet() {
             .get(0)
     });
     assert_eq!(rows, 1);
+
+    // 11. A switchover: the primary runs and commits while failover runs;
+    //     it is caught up to, stopped (fenced), and its standby promoted.
+    let second = runtime.block_on(send(&site, "standby-test-switchover"));
+    let switching = Instant::now();
+    let (code, out, err) = site.run(&["failover", "n1", "--apply", "--state-dir", &state]);
+    eprintln!(
+        "standby test: switchover (primary running) took {} ms",
+        switching.elapsed().as_millis()
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for said in [
+        format!("  primary  postgres-{n1_standby}: running, flushed "),
+        format!("fenced postgres-{n1_standby}: stopped its postmaster (pid "),
+        format!("promoted postgres-{n1_third}"),
+    ] {
+        assert!(out.contains(&said), "missing {said:?} in\n{out}");
+    }
+    assert!(!port_answers(n1_standby), "the old primary still answers");
+    for id in [&envelope, &second] {
+        let opened = runtime.block_on(open(&site, "carol", id));
+        assert_eq!(opened.status(), pb::ShareStatus::Available, "{opened:?}");
+    }
+}
+
+/// `user` opens `id` through the router, retrying (bounded) while the
+/// router or cell answers an error, as a client retries UNAVAILABLE.
+async fn open(site: &Site, user: &str, id: &str) -> pb::OpenResponse {
+    let mut client = router_client(site, user).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client
+            .open(pb::OpenRequest {
+                envelope_id: id.to_owned(),
+            })
+            .await
+        {
+            Ok(reply) => return reply.into_inner(),
+            Err(status) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{id} does not open for {user}: {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Starts the fenced data directory of `port` by hand (as `up` would, minus

@@ -52,7 +52,12 @@ pub struct FailoverArgs {
     pub cell: String,
     /// How long the standby may take to replay what it has before it is
     /// refused as behind.
-    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "SECS",
+        value_parser = clap::value_parser!(u64).range(0..=3600)
+    )]
     pub catch_up_secs: u64,
     #[command(flatten)]
     pub change: ChangeArgs,

@@ -109,7 +109,12 @@ pub struct UpArgs {
     #[arg(long)]
     pub standby: bool,
     /// A standby listens on its primary's port plus OFFSET.
-    #[arg(long, default_value_t = standby::DEFAULT_OFFSET, value_name = "OFFSET")]
+    #[arg(
+        long,
+        default_value_t = standby::DEFAULT_OFFSET,
+        value_name = "OFFSET",
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
     pub standby_port_offset: u16,
 }
 

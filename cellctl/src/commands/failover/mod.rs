@@ -137,7 +137,40 @@ pub fn run(path: &Path, args: FailoverArgs, out: &mut impl Write) -> Result<(), 
     }
 
     let started = Instant::now();
-    if fenced.is_none() {
+    switch(
+        &runtime,
+        &state,
+        &target,
+        fenced.is_none(),
+        !promoted,
+        started,
+        out,
+    )?;
+    drop(runtime);
+    change::run(path, &target.what(), &args.change, make, out)?;
+    writeln!(
+        out,
+        "failover {} done in {} ms: {} now on {}",
+        target.cell,
+        started.elapsed().as_millis(),
+        target.moves.join(", "),
+        target.standby.part()
+    )?;
+    Ok(())
+}
+
+/// Fences the old primary and promotes the standby, each unless done by an
+/// earlier run; says what it did.
+fn switch(
+    runtime: &tokio::runtime::Runtime,
+    state: &StateDir,
+    target: &Target,
+    fence: bool,
+    promote: bool,
+    started: Instant,
+    out: &mut impl Write,
+) -> Result<(), CommandError> {
+    if fence {
         let at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
@@ -146,11 +179,11 @@ pub fn run(path: &Path, args: FailoverArgs, out: &mut impl Write) -> Result<(), 
             target.standby.part(),
             target.cell
         );
-        writeln!(out, "{}", fence::fence(&state, from, &why)?)?;
+        writeln!(out, "{}", fence::fence(state, target.server.port, &why)?)?;
     }
-    if !promoted {
+    if promote {
         runtime
-            .block_on(lag::promote(to, &target.server.superuser))
+            .block_on(lag::promote(target.standby.port, &target.server.superuser))
             .map_err(|error| {
                 CommandError::Input(format!(
                     "{} is fenced, but promoting {} failed: {error}; run failover again",
@@ -165,16 +198,6 @@ pub fn run(path: &Path, args: FailoverArgs, out: &mut impl Write) -> Result<(), 
             started.elapsed().as_millis()
         )?;
     }
-    drop(runtime);
-    change::run(path, &target.what(), &args.change, make, out)?;
-    writeln!(
-        out,
-        "failover {} done in {} ms: {} now on {}",
-        target.cell,
-        started.elapsed().as_millis(),
-        target.moves.join(", "),
-        target.standby.part()
-    )?;
     Ok(())
 }
 

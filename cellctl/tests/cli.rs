@@ -12,6 +12,8 @@ mod archive;
 mod change;
 #[path = "cli/expand.rs"]
 mod expand;
+#[path = "cli/grow_live.rs"]
+mod grow_live;
 #[path = "cli/live.rs"]
 mod live;
 #[path = "cli/ops.rs"]

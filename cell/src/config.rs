@@ -83,9 +83,9 @@ pub struct CellArgs {
     /// refused (DESIGN §6: cells serve routers only).
     #[arg(long, env = "REDCELL_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: String,
-    /// Log as JSON lines.
-    #[arg(long, env = "REDCELL_LOG_JSON")]
-    pub log_json: bool,
+    /// Logs, traces and the admin (`/metrics`) port.
+    #[command(flatten)]
+    pub telemetry: redcell_lifecycle::telemetry::TelemetryArgs,
 }
 
 /// The largest `--max-count`: a share count, a remaining count and a share's
@@ -165,7 +165,7 @@ impl CellConfig {
             open_strategy: OpenStrategy::Lane,
             workers: WorkerConfig::default(),
             internal_token: None,
-            metrics: Arc::default(),
+            metrics: Arc::new(CellMetrics::new(cell)),
         })
     }
 

@@ -35,6 +35,7 @@ enum Probe {
 pub async fn watch_database(
     pool: Pool,
     reporter: HealthReporter,
+    up: prometheus::IntGauge,
     interval: Duration,
     cancel: CancellationToken,
 ) {
@@ -43,6 +44,7 @@ pub async fn watch_database(
     loop {
         let found = probe(&pool, interval, verified).await;
         verified |= found == Probe::Healthy;
+        up.set(i64::from(found == Probe::Healthy));
         if last.as_ref() != Some(&found) {
             let status = match &found {
                 Probe::Healthy => {
@@ -71,6 +73,7 @@ pub async fn watch_database(
             () = tokio::time::sleep(interval) => {}
         }
     }
+    up.set(0);
     reporter
         .set_service_status("", ServingStatus::NotServing)
         .await;

@@ -24,6 +24,7 @@ pub mod health;
 pub(crate) mod ids;
 pub(crate) mod kind;
 pub mod lane;
+pub(crate) mod measured;
 pub mod metrics;
 pub(crate) mod ops;
 pub mod reconcile;

@@ -20,13 +20,26 @@ use redcell_cell::{
 };
 use redcell_lifecycle::TopologyFileError;
 use redcell_payments::PgLedger;
+use tokio_util::sync::CancellationToken;
 
 /// Exit code of a configuration error (EX_CONFIG of sysexits.h).
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = CellArgs::parse();
-    redcell_lifecycle::init_logging(args.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cell: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Inside the runtime: the trace exporter's channel lives on it. Dropped
+    // last (after the runtime's work ended), flushing the spans still buffered.
+    let telemetry = {
+        let _entered = runtime.enter();
+        redcell_lifecycle::telemetry::init("cell", args.telemetry.format())
+    };
     let config = match load(&args) {
         Ok(config) => config,
         Err(errors) => {
@@ -36,14 +49,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cell: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args, config)) {
+    let served = runtime.block_on(serve(args, config));
+    drop(telemetry);
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(error)) => {
             eprintln!("cell: {error}");
@@ -84,6 +92,18 @@ async fn serve(args: CellArgs, config: CellConfig) -> Result<(), Failure> {
         .map_err(|error| {
             Failure::Runtime(format!("--listen: cannot bind {}: {error}", args.listen))
         })?;
+    let admin = CancellationToken::new();
+    let _stop_admin = admin.clone().drop_guard();
+    if let Some(address) = args.telemetry.admin_listen {
+        let listener = redcell_lifecycle::admin::bind(address)
+            .await
+            .map_err(Failure::Runtime)?;
+        tokio::spawn(redcell_lifecycle::admin::serve(
+            listener,
+            config.metrics.registry().clone(),
+            admin,
+        ));
+    }
     redcell_cell::run(
         listener,
         config,

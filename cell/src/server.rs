@@ -27,9 +27,11 @@ use crate::{
     db, health,
     ids::IdMinter,
     lane::Lanes,
+    measured::Measured,
     service::{CellService, RequireInternal},
-    workers::{self, expiry, recovery, settlement},
+    workers::{self, expiry, gauges, recovery, settlement},
 };
+use redcell_lifecycle::rpc::RpcLayer;
 
 /// How long tracked tasks get to finish after the server stopped.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -85,7 +87,9 @@ pub async fn run<P: Payments>(
         config.lanes,
         tracker.clone(),
         cancel.child_token(),
-    );
+    )
+    .observed_by(config.metrics.clone());
+    let payments = Measured::new(payments, config.metrics.clone());
     let context = Arc::new(CellContext {
         cell: config.cell.clone(),
         topology: config.topology.clone(),
@@ -107,6 +111,7 @@ pub async fn run<P: Payments>(
     tracker.spawn(health::watch_database(
         pool.clone(),
         reporter,
+        config.metrics.db_up.clone(),
         config.workers.health_interval,
         cancel.child_token(),
     ));
@@ -127,6 +132,7 @@ pub async fn run<P: Payments>(
         tracing::warn!("no internal token: this cell serves any caller (development only)");
     }
     let served = tonic::transport::Server::builder()
+        .layer(RpcLayer::new(config.metrics.rpc.clone()))
         .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
         .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
@@ -162,15 +168,28 @@ pub async fn run<P: Payments>(
 fn spawn_workers<P: Payments>(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
-    context: &Arc<CellContext<P>>,
+    context: &Arc<CellContext<Measured<P>>>,
     config: &CellConfig,
 ) {
     let interval = config.workers.interval;
+    let metrics = &context.metrics;
+    let sampled = context.clone();
+    tracker.spawn(workers::run_loop(
+        "gauges",
+        interval,
+        cancel.child_token(),
+        metrics.clone(),
+        move || {
+            let context = sampled.clone();
+            async move { gauges::sample(&context).await }
+        },
+    ));
     let settle = context.clone();
     tracker.spawn(workers::run_loop(
         "settlement",
         interval,
         cancel.child_token(),
+        metrics.clone(),
         move || {
             let context = settle.clone();
             async move {
@@ -185,6 +204,7 @@ fn spawn_workers<P: Payments>(
         "expiry",
         interval,
         cancel.child_token(),
+        metrics.clone(),
         move || {
             let context = expire.clone();
             async move {
@@ -196,10 +216,12 @@ fn spawn_workers<P: Payments>(
     ));
     let recover = context.clone();
     let grace = config.workers.recovery_grace;
+    metrics.recovery_grace.set(grace.as_secs_f64());
     tracker.spawn(workers::run_loop(
         "recovery",
         interval,
         cancel.child_token(),
+        metrics.clone(),
         move || {
             let context = recover.clone();
             async move { recovery::recover_batch(&context.pool, &context.payments, grace).await }

@@ -3,28 +3,21 @@
 //! stderr, filtered by `RUST_LOG` (default `info`); SIGINT and SIGTERM begin a
 //! graceful shutdown.
 //!
-//! **Owns**: what every server binary does alike at its edges: logging, the
-//! shutdown signal, and the live topology (the one reader of a topology
-//! file, reloads validated before they swap). **Never**: handles a request,
-//! opens a port or a database, or serves a topology that did not validate.
+//! **Owns**: what every server binary does alike at its edges: logging and
+//! trace export ([`telemetry`]), the metrics registry and the admin port that
+//! serves it ([`metrics`], [`admin`]), per-call request metrics and spans
+//! ([`rpc`]), the shutdown signal, and the live topology (the one reader of a
+//! topology file, reloads validated before they swap). **Never**: handles a
+//! request's content, opens a database, or serves a topology that did not
+//! validate.
 
+pub mod admin;
+pub mod metrics;
+pub mod rpc;
+pub mod telemetry;
 pub mod topology;
 
 pub use topology::{Reload, TopologyFileError, TopologyHandle, read_topology};
-
-/// Installs the global `tracing` subscriber. Call once, first thing in `main`.
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 /// Completes on SIGINT or SIGTERM (what Kubernetes sends before killing a pod).
 pub async fn shutdown_signal() {

@@ -1,13 +1,16 @@
 //! The router's configuration: flags with environment fallbacks, validated into
 //! a [`RouterConfig`] before any port is bound; every problem names its flag.
 
-use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Parser;
 use redcell_lifecycle::TopologyFileError;
 use redcell_topology::{RegionDigit, Topology};
 
-use crate::auth::{Authenticator, VerifierKey};
+use crate::{
+    auth::{Authenticator, VerifierKey},
+    metrics::RouterMetrics,
+};
 
 /// The redcell router: clients' only entry point.
 #[derive(Debug, Clone, Parser)]
@@ -58,9 +61,9 @@ pub struct RouterArgs {
         default_value_t = 1_000
     )]
     pub reload_interval_ms: u64,
-    /// Log as JSON lines.
-    #[arg(long, env = "REDCELL_LOG_JSON")]
-    pub log_json: bool,
+    /// Logs, traces and the admin (`/metrics`) port.
+    #[command(flatten)]
+    pub telemetry: redcell_lifecycle::telemetry::TelemetryArgs,
 }
 
 /// A validated router configuration.
@@ -79,6 +82,8 @@ pub struct RouterConfig {
     pub reload_interval: Duration,
     /// How long a cell that failed a Send stays out of the mint pool.
     pub suspect_for: Duration,
+    /// This router's metrics (give each router its own).
+    pub metrics: Arc<RouterMetrics>,
 }
 
 impl RouterConfig {
@@ -90,7 +95,11 @@ impl RouterConfig {
         auth: Authenticator,
         internal_token: String,
     ) -> RouterConfig {
+        let metrics = Arc::new(RouterMetrics::new(
+            topology.region_name(region).unwrap_or_default(),
+        ));
         RouterConfig {
+            metrics,
             topology_path,
             topology,
             region,

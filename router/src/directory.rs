@@ -38,7 +38,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::topology::TopologyHandle;
+use crate::{metrics::RouterMetrics, topology::TopologyHandle};
 
 /// The service a logic server's health is asked for.
 const CELL_SERVICE: &str = "redcell.v1.RedEnvelope";
@@ -121,9 +121,22 @@ pub struct Directory {
     suspects: Mutex<HashMap<String, Instant>>,
     connect_timeout: Duration,
     suspect_for: Duration,
+    /// Where calls to cells are counted and timed.
+    metrics: Arc<RouterMetrics>,
 }
 
 impl Directory {
+    /// Counts calls to cells in `metrics` (the router's; the default is a
+    /// registry nobody serves).
+    pub fn observed_by(mut self, metrics: Arc<RouterMetrics>) -> Directory {
+        self.metrics = metrics;
+        self
+    }
+
+    pub(crate) fn metrics(&self) -> &RouterMetrics {
+        &self.metrics
+    }
+
     pub fn new(connect_timeout: Duration, suspect_for: Duration) -> Directory {
         Directory {
             channels: Mutex::default(),
@@ -133,6 +146,7 @@ impl Directory {
             suspects: Mutex::default(),
             connect_timeout,
             suspect_for,
+            metrics: Arc::default(),
         }
     }
 

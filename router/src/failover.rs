@@ -25,9 +25,13 @@
 //!   every code, exhaustively, and every status the router returns passes
 //!   through it.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use tonic::{Code, Status, transport::Channel};
+use tracing::Instrument;
 
 use crate::{deadline::Deadline, directory::Directory};
 
@@ -129,24 +133,49 @@ where
             break;
         };
         let budget = attempt_budget(left, servers.len() - index);
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "cell_call",
+            otel.kind = "client",
+            cell,
+            server,
+            attempt = index + 1,
+        );
         let failed = match directory.channel(server) {
             Err(status) => Failed::Transport {
                 status,
                 reached: false,
             },
-            Ok(channel) => match tokio::time::timeout(budget, attempt(channel, budget)).await {
-                Ok(Ok(response)) => {
-                    directory.call_answered(server);
-                    return Ok(response.into_inner());
+            Ok(channel) => {
+                // Entered while the request is built too, so the trace
+                // context it carries names this attempt's span.
+                let call = span.in_scope(|| attempt(channel, budget));
+                let answered = tokio::time::timeout(budget, call).instrument(span).await;
+                match answered {
+                    Ok(Ok(response)) => {
+                        directory.call_answered(server);
+                        directory
+                            .metrics()
+                            .observe_attempt(cell, "ok", started.elapsed());
+                        return Ok(response.into_inner());
+                    }
+                    Ok(Err(status)) if from_handler(&status) => Failed::Answered(status),
+                    Ok(Err(status)) => {
+                        let reached = !never_reached(&status);
+                        Failed::Transport { status, reached }
+                    }
+                    Err(_elapsed) => Failed::TimedOut,
                 }
-                Ok(Err(status)) if from_handler(&status) => Failed::Answered(status),
-                Ok(Err(status)) => {
-                    let reached = !never_reached(&status);
-                    Failed::Transport { status, reached }
-                }
-                Err(_elapsed) => Failed::TimedOut,
-            },
+            }
         };
+        let outcome = match &failed {
+            Failed::Answered(_) => "answered",
+            Failed::Transport { .. } => "transport",
+            Failed::TimedOut => "timeout",
+        };
+        directory
+            .metrics()
+            .observe_attempt(cell, outcome, started.elapsed());
         match failed {
             Failed::Answered(status) => {
                 directory.call_answered(server);

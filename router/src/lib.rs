@@ -19,6 +19,7 @@ mod error;
 pub mod failover;
 pub mod history;
 pub mod limits;
+pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod service;

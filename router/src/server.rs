@@ -4,6 +4,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use redcell_lifecycle::rpc::RpcLayer;
 use redcell_proto::v1::red_envelope_server::RedEnvelopeServer;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -14,6 +15,7 @@ use crate::{
     directory::Directory,
     history::{History, PageTokenKey},
     limits::{UserRateLimiter, global_limit_layer},
+    metrics::RouterMetrics,
     service::RouterService,
     topology::TopologyHandle,
 };
@@ -40,6 +42,7 @@ pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 4_096;
 pub struct RouterHandle {
     pub topology: Arc<TopologyHandle>,
     pub directory: Arc<Directory>,
+    pub metrics: Arc<RouterMetrics>,
 }
 
 /// Builds the router's parts (exposed so tests can watch them) and serves until
@@ -67,7 +70,9 @@ pub fn start(
         config.topology_path.clone(),
         config.topology.clone(),
     ));
-    let directory = Arc::new(Directory::new(config.cell_timeout, config.suspect_for));
+    let directory = Arc::new(
+        Directory::new(config.cell_timeout, config.suspect_for).observed_by(config.metrics.clone()),
+    );
     let limiter = Arc::new(UserRateLimiter::new(
         config.rate_per_user,
         config.rate_burst,
@@ -75,6 +80,7 @@ pub fn start(
     let handle = RouterHandle {
         topology: topology.clone(),
         directory: directory.clone(),
+        metrics: config.metrics.clone(),
     };
     let service = RouterService {
         topology: topology.clone(),
@@ -85,6 +91,7 @@ pub fn start(
         region: config.region,
         cell_timeout: config.cell_timeout,
         history: History::new(PageTokenKey::derive(&config.internal_token)),
+        metrics: config.metrics.clone(),
     };
     let serve = async move {
         let tracker = TaskTracker::new();
@@ -117,6 +124,20 @@ pub fn start(
                 }
             }
         });
+        // The per-cell health and mint-pool gauges, after each health round.
+        tracker.spawn({
+            let (cancel, metrics) = (cancel.child_token(), config.metrics.clone());
+            let (topology, directory) = (topology.clone(), directory.clone());
+            async move {
+                loop {
+                    metrics.sample(&topology.load(), &topology, &directory);
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(config.health_interval) => {}
+                    }
+                }
+            }
+        });
         let (reporter, health_service) = tonic_health::server::health_reporter();
         reporter
             .set_service_status(
@@ -128,6 +149,7 @@ pub fn start(
         let served = tonic::transport::Server::builder()
             .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
             .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .layer(RpcLayer::new(config.metrics.rpc.clone()))
             .layer(global_limit_layer(config.max_in_flight))
             .add_service(health_service)
             .add_service(RedEnvelopeServer::new(service))

@@ -18,6 +18,7 @@ use crate::{
     failover::{self, CellError},
     history::History,
     limits::UserRateLimiter,
+    metrics::RouterMetrics,
     route,
     topology::TopologyHandle,
     traceparent::TraceParent,
@@ -33,6 +34,7 @@ pub struct RouterService {
     pub(crate) region: RegionDigit,
     pub(crate) cell_timeout: Duration,
     pub(crate) history: History,
+    pub(crate) metrics: Arc<RouterMetrics>,
 }
 
 /// Who is calling, in which trace, and until when: what every request to a
@@ -63,7 +65,9 @@ impl RouterService {
     fn admit<T>(&self, request: &Request<T>) -> Result<Caller, RouterError> {
         let metadata = request.metadata();
         let user = self.auth.authenticate(metadata)?;
-        self.limiter.check(user.as_str())?;
+        self.limiter.check(user.as_str()).inspect_err(|_| {
+            self.metrics.rate_limited.inc();
+        })?;
         let deadline = Deadline::for_call(self.cell_timeout, metadata);
         // A call that arrives already late is answered as such, at once.
         deadline.left_for("the router could start on it")?;
@@ -84,7 +88,11 @@ impl RouterService {
             .with_internal(&self.internal_token)
             .ok_or_else(|| Status::internal("bad internal token"))?
             .stamp(request.metadata_mut());
-        caller.trace.child().inject(request.metadata_mut());
+        // The current span's context when spans are exported (the cell's span
+        // becomes its child); otherwise a child of the caller's traceparent.
+        if !redcell_lifecycle::telemetry::inject_current(request.metadata_mut()) {
+            caller.trace.child().inject(request.metadata_mut());
+        }
         request.set_timeout(left);
         Ok(request)
     }

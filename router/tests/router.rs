@@ -25,3 +25,6 @@ mod failover;
 
 #[path = "router/degrade.rs"]
 mod degrade;
+
+#[path = "router/observability.rs"]
+mod observability;

@@ -31,13 +31,14 @@ pub mod plan;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use deadpool_postgres::Pool;
 use redcell_topology::EnvelopeId;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 pub use commit::{CommitFuture, Committer, OpenBatch, PgCommitter};
 use plan::{Answer, Ask, LaneState, Queued, Taker};
@@ -45,6 +46,7 @@ use plan::{Answer, Ask, LaneState, Queued, Taker};
 use crate::{
     envelope::{Envelope, Status},
     error::CellError,
+    metrics::CellMetrics,
     share::{OpenResult, ShareStatus},
     store::{self, CommitOutcome},
 };
@@ -78,22 +80,31 @@ enum Request {
     Grab {
         user: String,
         reply: oneshot::Sender<Result<ShareStatus, CellError>>,
+        /// When it entered the queue (the batch wait metric).
+        queued_at: Instant,
     },
     Open {
         user: String,
         reply: oneshot::Sender<Result<OpenResult, CellError>>,
+        queued_at: Instant,
     },
 }
 
 impl Request {
+    fn queued_at(&self) -> Instant {
+        match self {
+            Request::Grab { queued_at, .. } | Request::Open { queued_at, .. } => *queued_at,
+        }
+    }
+
     fn fail(self, error: impl Fn() -> CellError) {
         self.into_parts().1.send(Answer::Open(Err(error())));
     }
 
     fn into_parts(self) -> (String, Reply, Ask) {
         match self {
-            Request::Grab { user, reply } => (user, Reply::Grab(reply), Ask::Grab),
-            Request::Open { user, reply } => (user, Reply::Open(reply), Ask::Open),
+            Request::Grab { user, reply, .. } => (user, Reply::Grab(reply), Ask::Grab),
+            Request::Open { user, reply, .. } => (user, Reply::Open(reply), Ask::Open),
         }
     }
 }
@@ -133,6 +144,8 @@ pub struct Lanes {
     config: LaneConfig,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// Batch size, wait and commit time are recorded here.
+    metrics: Arc<CellMetrics>,
 }
 
 impl Lanes {
@@ -163,7 +176,28 @@ impl Lanes {
             config,
             tracker,
             cancel,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records batches in `metrics` (the server's; the default is a registry
+    /// nobody serves).
+    pub fn observed_by(mut self, metrics: Arc<CellMetrics>) -> Lanes {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Requests queued in every lane, not yet taken into a batch.
+    pub fn queued(&self) -> usize {
+        self.registry
+            .lock()
+            .map(|lanes| {
+                lanes
+                    .values()
+                    .map(|sender| sender.max_capacity() - sender.capacity())
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// Number of live lanes (for metrics and `cellctl status`).
@@ -177,13 +211,27 @@ impl Lanes {
 
     pub async fn grab(&self, id: EnvelopeId, user: String) -> Result<ShareStatus, CellError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(id, Request::Grab { user, reply })?;
+        self.submit(
+            id,
+            Request::Grab {
+                user,
+                reply,
+                queued_at: Instant::now(),
+            },
+        )?;
         answer.await.map_err(|_| CellError::ShuttingDown)?
     }
 
     pub async fn open(&self, id: EnvelopeId, user: String) -> Result<OpenResult, CellError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(id, Request::Open { user, reply })?;
+        self.submit(
+            id,
+            Request::Open {
+                user,
+                reply,
+                queued_at: Instant::now(),
+            },
+        )?;
         answer.await.map_err(|_| CellError::ShuttingDown)?
     }
 
@@ -252,6 +300,7 @@ impl Lanes {
             config: self.config,
             registry: self.registry.clone(),
             own_sender: sender.downgrade(),
+            metrics: self.metrics.clone(),
         };
         self.tracker.spawn(lane.run(self.cancel.clone()));
         sender
@@ -267,6 +316,7 @@ struct Lane {
     config: LaneConfig,
     registry: Registry,
     own_sender: mpsc::WeakSender<Request>,
+    metrics: Arc<CellMetrics>,
 }
 
 impl Lane {
@@ -291,7 +341,23 @@ impl Lane {
                     Err(_) => break,
                 }
             }
-            self.serve(batch).await;
+            let waited = batch.first().map(|first| first.queued_at().elapsed());
+            let span = tracing::info_span!(
+                "lane_batch",
+                size = batch.len(),
+                wait_us = waited.map_or(0, |wait| wait.as_micros() as u64),
+            );
+            self.metrics
+                .lane_batch_size
+                .with_label_values(&[] as &[&str])
+                .observe(batch.len() as f64);
+            if let Some(waited) = waited {
+                self.metrics
+                    .lane_batch_wait
+                    .with_label_values(&[] as &[&str])
+                    .observe(waited.as_secs_f64());
+            }
+            self.serve(batch).instrument(span).await;
         }
     }
 
@@ -398,6 +464,7 @@ impl Lane {
                 }
                 return;
             }
+            let started = Instant::now();
             let outcome = self
                 .committer
                 .commit(OpenBatch {
@@ -406,7 +473,14 @@ impl Lane {
                     remaining_cents: batch.remaining_cents,
                     remaining_count: batch.remaining_count,
                 })
+                .instrument(tracing::info_span!(
+                    "db_transaction",
+                    kind = "open_batch",
+                    claims = batch.claims.len()
+                ))
                 .await;
+            self.metrics
+                .observe_transaction("open_batch", started.elapsed());
             match outcome {
                 Ok(CommitOutcome::Committed(version)) => {
                     let results = state.apply(&batch, version);

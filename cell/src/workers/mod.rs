@@ -6,28 +6,54 @@
 //! work without a leader, and a crashed server's work is simply picked up.
 
 pub mod expiry;
+pub mod gauges;
 pub mod recovery;
 pub mod settlement;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::metrics::CellMetrics;
 
 /// Runs `batch` until cancelled: again at once while it finds work, after
 /// `interval` when it found none or failed (failures are logged by `name`).
+/// Each pass is a `worker_pass` span and counts in
+/// `redcell_cell_worker_passes_total{worker, result}` (ok: did work; idle:
+/// found none; error). The gauge sampler's passes are debug-level spans, so
+/// they are never exported: they would be a trace every interval, from every
+/// server, saying nothing.
 pub async fn run_loop<F, Fut>(
     name: &'static str,
     interval: Duration,
     cancel: CancellationToken,
+    metrics: Arc<CellMetrics>,
     mut batch: F,
 ) where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<usize, String>>,
 {
     loop {
-        let idle = match batch().await {
+        let span = if name == "gauges" {
+            tracing::debug_span!("worker_pass", worker = name, done = tracing::field::Empty)
+        } else {
+            tracing::info_span!("worker_pass", worker = name, done = tracing::field::Empty)
+        };
+        let outcome = batch().instrument(span.clone()).await;
+        let result = match &outcome {
+            Ok(0) => "idle",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        metrics
+            .worker_passes
+            .with_label_values(&[name, result])
+            .inc();
+        let idle = match outcome {
             Ok(0) => true,
             Ok(done) => {
+                span.record("done", done);
                 tracing::debug!(worker = name, done, "batch done");
                 false
             }

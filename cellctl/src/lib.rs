@@ -118,6 +118,10 @@ pub enum Command {
         /// The ledger's DSN (default: the one the `up` on --state-dir runs).
         #[arg(long, env = "REDCELL_LEDGER_DSN")]
         ledger_dsn: Option<String>,
+        /// Also write the outcome for Prometheus (node_exporter's textfile
+        /// collector): discrepancies per cell and when this run finished.
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
     },
     /// Export and delete the rows of settled envelopes minted before a day,
     /// keeping their totals for reconcile and Get (dry run unless --apply).
@@ -284,10 +288,17 @@ pub fn run(cli: Cli, out: &mut impl Write) -> Result<(), CommandError> {
             cell,
             state_dir,
             ledger_dsn,
+            metrics_file,
         } => {
             let dsn = commands::reconcile::ledger_dsn(ledger_dsn, &state_dir)?;
             let topology = load::topology(&cli.topology)?;
-            commands::reconcile::run(&topology, cell.as_deref(), &dsn, out)
+            commands::reconcile::run(
+                &topology,
+                cell.as_deref(),
+                &dsn,
+                metrics_file.as_deref(),
+                out,
+            )
         }
         Command::Archive(args) => {
             commands::archive::run(&load::topology(&cli.topology)?, args, out)

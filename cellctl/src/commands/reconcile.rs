@@ -9,7 +9,7 @@
 //! Never hangs on a dead host: every connection is bounded by
 //! [`CONNECT_TIMEOUT`] (the ledger's pool bounds its own).
 
-use std::{io::Write, time::Duration};
+use std::{io::Write, path::Path, time::Duration};
 
 use redcell_cell::reconcile::{CellOrders, FleetReport, Report};
 use redcell_migrations::display_dsn;
@@ -132,20 +132,23 @@ pub fn ledger_dsn(
     }
 }
 
-/// `cellctl reconcile`: the ledger at `ledger_dsn`, the cells of `topology`.
+/// `cellctl reconcile`: the ledger at `ledger_dsn`, the cells of `topology`;
+/// with `metrics_file`, the outcome is also written there for Prometheus.
 pub fn run(
     topology: &Topology,
     cell: Option<&str>,
     ledger_dsn: &str,
+    metrics_file: Option<&Path>,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
-    runtime()?.block_on(run_async(topology, cell, ledger_dsn, out))
+    runtime()?.block_on(run_async(topology, cell, ledger_dsn, metrics_file, out))
 }
 
 async fn run_async(
     topology: &Topology,
     cell: Option<&str>,
     ledger_dsn: &str,
+    metrics_file: Option<&Path>,
     out: &mut impl Write,
 ) -> Result<(), CommandError> {
     let ledger = ledger(ledger_dsn)?;
@@ -206,6 +209,9 @@ async fn run_async(
     for discrepancy in &discrepancies {
         writeln!(out, "  {discrepancy}")?;
     }
+    if let Some(path) = metrics_file {
+        write_metrics(path, &reports, discrepancies.len())?;
+    }
     drop(reports);
     if discrepancies.is_empty() {
         Ok(())
@@ -215,6 +221,30 @@ async fn run_async(
             discrepancies.len()
         )))
     }
+}
+
+/// The run's outcome as a Prometheus textfile, replaced atomically (written
+/// beside it, then renamed) so the exporter never reads half a file.
+/// Discrepancies of no cell (the ledger's books, unroutable keys) count under
+/// `cell="fleet"`.
+fn write_metrics(path: &Path, reports: &[Report], total: usize) -> Result<(), CommandError> {
+    let mut per_cell: Vec<(&str, usize)> = reports
+        .iter()
+        .map(|report| (report.cell.as_str(), report.discrepancies.len()))
+        .collect();
+    let of_cells: usize = per_cell.iter().map(|(_, count)| count).sum();
+    per_cell.push(("fleet", total.saturating_sub(of_cells)));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    let text = redcell_lifecycle::metrics::reconcile_textfile(&per_cell, now);
+    let failed = |error: std::io::Error| {
+        CommandError::Input(format!("--metrics-file {}: {error}", path.display()))
+    };
+    let partial = path.with_extension("prom.partial");
+    std::fs::write(&partial, text).map_err(failed)?;
+    std::fs::rename(&partial, path).map_err(failed)
 }
 
 fn print_cells(reports: &[Report], out: &mut impl Write) -> Result<(), CommandError> {

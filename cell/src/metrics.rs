@@ -48,6 +48,7 @@ pub struct CellMetrics {
     pub(crate) pending_send_age: prometheus::Gauge,
     pub(crate) recovery_grace: prometheus::Gauge,
     pub(crate) worker_passes: IntCounterVec,
+    pub(crate) worker_pass_duration: HistogramVec,
     pub(crate) ledger_call: HistogramVec,
     pub(crate) ledger_errors: IntCounterVec,
     pub(crate) topology_version: IntGauge,
@@ -142,6 +143,12 @@ impl CellMetrics {
                 "redcell_cell_worker_passes_total",
                 "Worker batches run, by worker and result (ok, idle, error)",
                 &["worker", "result"],
+            ),
+            worker_pass_duration: m.histogram_vec(
+                "redcell_cell_worker_pass_duration_seconds",
+                "Time one worker batch took, by worker",
+                &["worker"],
+                LATENCY_BUCKETS,
             ),
             ledger_call: m.histogram_vec(
                 "redcell_cell_ledger_call_duration_seconds",

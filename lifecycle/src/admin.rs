@@ -30,7 +30,9 @@ pub async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, String> 
 
 /// Serves `/metrics` from `metrics` until `cancel`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
-    tracing::info!(address = ?listener.local_addr().ok(), "admin endpoint serving /metrics");
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "admin endpoint serving /metrics");
+    }
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -131,4 +133,52 @@ pub async fn scrape(address: std::net::SocketAddr) -> Result<String, String> {
         ));
     }
     Ok(body.to_owned())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_metrics_over_http_and_nothing_else() {
+        let metrics = Arc::new(Metrics::new(&[("region", "north")]));
+        metrics.counter("redcell_admin_test_total", "help").inc();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve(listener, metrics, cancel.clone()));
+
+        let body = scrape(address).await.unwrap();
+        assert!(
+            body.contains("redcell_admin_test_total{region=\"north\"} 1"),
+            "{body}"
+        );
+
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /secrets HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 405"), "{response}");
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_bad_address_is_named_at_bind() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let error = bind(taken.local_addr().unwrap()).await.unwrap_err();
+        assert!(error.starts_with("--admin-listen: cannot bind"), "{error}");
+    }
 }

@@ -192,3 +192,49 @@ pub fn reconcile_textfile(per_cell: &[(&str, usize)], ran_at_unix_seconds: u64) 
     ));
     text
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_known_before_any_sample_and_histograms_expand() {
+        let metrics = Metrics::new(&[("cell", "n1")]);
+        let counter = metrics.counter_vec("redcell_test_total", "help", &["code"]);
+        metrics.histogram_vec("redcell_test_seconds", "help", &[], LATENCY_BUCKETS);
+        let names = metrics.exported_names();
+        assert!(names.contains("redcell_test_total"));
+        for suffix in ["_bucket", "_sum", "_count"] {
+            assert!(names.contains(&format!("redcell_test_seconds{suffix}")));
+        }
+        // A labelled family with no sample is absent from a scrape ...
+        assert!(!metrics.render().contains("redcell_test_total{"));
+        counter.with_label_values(&["OK"]).inc();
+        // ... and carries the constant label once it has one.
+        let text = metrics.render();
+        assert!(
+            text.contains("redcell_test_total{code=\"OK\",cell=\"n1\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_name_registered_twice_is_logged_not_a_panic() {
+        let metrics = Metrics::new(&[]);
+        metrics.counter("redcell_twice_total", "help").inc();
+        metrics.counter("redcell_twice_total", "help").inc_by(5);
+        assert!(metrics.render().contains("redcell_twice_total 1"));
+    }
+
+    #[test]
+    fn the_reconcile_textfile_has_every_cell_and_the_run_time() {
+        let text = reconcile_textfile(&[("n1", 0), ("n2", 3), ("fleet", 0)], 1_700_000_000);
+        assert!(text.contains("redcell_reconcile_discrepancies{cell=\"n1\"} 0\n"));
+        assert!(text.contains("redcell_reconcile_discrepancies{cell=\"n2\"} 3\n"));
+        assert!(text.contains("redcell_reconcile_last_run_timestamp_seconds 1700000000\n"));
+        for name in RECONCILE_SERIES {
+            assert!(text.contains(&format!("# TYPE {name} gauge")), "{name}");
+        }
+    }
+}

@@ -23,6 +23,7 @@ use std::time::SystemTime;
 
 use redcell_payments::{Debit, DebitOutcome, DebitResolution, Payments, keys::LedgerKey};
 use redcell_topology::Suffix;
+use tracing::Instrument;
 
 use crate::{
     allocation::{self, SplitVersion},
@@ -77,14 +78,18 @@ pub async fn send<P: Payments>(
     // A failure here may even have committed the pending row, but no money
     // moved: the debit comes after. Recovery cancels such a row (its debit
     // key is voided), so a retry in another cell charges the sender once.
+    let started = std::time::Instant::now();
     let inserted = store::insert_pending(
         &cell.pool,
         &envelope,
         cell.envelope_ttl,
         &command.idempotency_key,
     )
-    .await
-    .map_err(|error| before_writing(error.into()))?;
+    .instrument(tracing::info_span!("db_transaction", kind = "send_insert"))
+    .await;
+    cell.metrics
+        .observe_transaction("send_insert", started.elapsed());
+    let inserted = inserted.map_err(|error| before_writing(error.into()))?;
     match inserted {
         Inserted::New {
             created_at,

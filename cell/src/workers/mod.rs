@@ -21,9 +21,14 @@ use crate::metrics::CellMetrics;
 /// `interval` when it found none or failed (failures are logged by `name`).
 /// Each pass is a `worker_pass` span and counts in
 /// `redcell_cell_worker_passes_total{worker, result}` (ok: did work; idle:
-/// found none; error). The gauge sampler's passes are debug-level spans, so
-/// they are never exported: they would be a trace every interval, from every
-/// server, saying nothing.
+/// found none; error) and in `redcell_cell_worker_pass_duration_seconds`.
+///
+/// Which passes are exported as traces: those right after a pass that did
+/// work (a busy streak, as during a peak) are info-level spans; a pass after
+/// an idle one, and every pass of the gauge sampler, is a debug-level span,
+/// never exported. Otherwise every idle server would export a trace per
+/// worker per interval saying nothing. The work a first busy pass does still
+/// shows up (its ledger calls are spans of their own).
 pub async fn run_loop<F, Fut>(
     name: &'static str,
     interval: Duration,
@@ -34,8 +39,10 @@ pub async fn run_loop<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<usize, String>>,
 {
+    let mut busy = false;
     loop {
-        let span = if name == "gauges" {
+        let started = std::time::Instant::now();
+        let span = if name == "gauges" || !busy {
             tracing::debug_span!("worker_pass", worker = name, done = tracing::field::Empty)
         } else {
             tracing::info_span!("worker_pass", worker = name, done = tracing::field::Empty)
@@ -50,6 +57,11 @@ pub async fn run_loop<F, Fut>(
             .worker_passes
             .with_label_values(&[name, result])
             .inc();
+        metrics
+            .worker_pass_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        busy = result == "ok";
         let idle = match outcome {
             Ok(0) => true,
             Ok(done) => {

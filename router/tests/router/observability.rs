@@ -957,3 +957,104 @@ fn debug_logs_are_json_and_never_show_a_token_a_dsn_password_or_the_internal_cre
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The binary: --admin-listen and --log-format as an operator uses them.
+// ---------------------------------------------------------------------------
+
+/// The `router` process serves `/metrics` on `--admin-listen` (its own calls
+/// counted there, the topology it serves shown), logs JSON lines with
+/// `--log-format json`, and still stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_binary_serves_metrics_on_its_admin_port_and_logs_json() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("cells.yaml");
+    std::fs::write(&topology, include_str!("../../../cells.yaml")).unwrap();
+    let key = dir.path().join("hs.key");
+    std::fs::write(&key, HS_KEY).unwrap();
+    let stderr = dir.path().join("stderr");
+    let (listen, admin_address) = (free(), free());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_router"))
+        .arg("--topology")
+        .arg(&topology)
+        .args(["--listen", &listen.to_string(), "--region", "north"])
+        .arg("--jwt-hs256-key-file")
+        .arg(&key)
+        .args(["--internal-token", INTERNAL_TOKEN])
+        .args(["--admin-listen", &admin_address.to_string()])
+        .args(["--log-format", "json"])
+        .env_remove(telemetry::OTLP_ENDPOINT_ENV)
+        .env_remove("REDCELL_LOG_JSON")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let channel = Channel::from_shared(format!("http://{listen}"))
+        .unwrap()
+        .connect_lazy();
+    let mut checked = false;
+    for _ in 0..200 {
+        let request = HealthCheckRequest {
+            service: "redcell.v1.RedEnvelope".into(),
+        };
+        if HealthClient::new(channel.clone())
+            .check(request)
+            .await
+            .is_ok()
+        {
+            checked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let scraped = admin::scrape(admin_address).await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(checked, "the router never answered a health check");
+    let scraped = scraped.unwrap();
+    let health_ok = sample(
+        &scraped,
+        "redcell_router_requests_total",
+        &[
+            ("method", "Health/Check"),
+            ("code", "OK"),
+            ("region", "north"),
+        ],
+    );
+    assert!(
+        health_ok >= 1.0,
+        "the health call is not counted:\n{scraped}"
+    );
+    assert_eq!(
+        sample(
+            &scraped,
+            "redcell_router_topology_version",
+            &[("region", "north")]
+        ),
+        1.0,
+        "{scraped}"
+    );
+    assert_eq!(exit.code(), Some(0));
+    let logs = std::fs::read_to_string(&stderr).unwrap();
+    assert!(logs.contains("admin endpoint serving /metrics"), "{logs}");
+    for line in logs.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"));
+    }
+}

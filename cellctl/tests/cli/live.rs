@@ -5,21 +5,28 @@
 //! ([`load`]), and after each scenario the same checks against what the
 //! client was acknowledged ([`checks`]) plus `cellctl reconcile`.
 //!
-//! The scenarios share the fleet and run in one test, in order; each is a
-//! function of [`Live`] built from the same steps (start the load, a witness
-//! envelope with shares to spare in a chosen cell, apply a change and time
-//! it, wait until the log shows something, stop and verify), so the
-//! failover scenario — kill -9 of a cell's primary under Opens, `fail`,
-//! `failover`, the old envelopes open again, `restore` — is one more such
-//! function once `up --standby` and `failover` exist.
+//! The scenarios share the fleet (started with `--standby`: every
+//! PostgreSQL server has a synchronous standby) and run in one test, in
+//! order; each is a function of [`Live`] built from the same steps (start
+//! the load, a witness envelope with shares to spare in a chosen cell, apply
+//! a change and time it, wait until the log shows something, stop and
+//! verify). The failover scenario — kill -9 of a cell's primary under Opens,
+//! `fail`, `failover`, the old envelopes open again, `restore` — is in
+//! [`failover`].
 //!
 //! Timings (apply to the fleet line, apply to the last envelope minted on a
-//! failed cell) are printed (`--nocapture`), never asserted against a bound.
+//! failed cell, a primary's death to the first Open after its failover) are
+//! printed (`--nocapture`), never asserted against a bound.
 
+// The load client and the checks are `pub(crate)` so the other live-fleet
+// tests can use them (`crate::live::{load, checks}`) instead of compiling a
+// second copy.
 #[path = "live/checks.rs"]
-mod checks;
+pub(crate) mod checks;
+#[path = "live/failover.rs"]
+mod failover;
 #[path = "live/load.rs"]
-mod load;
+pub(crate) mod load;
 
 use std::{
     collections::BTreeMap,
@@ -30,7 +37,7 @@ use std::{
 use redcell_payments::PgLedger;
 use redcell_topology::{EnvelopeId, Topology};
 
-use self::load::{Load, Opened, Sender, Sent, SharedLog};
+use self::load::{Load, Log, Opened, Sender, Sent, SharedLog};
 use crate::up::{Site, Up};
 
 /// What each load user is funded with at the start: far more than a
@@ -58,12 +65,16 @@ fn senders() -> Vec<Sender> {
 
 /// The sender of witness envelopes (shares to spare, opened by the test).
 const WITNESS: &str = "live-witness";
+/// Shares of a witness: enough for the test's openers (five in the
+/// failover scenario) and every load user besides.
+const WITNESS_SHARES: u32 = 12;
 
-/// One topology change as applied: when it started and returned, and the
-/// `fleet:` lines it printed.
+/// One topology change as applied: when it started and returned, what it
+/// printed, and its `fleet:` lines.
 struct Applied {
     started: Instant,
     returned: Instant,
+    out: String,
     fleet: Vec<String>,
 }
 
@@ -96,12 +107,15 @@ struct Live {
 }
 
 impl Live {
-    /// `cellctl up` with `flags` (besides `--fast`; none: the cells' own
-    /// envelope TTL), the client connected, every load user funded.
-    fn start(flags: &[&str]) -> Live {
+    /// `cellctl up --standby` (besides `--fast`; the cells' own envelope
+    /// TTL), the client connected, every load user funded. Every scenario
+    /// runs with synchronous standbys, as the failover scenario needs them:
+    /// one fleet for all (CI time).
+    fn start() -> Live {
         let site = Site::new();
+        let offset = standby_offset(&site).to_string();
         let starting = Instant::now();
-        let up = site.up_with("live", flags);
+        let up = site.up_with("live", &["--standby", "--standby-port-offset", &offset]);
         eprintln!(
             "live: the fleet was up after {} ms",
             starting.elapsed().as_millis()
@@ -185,6 +199,7 @@ impl Live {
         let applied = Applied {
             started,
             returned,
+            out,
             fleet,
         };
         eprintln!(
@@ -200,9 +215,10 @@ impl Live {
     }
 
     /// An envelope of [`WITNESS`] from `region` that landed where `wanted`
-    /// says (by its ID), with eight shares, so the test can open it later
-    /// whatever the load took. The router draws the cell from the Send's key,
-    /// so keys are tried until one lands there; every Send is logged.
+    /// says (by its ID), with [`WITNESS_SHARES`] shares, so the test can
+    /// open it later whatever the load took. The router draws the cell from
+    /// the Send's key, so keys are tried until one lands there; every Send is
+    /// logged.
     fn witness(&self, tag: &str, region: &str, wanted: impl Fn(&Sent) -> bool) -> Sent {
         let sender = Sender {
             user: WITNESS.to_owned(),
@@ -211,8 +227,8 @@ impl Live {
         let mut client = self.router.client(WITNESS);
         for attempt in 0..40 {
             let request = redcell_proto::v1::SendRequest {
-                total_cents: 8 * 100,
-                count: 8,
+                total_cents: i64::from(WITNESS_SHARES) * 100,
+                count: WITNESS_SHARES,
                 kind: redcell_proto::v1::EnvelopeKind::Equal.into(),
                 greeting: "witness".to_owned(),
                 recipients: Vec::new(),
@@ -245,9 +261,15 @@ impl Live {
     /// Waits (bounded by [`WAIT`]) until the acknowledged Sends satisfy
     /// `done`; fails naming `what` otherwise.
     fn wait_for_sends(&self, what: &str, done: impl Fn(&[Sent]) -> bool) {
+        self.wait_for_log(what, |log| done(&log.sends));
+    }
+
+    /// Waits (bounded by [`WAIT`]) until the load's log satisfies `done`;
+    /// fails naming `what`, with what the load did show, otherwise.
+    fn wait_for_log(&self, what: &str, done: impl Fn(&Log) -> bool) {
         let deadline = Instant::now() + WAIT;
         loop {
-            if done(&self.log.lock().unwrap().sends) {
+            if done(&self.log.lock().unwrap()) {
                 return;
             }
             if Instant::now() >= deadline {
@@ -592,6 +614,24 @@ impl Live {
     }
 }
 
+/// An offset for `--standby-port-offset` whose standby ports (each
+/// PostgreSQL port of the site plus the offset) are free now and none of the
+/// fleet's own ports.
+fn standby_offset(site: &Site) -> u16 {
+    let (pg, all) = site.ports();
+    (1..4000u16)
+        .map(|step| step * 7)
+        .find(|offset| {
+            pg.iter().all(|port| {
+                port.checked_add(*offset).is_some_and(|standby| {
+                    !all.contains(&standby)
+                        && std::net::TcpListener::bind(("127.0.0.1", standby)).is_ok()
+                })
+            })
+        })
+        .expect("free standby ports")
+}
+
 /// `at - since` in milliseconds, negative when `at` is earlier; `?` when
 /// there is no `at`.
 fn signed_ms(at: Option<Instant>, since: Instant) -> String {
@@ -607,20 +647,14 @@ fn signed_ms(at: Option<Instant>, since: Instant) -> String {
     signed.to_string()
 }
 
-/// Every scenario on one fleet, in order. Scenario (a) goes in as one more
-/// method of [`Live`] on a fleet started with `--standby`: under
-/// `self.load("failover")`, a witness in n1 (`self.witness`, as in
-/// [`Live::fail_and_restore`]); kill -9 of n1's primary (the pid of part
-/// `postgres-PORT`, PORT from n1's `db` in the topology, in
-/// `self._up.part_pids()`), timed from there; `self.apply(&["fail", "n1"])`;
-/// `cellctl failover n1 --apply`; `self.open(.., &witness.id)` (its `acked`
-/// less the kill: death to the first successful Open); `self.apply(&["restore",
-/// "n1"])`; `self.stop_and_verify(..)`. The load retries Opens of n1's
-/// envelopes with `UNAVAILABLE` meanwhile, up to `load::RETRY_FOR`.
+/// Every scenario on one fleet, in order: fail/restore, the failover of a
+/// killed primary (issue 11 item 6 (a)), drain/undrain, degrade, then the
+/// checks against a forged log.
 #[test]
 fn changes_under_load_lose_and_duplicate_nothing() {
-    let live = Live::start(&[]);
+    let live = Live::start();
     live.fail_and_restore("n1");
+    live.kill_fail_failover_restore("n1");
     live.drain_and_undrain("north", "south");
     live.degrade_and_back();
     live.checks_catch_a_forged_log();

@@ -119,6 +119,13 @@ minting:
         self.dir.path().join("state")
     }
 
+    /// The ports of the fleet's PostgreSQL servers (n1, n2, s1, the ledger)
+    /// and every port of the fleet, so a caller can choose a
+    /// `--standby-port-offset` whose standbys take none of them.
+    pub fn ports(&self) -> ([u16; 4], Vec<u16>) {
+        (self.ports.pg, self.ports.all())
+    }
+
     fn cellctl(&self) -> Command {
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_cellctl"));
         let dir = binary.parent().unwrap();

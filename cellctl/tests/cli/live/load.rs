@@ -192,6 +192,20 @@ pub async fn open(
     user: &str,
     envelope: &str,
 ) -> Option<Opened> {
+    open_watched(client, log, user, envelope, |_| true).await
+}
+
+/// [`open`], telling `refused` of every failed attempt, which is retried only
+/// if it returns true (a scenario that waits through an outage reports what
+/// the fleet answered meanwhile; one that must not see a refusal stops at
+/// the first, recorded as unresolved).
+pub async fn open_watched(
+    client: &mut Client,
+    log: &SharedLog,
+    user: &str,
+    envelope: &str,
+    mut refused: impl FnMut(&tonic::Status) -> bool,
+) -> Option<Opened> {
     let issued = Instant::now();
     let request = pb::OpenRequest {
         envelope_id: envelope.to_owned(),
@@ -222,7 +236,8 @@ pub async fn open(
             }
             Err(status) => status,
         };
-        if !retryable(status.code()) || issued.elapsed() >= RETRY_FOR {
+        let retry = refused(&status);
+        if !retry || !retryable(status.code()) || issued.elapsed() >= RETRY_FOR {
             log.lock()
                 .unwrap()
                 .unresolved

@@ -11,18 +11,32 @@
 //!   region's initial and the next free number (`n4`, `s3`, ...);
 //! - a new cell's logic servers (unless `--servers NEW=ADDR,...`): as many as
 //!   the split cell has, on its first server's host, on the next ports after
-//!   the highest server port of the file, skipping every port the file uses;
+//!   the highest server port of the file, skipping every port in use;
 //! - its order DB (unless `--db NEW=DSN`): a PostgreSQL server of its own
 //!   (every cell owns its database server) on the highest DB port of the
-//!   file plus one (skipping used ports), database `cell_<name>`, the split
+//!   file plus one (skipping ports in use), database `cell_<name>`, the split
 //!   cell's DSN otherwise (user, host, parameters).
+//!
+//! "In use" is more than the file: a running fleet also listens where the
+//! file does not say (standbys, the ledger's server, routers), and a port
+//! taken there would make `up` refuse the new cell. So the derivation skips
+//! every port the file names, every port the state directory (`--state-dir`)
+//! holds (recorded standbys and their primaries, data directories, the
+//! ledger's DSN, the routers), and, while a fleet runs there (its routers
+//! file exists) on 127.0.0.1/localhost, every port that cannot be bound
+//! right now. Without a running fleet the derivation does not probe, so a
+//! plan of a file does not depend on unrelated processes of this machine
+//! (`up` names a taken port when it starts). When the fleet runs `up
+//! --standby` (its offset recorded), a derived DB port is taken only if its
+//! port + offset is free too, since `up` gives the new server a standby
+//! there.
 //!
 //! With `--apply` on a fleet from `cellctl up`, that `up` notices the new
 //! cells in the file and starts their PostgreSQL (initdb, migrations) and
 //! logic servers; the change module waits for those servers while they
 //! start (at least `fleet::STARTING_WAIT`).
 
-use std::{collections::BTreeSet, io::Write, path::Path};
+use std::{collections::BTreeSet, io::Write, net::TcpListener, path::Path};
 
 use redcell_topology::{
     CellStatus, Topology, UtcTimestamp,
@@ -33,6 +47,8 @@ use redcell_topology::{
 use super::{
     change::{self, ChangeArgs},
     mint_pool,
+    state_dir::StateDir,
+    up::standby,
 };
 use crate::{CommandError, load};
 
@@ -70,6 +86,44 @@ struct Planned {
     split: Split,
     servers_given: bool,
     db_given: bool,
+    /// The port kept free for a derived DB's standby (a fleet with standbys).
+    standby: Option<u16>,
+}
+
+/// What a running fleet uses beyond cells.yaml, from its state directory
+/// (empty when no `up` ran there).
+#[derive(Debug, Default)]
+struct FleetPorts {
+    /// Recorded standbys and their primaries, data directories, the
+    /// ledger's server, the routers.
+    held: BTreeSet<u16>,
+    /// `up --standby`'s offset, when the fleet runs with standbys.
+    standby_offset: Option<u16>,
+    /// A fleet runs on the state directory: ports of this machine are probed.
+    live: bool,
+}
+
+impl FleetPorts {
+    fn read(state_dir: &Path) -> Result<FleetPorts, CommandError> {
+        let state = StateDir::at(state_dir)?;
+        let mut held = standby::held_ports(&state)?;
+        if let Ok(dsn) = std::fs::read_to_string(state.ledger_dsn_file()) {
+            held.extend(dsn_port(dsn.trim()));
+        }
+        let routers = std::fs::read_to_string(state.routers_file()).ok();
+        if let Some(routers) = &routers {
+            held.extend(
+                routers
+                    .lines()
+                    .filter_map(|line| port_of_address(line.trim())),
+            );
+        }
+        Ok(FleetPorts {
+            held,
+            standby_offset: standby::recorded_offset(&state),
+            live: routers.is_some(),
+        })
+    }
 }
 
 /// `cellctl expand ... [--apply]`.
@@ -81,7 +135,8 @@ pub fn run(path: &Path, args: &ExpandArgs, out: &mut impl Write) -> Result<(), C
     };
     let servers = parse_assignments("--servers", &args.servers, &pairs)?;
     let dbs = parse_assignments("--db", &args.db, &pairs)?;
-    let planned = derive(&topology, &pairs, &servers, &dbs)?;
+    let fleet = FleetPorts::read(&args.change.state_dir)?;
+    let planned = derive(&topology, &pairs, &servers, &dbs, &fleet)?;
     let splits: Vec<Split> = planned.iter().map(|p| p.split.clone()).collect();
     let what = format!(
         "expand --split {}",
@@ -137,6 +192,12 @@ fn describe(
             redcell_migrations::display_dsn(&cell.db),
             how(new.db_given)
         )?;
+        if let Some(port) = new.standby {
+            writeln!(
+                out,
+                "           standby port {port} kept free (the fleet runs `up --standby`)"
+            )?;
+        }
     }
     if let Some(epoch) = after.epochs().last() {
         writeln!(
@@ -303,8 +364,10 @@ fn derive(
     pairs: &[(String, String)],
     servers: &[(String, String)],
     dbs: &[(String, String)],
+    fleet: &FleetPorts,
 ) -> Result<Vec<Planned>, CommandError> {
     let mut used = used_ports(topology);
+    used.extend(fleet.held.iter().copied());
     for (_, value) in servers {
         used.extend(value.split(',').filter_map(|a| port_of_address(a.trim())));
     }
@@ -324,12 +387,6 @@ fn derive(
         .filter_map(|cell| dsn_port(&cell.db))
         .max()
         .unwrap_or(6100);
-    let free_after = |start: &mut u16, used: &mut BTreeSet<u16>| -> Option<u16> {
-        let port = (start.checked_add(1)?..=u16::MAX).find(|port| !used.contains(port))?;
-        used.insert(port);
-        *start = port;
-        Some(port)
-    };
 
     let mut planned = Vec::new();
     for (from, into) in pairs {
@@ -345,9 +402,10 @@ fn derive(
                     .first()
                     .and_then(|address| address.rsplit_once(':'))
                     .map_or("127.0.0.1", |(host, _)| host);
+                let local = fleet.live && is_local(host);
                 let mut list = Vec::new();
                 for _ in 0..source.servers.len().max(1) {
-                    let port = free_after(&mut next_server, &mut used).ok_or_else(|| {
+                    let port = free_after(&mut next_server, &mut used, local, None).ok_or_else(|| {
                         CommandError::Input(format!(
                             "no free port left for a server of {into}; give --servers {into}=HOST:PORT"
                         ))
@@ -358,14 +416,18 @@ fn derive(
             }
         };
         let given_db = dbs.iter().find(|(cell, _)| cell == into);
+        let mut standby = None;
         let db = match given_db {
             Some((_, dsn)) => dsn.clone(),
             None => {
-                let port = free_after(&mut next_db, &mut used).ok_or_else(|| {
+                let local = fleet.live && dsn_host(&source.db).is_some_and(|host| is_local(&host));
+                let offset = fleet.standby_offset;
+                let port = free_after(&mut next_db, &mut used, local, offset).ok_or_else(|| {
                     CommandError::Input(format!(
                         "no free port left for the DB of {into}; give --db {into}=DSN"
                     ))
                 })?;
+                standby = offset.and_then(|offset| port.checked_add(offset));
                 derived_dsn(&source.db, port, &format!("cell_{into}")).ok_or_else(|| {
                     CommandError::Input(format!(
                         "cannot derive a DSN for {into} from {from}'s {} (not a postgres:// URL); \
@@ -386,9 +448,45 @@ fn derive(
             },
             servers_given: given_servers.is_some(),
             db_given: given_db.is_some(),
+            standby,
         });
     }
     Ok(planned)
+}
+
+/// The first port after `start` that is free (not `used`, and bindable on
+/// 127.0.0.1 now when `local`: a running fleet's host), with its port + `standby` free
+/// too when given; both are marked used and `start` moves to it.
+fn free_after(
+    start: &mut u16,
+    used: &mut BTreeSet<u16>,
+    local: bool,
+    standby: Option<u16>,
+) -> Option<u16> {
+    let free = |port: u16| {
+        !used.contains(&port) && (!local || TcpListener::bind(("127.0.0.1", port)).is_ok())
+    };
+    let port = (start.checked_add(1)?..=u16::MAX).find(|port| {
+        free(*port) && standby.is_none_or(|offset| port.checked_add(offset).is_some_and(&free))
+    })?;
+    used.insert(port);
+    used.extend(standby.and_then(|offset| port.checked_add(offset)));
+    *start = port;
+    Some(port)
+}
+
+/// A host `up` runs parts on: this machine's loopback.
+fn is_local(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "localhost")
+}
+
+/// The (single TCP) host of a DSN.
+fn dsn_host(dsn: &str) -> Option<String> {
+    let config: tokio_postgres::Config = dsn.parse().ok()?;
+    match config.get_hosts() {
+        [tokio_postgres::config::Host::Tcp(host)] => Some(host.clone()),
+        _ => None,
+    }
 }
 
 /// Every port the file names: logic servers and database servers.

@@ -19,6 +19,8 @@
 //!                       never started again; its data holds standby.signal
 //!   standbys/<port>     the synchronous standby of the server on that port
 //!                       (`primary=`, `standby=` ports; see up/roles.rs)
+//!   standby-offset      --standby-port-offset of an `up --standby` (expand
+//!                       keeps a new server's port + it free; up/standby.rs)
 //! ```
 //!
 //! Secrets are created with mode 0600 and never rewritten, so a second `up`

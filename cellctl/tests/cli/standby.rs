@@ -15,9 +15,15 @@
 //! `down`, an `up` on the old file is refused and one on the new file starts
 //! the promoted server, never the fenced one, with a new standby of its own;
 //! a switchover (primary running) then stops it and promotes that standby.
+//! Then, on that same fleet, `expand --split n1:n3 --apply` (issues 11/12):
+//! the ports are laid out so that the convention of HEAD collided twice —
+//! the promoted server's port + offset is the router's, and the file's
+//! highest DB port + 1 is a recorded standby's — and the new cell must still
+//! start, its server get a standby on a free port, and a Send land on it
+//! after `switch --apply`.
 //!
-//! Timings (kill to first successful Open, the failover command) are printed,
-//! never asserted against a bound.
+//! Timings (kill to first successful Open, the failover command, expand and
+//! switch) are printed, never asserted against a bound.
 
 use std::{
     net::TcpListener,
@@ -40,6 +46,12 @@ use redcell_proto::{
 /// command to finish, or the fleet to exit.
 const WAIT: Duration = Duration::from_secs(240);
 
+/// Ports of the fleet, laid out relative to n1's first server `b` and the
+/// standby offset `o` so that the story's later servers meet what a
+/// collision needs: n1 moves b -> b+o -> b+2o by two failovers; n2's server
+/// is b+o+1, so its standby b+2o+1 is the DB port right after n1's final
+/// one (what `expand` once derived for a new cell); the router is b+3o, the
+/// final n1 server's port + offset (where `up` once planned its standby).
 struct Ports {
     /// n1's server, and n2's (with the ledger).
     n1_db: u16,
@@ -52,38 +64,41 @@ struct Ports {
 
 impl Ports {
     fn free() -> Ports {
-        let held: Vec<TcpListener> = (0..5)
+        let held: Vec<TcpListener> = (0..3)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
-        let port = |index: usize| held[index].local_addr().unwrap().port();
-        let chosen: Vec<u16> = (0..5).map(port).collect();
-        // One offset for every standby: of both servers, and later of n1's
-        // promoted standby (n1_db + 2 offsets); each free and distinct from
-        // the rest.
+        let chosen: Vec<u16> = held
+            .iter()
+            .map(|listener| listener.local_addr().unwrap().port())
+            .collect();
+        let (n1, n2, base) = (chosen[0], chosen[1], chosen[2]);
+        // Every port the story uses from base: standbys, n2's server, the
+        // router, and the new cell's server and standby.
         let offset = (1..4000u16)
             .map(|step| step * 7)
-            .find(|offset| {
-                let standbys = [
-                    chosen[0].checked_add(*offset),
-                    chosen[1].checked_add(*offset),
-                    offset
-                        .checked_mul(2)
-                        .and_then(|twice| chosen[0].checked_add(twice)),
+            .find(|o| {
+                let derived = [
+                    Some(*o),
+                    o.checked_mul(2),
+                    o.checked_add(1),
+                    o.checked_mul(2).and_then(|v| v.checked_add(1)),
+                    o.checked_mul(3),
+                    o.checked_mul(2).and_then(|v| v.checked_add(2)),
+                    o.checked_mul(3).and_then(|v| v.checked_add(2)),
                 ];
-                standbys.iter().all(|standby| {
-                    standby.is_some_and(|standby| {
-                        !chosen.contains(&standby)
-                            && TcpListener::bind(("127.0.0.1", standby)).is_ok()
+                derived.iter().all(|delta| {
+                    delta.and_then(|d| base.checked_add(d)).is_some_and(|port| {
+                        !chosen.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok()
                     })
                 })
             })
             .expect("free standby ports");
         Ports {
-            n1_db: chosen[0],
-            n2_db: chosen[1],
-            n1: chosen[2],
-            n2: chosen[3],
-            router: chosen[4],
+            n1_db: base,
+            n2_db: base + offset + 1,
+            n1,
+            n2,
+            router: base + 3 * offset,
             offset,
         }
     }
@@ -94,6 +109,17 @@ impl Ports {
 
     fn n2_standby(&self) -> u16 {
         self.n2_db + self.offset
+    }
+
+    /// n1's server after two failovers.
+    fn n1_third(&self) -> u16 {
+        self.n1_db + 2 * self.offset
+    }
+
+    /// The server `expand` derives for n3: the file's highest DB port (n1's
+    /// third) + 1 is n2's standby, so the one after.
+    fn n3_db(&self) -> u16 {
+        self.n1_third() + 2
     }
 
     fn ledger_dsn(&self) -> String {
@@ -581,7 +607,7 @@ fn standby_failover_fences_promotes_and_repoints_a_live_fleet() {
         "{stderr}"
     );
     let again = site.up("up2", &["--standby", "--standby-port-offset", &offset]);
-    let n1_third = n1_standby + site.ports.offset;
+    let n1_third = site.ports.n1_third();
     let parts = again.parts();
     assert!(
         parts.contains(&format!("postgres-{n1_standby}")),
@@ -626,6 +652,126 @@ fn standby_failover_fences_promotes_and_repoints_a_live_fleet() {
         let opened = runtime.block_on(open(&site, "carol", id));
         assert_eq!(opened.status(), pb::ShareStatus::Available, "{opened:?}");
     }
+
+    expand_after_failovers(&site, &again, &runtime);
+}
+
+/// Step 12: `expand --split n1:n3 --apply` on the fleet after both failovers:
+/// n1 runs on its third server, which has no standby and whose port +
+/// offset is the router's; the file's highest DB port + 1 is n2's standby.
+/// The derivation skips what the fleet uses, `up` starts n3's server with a
+/// standby on a free port and its logic server, and after `switch --apply`
+/// a Send lands on n3.
+fn expand_after_failovers(site: &Site, up: &Up, runtime: &tokio::runtime::Runtime) {
+    let state = site.state_arg();
+    let (n3_db, offset) = (site.ports.n3_db(), site.ports.offset);
+    let n3_standby = n3_db + offset;
+    let expanding = Instant::now();
+    let (code, out, err) = site.run(&[
+        "expand",
+        "--split",
+        "n1:n3",
+        "--state-dir",
+        &state,
+        "--apply",
+    ]);
+    let expand_took = expanding.elapsed();
+    assert_eq!(code, 0, "{out}{err}\nup:\n{}", up.stderr());
+    for said in [
+        format!("db      postgres://redcell@127.0.0.1:{n3_db}/cell_n3 (derived)"),
+        format!("standby port {n3_standby} kept free (the fleet runs `up --standby`)"),
+    ] {
+        assert!(out.contains(&said), "missing {said:?} in\n{out}");
+    }
+    assert!(!out.contains("is down"), "{out}");
+    assert!(!up.stderr().contains("not started"), "{}", up.stderr());
+
+    // n3's server and its standby run, recorded and synchronous; its
+    // logic server answers; no two parts share a port.
+    let topology =
+        redcell_topology::Topology::parse(&std::fs::read_to_string(site.topology()).unwrap())
+            .unwrap();
+    let n3_server = topology.cell("n3").unwrap().servers[0].clone();
+    let parts = up.parts();
+    for part in [
+        format!("postgres-{n3_db}"),
+        format!("postgres-{n3_standby}"),
+        format!("cell-n3-{}", n3_server.rsplit_once(':').unwrap().1),
+    ] {
+        assert!(parts.contains(&part), "{part} not in {parts:?}");
+    }
+    let record =
+        std::fs::read_to_string(site.state().join("standbys").join(n3_db.to_string())).unwrap();
+    assert!(
+        record.contains(&format!("standby={n3_standby}")),
+        "{record}"
+    );
+    let sync: String = runtime.block_on(async {
+        sql(n3_db, "postgres")
+            .await
+            .query_one(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = $1",
+                &[&format!("standby_{n3_standby}")],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(sync, "sync");
+    let mut ports: Vec<u16> = parts
+        .iter()
+        .filter(|part| {
+            // Fenced servers were stopped; their pid files stay.
+            ![site.ports.n1_db, site.ports.n1_standby()]
+                .iter()
+                .any(|fenced| **part == format!("postgres-{fenced}"))
+        })
+        .filter_map(|part| part.rsplit_once('-')?.1.parse().ok())
+        .collect();
+    let count = ports.len();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), count, "two parts on one port: {parts:?}");
+    for port in &ports {
+        assert!(
+            port_answers(*port),
+            "port {port} of {parts:?} does not answer"
+        );
+    }
+
+    // After the switch, n3 takes n1's upper half: a Send lands there.
+    let switching = Instant::now();
+    let (code, out, err) = site.run(&["switch", "--state-dir", &state, "--apply"]);
+    let switch_took = switching.elapsed();
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = site.run(&["fund", "alice", "50000", "--state-dir", &state]);
+    assert_eq!(code, 0, "{out}{err}");
+    let switched =
+        redcell_topology::Topology::parse(&std::fs::read_to_string(site.topology()).unwrap())
+            .unwrap();
+    let on_n3 = (0..40)
+        .map(|index| runtime.block_on(send(site, &format!("standby-test-expand-{index}"))))
+        .find(|id| {
+            let parsed: redcell_topology::EnvelopeId = id.parse().unwrap();
+            switched.route(&parsed).unwrap().name == "n3"
+        })
+        .expect("40 sends after the switch, none on n3");
+    let rows: i64 = runtime.block_on(async {
+        sql(n3_db, "cell_n3")
+            .await
+            .query_one("SELECT count(*) FROM envelopes WHERE id = $1", &[&on_n3])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(rows, 1);
+    let opened = runtime.block_on(open(site, "dave", &on_n3));
+    assert_eq!(opened.status(), pb::ShareStatus::Available, "{opened:?}");
+    eprintln!(
+        "standby test: expand --apply (n3 started with its standby) took {} ms; switch --apply {} ms",
+        expand_took.as_millis(),
+        switch_took.as_millis()
+    );
 }
 
 /// `user` opens `id` through the router, retrying (bounded) while the

@@ -234,6 +234,7 @@ fn find(
     let standbys = StandbyChoice {
         offset: None,
         recorded: pairs,
+        ..StandbyChoice::default()
     };
     let plan = Plan::new(
         topology,

@@ -13,8 +13,13 @@
 //! For the new cells the start sequence is `up`'s own ([`super::Launch`]):
 //! the plan of the new topology (same flags, same standby choice) gives
 //! their PostgreSQL servers (initdb, start, create and migrate the
-//! databases, with a standby under `--standby`) and their logic servers,
-//! which must answer SERVING within `--start-timeout`. Each part is a child
+//! databases, with a standby under `--standby` on a free port, recorded)
+//! and their logic servers, which must answer SERVING within
+//! `--start-timeout`. Only the ports of these new parts are checked (against
+//! every other part of the plan and against what is bound now): a
+//! collision among parts that run already (say a promoted standby whose
+//! port + offset is a logic server's) is not the new cell's to refuse, and
+//! no standby is started here for a server that runs already. Each part is a child
 //! of `up` with its pid recorded, so `down` and Ctrl-C stop it like the
 //! rest. A failed start is reported in `up`'s log once and not retried every
 //! second (the cell stays known); `cellctl status` shows it down, and
@@ -23,15 +28,19 @@
 //! create it by hand): by the `expand` convention every cell gets a server
 //! of its own.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, TcpListener},
+    path::PathBuf,
+};
 
 use redcell_topology::Topology;
 
 use super::{
     Launch,
     fleet::{Fleet, Kind},
-    plan::{Plan, StandbyChoice},
-    postgres, progress, roles,
+    plan::Plan,
+    postgres, progress, standby,
 };
 
 /// What this `up` already runs, to tell new cells from known ones.
@@ -98,6 +107,46 @@ impl Growth {
         }
     }
 
+    /// The ports of the parts this start adds (the new cells' logic
+    /// servers, the PostgreSQL servers of their databases that do not run
+    /// yet, and those servers' standbys) must be given to no other part of
+    /// the plan and be free on this machine now. A collision among parts
+    /// that run already is not theirs to refuse.
+    fn check_ports(
+        &self,
+        plan: &Plan,
+        new: &[String],
+        is_new: &dyn Fn(&str) -> bool,
+    ) -> Result<(), String> {
+        let mut added: Vec<(IpAddr, u16, String)> = Vec::new();
+        for pg in &plan.postgres {
+            if self.postgres.contains(&pg.port) || !pg.databases.iter().any(|db| is_new(&db.label))
+            {
+                continue;
+            }
+            let local = IpAddr::from([127, 0, 0, 1]);
+            added.push((local, pg.port, pg.part()));
+            if let Some(standby) = &pg.standby {
+                added.push((local, standby.port, standby.part()));
+            }
+        }
+        for cell in plan.cells.iter().filter(|cell| new.contains(&cell.cell)) {
+            added.push((cell.listen.ip(), cell.listen.port(), cell.part()));
+        }
+        let ports: BTreeSet<u16> = added.iter().map(|(_, port, _)| *port).collect();
+        let mut problems = plan.collisions(|port| ports.contains(&port));
+        problems.extend(added.iter().filter_map(|(ip, port, part)| {
+            TcpListener::bind((*ip, *port))
+                .err()
+                .map(|error| format!("port {port} ({part}) is already in use: {error}"))
+        }));
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     async fn start(
         &mut self,
         topology: &Topology,
@@ -106,23 +155,24 @@ impl Growth {
         fleet: &mut Fleet,
     ) -> Result<(), String> {
         let args = launch.args;
-        let standbys = StandbyChoice {
-            offset: args.standby.then_some(args.standby_port_offset),
-            recorded: roles::pairs(launch.state)
-                .map_err(|error| error.to_string())?
-                .into_iter()
-                .map(|pair| (pair.primary, pair.standby))
-                .collect(),
-        };
-        let plan = Plan::new(
-            topology,
-            &args.ledger_dsn,
-            args.routers,
-            args.router_listen,
-            &standbys,
+        let mut standbys = standby::choice(
+            launch.state,
+            args.standby.then_some(args.standby_port_offset),
         )
+        .map_err(|error| error.to_string())?;
+        standbys.running = self.postgres.clone();
+        let plan = standby::plan_free(standbys, |standbys| {
+            Plan::unchecked(
+                topology,
+                &args.ledger_dsn,
+                args.routers,
+                args.router_listen,
+                standbys,
+            )
+        })
         .map_err(|errors| errors.join("; "))?;
         let is_new = |label: &str| new.iter().any(|name| label == format!("cell {name}"));
+        self.check_ports(&plan, new, &is_new)?;
         for pg in &plan.postgres {
             let databases: Vec<_> = pg
                 .databases

@@ -53,7 +53,7 @@ use tonic_health::pb::{
 
 use self::{
     fleet::{Fleet, Kind},
-    plan::{Plan, StandbyChoice},
+    plan::Plan,
 };
 use super::state_dir::{self, StateDir};
 use crate::{CommandError, load};
@@ -108,7 +108,8 @@ pub struct UpArgs {
     /// keep it (see `cellctl failover`).
     #[arg(long)]
     pub standby: bool,
-    /// A standby listens on its primary's port plus OFFSET.
+    /// A new standby listens on its primary's port plus OFFSET, or on the
+    /// next free port above when that one is taken; its port is recorded.
     #[arg(
         long,
         default_value_t = standby::DEFAULT_OFFSET,
@@ -150,20 +151,16 @@ async fn up(
     })?;
     let topology = load::topology(&topology_path)?;
     let state = StateDir::at(&args.state_dir)?;
-    let standbys = StandbyChoice {
-        offset: args.standby.then_some(args.standby_port_offset),
-        recorded: roles::pairs(&state)?
-            .into_iter()
-            .map(|pair| (pair.primary, pair.standby))
-            .collect(),
-    };
-    let plan = Plan::new(
-        &topology,
-        &args.ledger_dsn,
-        args.routers,
-        args.router_listen,
-        &standbys,
-    )
+    let standbys = standby::choice(&state, args.standby.then_some(args.standby_port_offset))?;
+    let plan = standby::plan_free(standbys, |standbys| {
+        Plan::new(
+            &topology,
+            &args.ledger_dsn,
+            args.routers,
+            args.router_listen,
+            standbys,
+        )
+    })
     .map_err(|errors| {
         CommandError::Input(format!(
             "cannot start {} ({} problems):\n  {}",
@@ -192,6 +189,7 @@ async fn up(
         )));
     }
     state.create()?;
+    standby::record_offset(&state, args.standby.then_some(args.standby_port_offset))?;
     if let Some(user) = &pg_user {
         check_reachable(state.root(), user)?;
     }

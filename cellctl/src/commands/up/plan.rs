@@ -7,15 +7,20 @@
 //!   name this machine (`127.0.0.1` or `localhost`; the servers listen on 127.0.0.1): `up` cannot start
 //!   a server elsewhere.
 //! - With `--standby` (or a standby recorded by an earlier `up --standby`),
-//!   each of those servers gets a synchronous streaming standby on
-//!   `port + --standby-port-offset` (or its recorded port): see
-//!   [`super::standby`].
+//!   each of those servers gets a synchronous streaming standby: on its
+//!   recorded port if it has one, else on `port + --standby-port-offset`
+//!   when no other part of the plan and no port of the state directory
+//!   ([`StandbyChoice::avoid`]) has that port, else on the next port up that
+//!   is free. A promoted standby (`cellctl failover`) is such a server: its
+//!   port + offset can be a logic server's, and a plan that gave it there
+//!   would refuse the whole fleet. Once started, a standby's port is
+//!   recorded, so the choice is made once: see [`super::standby`].
 //! - One `cell` process per address in each cell's `servers`.
 //! - `--routers N` routers on consecutive ports from `--router-listen`, each
 //!   in a region of the topology in turn (the region new envelopes of its
 //!   clients are minted in unless they ask for another).
 
-use std::net::SocketAddr;
+use std::{collections::BTreeSet, net::SocketAddr};
 
 use redcell_migrations::Schema;
 use redcell_topology::Topology;
@@ -50,13 +55,23 @@ pub struct StandbyPlan {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StandbyChoice {
     /// `--standby`: every server without a recorded standby gets one on its
-    /// port plus this offset.
+    /// port plus this offset, or the next free port above.
     pub offset: Option<u16>,
     /// `(primary port, standby port)` pairs recorded by earlier runs. A
     /// recorded standby is planned whatever the flags: a server that has a
     /// standby stays synchronous with it, or the standby would silently fall
     /// behind and a later failover would lose what it missed.
     pub recorded: Vec<(u16, u16)>,
+    /// Ports a new standby must not take besides the plan's own: what the
+    /// state directory holds (every recorded pair, every data directory,
+    /// fenced ones too: a standby on that port would start their data) and
+    /// ports the caller found taken now.
+    pub avoid: BTreeSet<u16>,
+    /// Servers that run already (a running `up` adding cells): one without a
+    /// recorded standby gets none in this plan, so that its would-be port
+    /// cannot push a new server's standby off its own; the next `up
+    /// --standby` gives it one.
+    pub running: BTreeSet<u16>,
 }
 
 /// One database on a [`PgPlan`] server.
@@ -117,7 +132,8 @@ impl RouterPlan {
 }
 
 impl Plan {
-    /// The plan, or every reason there is none (each naming its source).
+    /// The plan, or every reason there is none (each naming its source),
+    /// two parts on one port among them.
     pub fn new(
         topology: &Topology,
         ledger_dsn: &str,
@@ -125,6 +141,42 @@ impl Plan {
         router_listen: SocketAddr,
         standbys: &StandbyChoice,
     ) -> Result<Plan, Vec<String>> {
+        let (plan, mut errors) =
+            Plan::build(topology, ledger_dsn, routers, router_listen, standbys);
+        errors.extend(plan.collisions(|_| true));
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The plan without checking that its parts' ports differ: for a running
+    /// `up` that adds parts ([`super::grow`]), where a collision among parts
+    /// that run already is not the new parts' to refuse.
+    pub fn unchecked(
+        topology: &Topology,
+        ledger_dsn: &str,
+        routers: u16,
+        router_listen: SocketAddr,
+        standbys: &StandbyChoice,
+    ) -> Result<Plan, Vec<String>> {
+        let (plan, errors) = Plan::build(topology, ledger_dsn, routers, router_listen, standbys);
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The plan and every problem but a port collision.
+    fn build(
+        topology: &Topology,
+        ledger_dsn: &str,
+        routers: u16,
+        router_listen: SocketAddr,
+        standbys: &StandbyChoice,
+    ) -> (Plan, Vec<String>) {
         let mut errors = Vec::new();
         let mut postgres: Vec<PgPlan> = Vec::new();
         let mut add_database =
@@ -180,29 +232,6 @@ impl Plan {
             "ledger".to_owned(),
             Schema::Ledger,
         );
-        for server in &mut postgres {
-            let recorded = standbys
-                .recorded
-                .iter()
-                .find(|(primary, _)| *primary == server.port)
-                .map(|(_, standby)| *standby);
-            let port = match (recorded, standbys.offset) {
-                (Some(port), _) => Some(port),
-                (None, Some(offset)) => {
-                    let port = server.port.checked_add(offset);
-                    if port.is_none() {
-                        errors.push(format!(
-                            "--standby-port-offset {offset}: the standby of {} would listen past port 65535",
-                            server.part()
-                        ));
-                    }
-                    port
-                }
-                (None, None) => None,
-            };
-            server.standby = port.map(|port| StandbyPlan { port });
-        }
-
         let mut cells = Vec::new();
         for (index, cell) in topology.cells().iter().enumerate() {
             for (server, address) in cell.servers.iter().enumerate() {
@@ -242,24 +271,67 @@ impl Plan {
             });
         }
 
+        let mut taken: BTreeSet<u16> = postgres
+            .iter()
+            .map(|server| server.port)
+            .chain(cells.iter().map(|cell| cell.listen.port()))
+            .chain(planned_routers.iter().map(|router| router.listen.port()))
+            .chain(standbys.recorded.iter().map(|(_, standby)| *standby))
+            .chain(standbys.avoid.iter().copied())
+            .collect();
+        for server in &mut postgres {
+            let recorded = standbys
+                .recorded
+                .iter()
+                .find(|(primary, _)| *primary == server.port)
+                .map(|(_, standby)| *standby);
+            let port = match (recorded, standbys.offset) {
+                (Some(port), _) => Some(port),
+                (None, Some(_)) if standbys.running.contains(&server.port) => None,
+                (None, Some(offset)) => {
+                    let free = server
+                        .port
+                        .checked_add(offset)
+                        .and_then(|first| (first..=u16::MAX).find(|port| !taken.contains(port)));
+                    if free.is_none() {
+                        errors.push(format!(
+                            "--standby-port-offset {offset}: no free port for the standby of {} \
+                             at or above {} (65535 at most)",
+                            server.part(),
+                            u32::from(server.port) + u32::from(offset)
+                        ));
+                    }
+                    taken.extend(free);
+                    free
+                }
+                (None, None) => None,
+            };
+            server.standby = port.map(|port| StandbyPlan { port });
+        }
+
         let plan = Plan {
             postgres,
             cells,
             routers: planned_routers,
         };
+        (plan, errors)
+    }
+
+    /// Every port given to two parts where one of them is `of` interest
+    /// (`|_| true`: every collision of the plan).
+    pub fn collisions(&self, of: impl Fn(u16) -> bool) -> Vec<String> {
+        let mut errors = Vec::new();
         let mut seen: Vec<(u16, String)> = Vec::new();
-        for (port, part) in plan.ports() {
+        for (port, part) in self.ports() {
             if let Some((_, first)) = seen.iter().find(|(known, _)| *known == port) {
-                errors.push(format!("port {port} is given to both {first} and {part}"));
+                if of(port) {
+                    errors.push(format!("port {port} is given to both {first} and {part}"));
+                }
             } else {
                 seen.push((port, part));
             }
         }
-        if errors.is_empty() {
-            Ok(plan)
-        } else {
-            Err(errors)
-        }
+        errors
     }
 
     /// Every port the fleet listens on, with the part that will.

@@ -22,9 +22,21 @@
 //!   system prefers blocking to acknowledging money one copy holds.
 //! - `up` reports the standby ready once the primary lists it as `streaming`
 //!   and `sync` in `pg_stat_replication`.
+//! - **Its port** is chosen once and recorded (`standbys/<primary-port>`):
+//!   the primary's port plus `--standby-port-offset` when that is free, else
+//!   the next free port above ([`super::plan`]; [`choice`] gives it every
+//!   port the state directory holds, [`plan_free`] the ports taken now). A
+//!   primary that was a standby (promoted by `cellctl failover`) has no
+//!   standby until the next `up --standby` gives it one that way: a running
+//!   `up` starts standbys only for servers it starts ([`super::grow`]).
+//! - `up --standby` records its offset in `standby-offset` (removed by an
+//!   `up` without `--standby`), so that `cellctl expand` can keep a new
+//!   server's port + offset free for its standby.
 
 use std::{
-    path::Path,
+    collections::BTreeSet,
+    net::TcpListener,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -33,7 +45,7 @@ use redcell_pgsys::{PgBinaries, ServerUser};
 
 use super::{
     fleet::{Fleet, Kind},
-    plan::{PgPlan, StandbyPlan},
+    plan::{PgPlan, Plan, StandbyChoice, StandbyPlan},
     postgres::{admin_config, connect, server_command, wait_ready},
     progress, roles,
 };
@@ -50,6 +62,111 @@ pub const DEFAULT_OFFSET: u16 = 500;
 /// How long a standby may take to stream synchronously once it accepts
 /// connections (it first replays what it missed).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How many times [`plan_free`] plans again around ports found taken.
+const REPLANS: usize = 64;
+
+/// The standbys an `up` plans: the recorded ones, `offset` (`--standby`) for
+/// the rest, and every port of the state directory to avoid.
+pub fn choice(state: &StateDir, offset: Option<u16>) -> Result<StandbyChoice, CommandError> {
+    let recorded: Vec<(u16, u16)> = roles::pairs(state)?
+        .into_iter()
+        .map(|pair| (pair.primary, pair.standby))
+        .collect();
+    Ok(StandbyChoice {
+        offset,
+        avoid: held_ports(state)?,
+        running: BTreeSet::new(),
+        recorded,
+    })
+}
+
+/// Every port the state directory holds: both ports of each recorded pair
+/// and each `postgres-<port>` with a complete data directory (a fenced
+/// primary's too: a server started on that port would start its data). A
+/// half copy (`data.partial` only) holds nothing: the next copy removes it.
+pub fn held_ports(state: &StateDir) -> Result<BTreeSet<u16>, CommandError> {
+    let mut held: BTreeSet<u16> = roles::pairs(state)?
+        .into_iter()
+        .flat_map(|pair| [pair.primary, pair.standby])
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(state.root()) {
+        held.extend(entries.flatten().filter_map(|entry| {
+            let port = entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("postgres-")?
+                .parse::<u16>()
+                .ok()?;
+            entry
+                .path()
+                .join("data")
+                .join("PG_VERSION")
+                .is_file()
+                .then_some(port)
+        }));
+    }
+    Ok(held)
+}
+
+/// The plan `make` gives for `choice`, planned again (at most [`REPLANS`]
+/// times) while a standby it chose (one not recorded) is on a port that
+/// cannot be bound on 127.0.0.1 now, with that port avoided.
+pub fn plan_free(
+    mut choice: StandbyChoice,
+    make: impl Fn(&StandbyChoice) -> Result<Plan, Vec<String>>,
+) -> Result<Plan, Vec<String>> {
+    let mut plan = make(&choice)?;
+    for _ in 0..REPLANS {
+        let taken: Vec<u16> = plan
+            .postgres
+            .iter()
+            .filter(|pg| {
+                !choice
+                    .recorded
+                    .iter()
+                    .any(|(primary, _)| *primary == pg.port)
+            })
+            .filter_map(|pg| pg.standby.as_ref().map(|standby| standby.port))
+            .filter(|port| TcpListener::bind(("127.0.0.1", *port)).is_err())
+            .collect();
+        if taken.is_empty() {
+            break;
+        }
+        choice.avoid.extend(taken);
+        plan = make(&choice)?;
+    }
+    Ok(plan)
+}
+
+fn offset_file(state: &StateDir) -> PathBuf {
+    state.root().join("standby-offset")
+}
+
+/// Records the `--standby-port-offset` of a running `up --standby`, or
+/// removes the record for an `up` without standbys for new servers.
+pub fn record_offset(state: &StateDir, offset: Option<u16>) -> Result<(), CommandError> {
+    let path = offset_file(state);
+    match offset {
+        Some(offset) => state.write_record(&path, &format!("{offset}\n")),
+        None => match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(CommandError::Input(
+                format!("cannot remove {}: {error}", path.display()),
+            )),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// The offset the fleet's `up --standby` gives new servers' standbys, if it
+/// runs with standbys.
+pub fn recorded_offset(state: &StateDir) -> Option<u16> {
+    std::fs::read_to_string(offset_file(state))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
 
 /// What starting a server needs, besides its plan.
 pub struct Server<'a> {

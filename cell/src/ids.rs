@@ -57,9 +57,18 @@ impl IdMinter {
         let epoch = mint.epoch;
         let suffix = match suffix {
             Some(suffix) if mint.contains(suffix) => suffix,
+            // Only a router passes a suffix (behind the internal
+            // credential), drawn from *its* snapshot of the topology. A
+            // suffix this cell does not mint means the two snapshots differ:
+            // a change (switch, reverse, expand) is reaching the fleet, and
+            // each process reloads on its own. Nothing is written yet, so the
+            // refusal is UNAVAILABLE: the router retries in another cell
+            // with a fresh draw, the client with the same key, and within
+            // the change's reload window both sides agree again.
             Some(suffix) => {
-                return Err(CellError::FailedPrecondition(format!(
-                    "suffix {suffix} is not minted by cell {} in epoch {epoch}",
+                return Err(CellError::Unavailable(format!(
+                    "suffix {suffix} is not minted by cell {} in epoch {epoch}: this server's \
+                     topology differs from the router's (a change is reaching the fleet); retry",
                     self.cell
                 )));
             }

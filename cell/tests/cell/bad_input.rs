@@ -465,9 +465,13 @@ fn metadata_cases(envelope: &str) -> Vec<Case> {
             suffix: Some("700"),
             request: good_send("key-suffix-700"),
         },
-        code: Code::FailedPrecondition,
+        // A suffix the cell does not mint is the router's and the cell's
+        // topologies disagreeing during a change: retryable, nothing written.
+        code: Code::Unavailable,
         field: None,
-        message: "suffix 700 is not minted by cell n1 in epoch 0".into(),
+        message: "suffix 700 is not minted by cell n1 in epoch 0: this server's topology \
+                  differs from the router's (a change is reaching the fleet); retry"
+            .into(),
     });
     cases
 }

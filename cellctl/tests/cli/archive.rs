@@ -7,7 +7,7 @@
 //! `cli/ops.rs` seeds a stuck transfer; reconcile passes on the seed before
 //! anything is archived.
 #[path = "archive/seed.rs"]
-mod seed;
+pub(crate) mod seed;
 
 use std::{path::Path, process::Command, sync::Arc, time::Instant};
 

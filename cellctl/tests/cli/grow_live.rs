@@ -23,20 +23,6 @@
 mod chi;
 #[path = "grow_live/fleet.rs"]
 mod fleet;
-// The live scenarios' client and checks, and the archive test's back-dated
-// seed, compiled here once more: `live` and `archive` keep these modules
-// private, and this scenario must hold the fleet to the same log by the
-// same rules and seed the cold day the same way. Hence the second `mod`
-// (`duplicate_mod`), and items this copy does not use (`dead_code`).
-#[allow(clippy::duplicate_mod, dead_code)]
-#[path = "live/checks.rs"]
-mod checks;
-#[allow(clippy::duplicate_mod, dead_code)]
-#[path = "live/load.rs"]
-mod load;
-#[allow(clippy::duplicate_mod)]
-#[path = "archive/seed.rs"]
-mod seed;
 
 use std::{
     collections::BTreeMap,
@@ -48,6 +34,11 @@ use redcell_payments::PgLedger;
 use redcell_proto::v1 as pb;
 use redcell_topology::{EnvelopeId, Topology};
 use sha2::{Digest, Sha256};
+
+use crate::{
+    archive::seed,
+    live::{checks, load},
+};
 
 use self::{
     fleet::GrowSite,

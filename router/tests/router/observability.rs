@@ -794,11 +794,26 @@ fn a_trace_holds_router_and_cell_spans_under_the_callers_trace_id() {
             .filter(|span| hex(&span.trace_id) == trace_id)
             .cloned()
             .collect::<Vec<_>>();
-        let components: BTreeSet<String> = in_trace
+        // Every span the assertions look for: each call's server span in
+        // router and cell, the two attempts, the cell's debit.
+        let seen: BTreeSet<(String, String)> = in_trace
             .iter()
-            .filter_map(|span| attribute(span, "redcell.component"))
+            .map(|span| {
+                let component = attribute(span, "redcell.component").unwrap_or_default();
+                (span.name.clone(), component)
+            })
             .collect();
-        if components.len() == 2 && in_trace.len() >= 6 || attempt == 50 {
+        let complete = ["RedEnvelope/Send", "RedEnvelope/Open"]
+            .iter()
+            .flat_map(|method| ["router", "cell"].map(|c| (method.to_string(), c.to_owned())))
+            .chain([("ledger_call".to_owned(), String::new())])
+            .all(|wanted| seen.contains(&wanted))
+            && in_trace
+                .iter()
+                .filter(|span| span.name == "cell_call")
+                .count()
+                >= 2;
+        if complete || attempt == 50 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));

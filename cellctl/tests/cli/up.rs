@@ -570,3 +570,46 @@ fn fund_refuses_bad_amounts_and_users_naming_the_argument() {
         assert!(stderr.contains(says), "{user} {cents}: {stderr}");
     }
 }
+
+/// `--admin-port-offset` gives every process a metrics port; one already taken
+/// is refused before anything starts, naming the process it was meant for.
+#[test]
+fn up_refuses_a_taken_metrics_port_naming_its_process() {
+    let site = Site::new();
+    let cell_port = site.ports.cells[2];
+    // A port above the logic server's, held here: the offset points at it.
+    let taken = (0..100)
+        .filter_map(|_| TcpListener::bind(("127.0.0.1", 0)).ok())
+        .find(|listener| listener.local_addr().unwrap().port() > cell_port)
+        .expect("a free port above the logic server's");
+    let offset = taken.local_addr().unwrap().port() - cell_port;
+    let router = format!("127.0.0.1:{}", site.ports.router);
+    let (code, stdout, stderr) = site.run(&[
+        "up",
+        "--state-dir",
+        site.state().to_str().unwrap(),
+        "--fast",
+        "--ledger-dsn",
+        &site.ports.ledger_dsn(),
+        "--router-listen",
+        &router,
+        "--admin-port-offset",
+        &offset.to_string(),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "port {} (metrics of cell-n2-{cell_port}) is already in use",
+            cell_port + offset
+        )),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read_dir(site.state().join("pids"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "something was started"
+    );
+    drop(taken);
+}

@@ -103,6 +103,13 @@ pub struct UpArgs {
     /// STATE_DIR/logs/up.log); stop it with `cellctl down`.
     #[arg(long)]
     pub detach: bool,
+    /// Serve Prometheus metrics: every logic server and router gets
+    /// `--admin-listen` on 127.0.0.1 at its gRPC port plus N (e.g. 2000:
+    /// cell 7101 -> 9101, router 7000 -> 9000). Off by default: an admin port
+    /// derived from a gRPC port is not reserved, so a fleet on arbitrary ports
+    /// (tests) would risk a collision.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub admin_port_offset: Option<u16>,
     /// Give every PostgreSQL server (each cell DB's and the ledger's) a
     /// synchronous streaming standby on this machine; once given, later runs
     /// keep it (see `cellctl failover`).
@@ -193,7 +200,7 @@ async fn up(
     if let Some(user) = &pg_user {
         check_reachable(state.root(), user)?;
     }
-    check_ports(&plan, &state, &args.state_dir)?;
+    check_ports(&plan, args.admin_port_offset, &state, &args.state_dir)?;
 
     let internal_token = state.internal_token()?;
     state.ensure_hs256_key()?;
@@ -311,6 +318,7 @@ impl Launch<'_> {
                 .arg(self.topology)
                 .args(["--listen", &router.listen.to_string()])
                 .args(["--region", &router.region])
+                .args(self.admin_listen(router.listen))
                 .arg("--jwt-hs256-key-file")
                 .arg(self.state.hs256_key_file())
                 .env("REDCELL_INTERNAL_TOKEN", self.internal_token)
@@ -324,6 +332,14 @@ impl Launch<'_> {
         self.healthy(fleet, step, &routers).await
     }
 
+    /// `--admin-listen` for the process serving gRPC on `listen`, with
+    /// `--admin-port-offset` (nothing without it).
+    fn admin_listen(&self, listen: SocketAddr) -> Vec<String> {
+        admin_address(listen, self.args.admin_port_offset).map_or_else(Vec::new, |admin| {
+            vec!["--admin-listen".to_owned(), admin.to_string()]
+        })
+    }
+
     /// The logic server process of one planned server (at start, and for a
     /// cell added later, [`grow`]).
     fn cell_command(&self, cell: &plan::CellPlan) -> Command {
@@ -333,6 +349,7 @@ impl Launch<'_> {
             .arg(self.topology)
             .args(["--cell", &cell.cell])
             .args(["--listen", &cell.listen.to_string()])
+            .args(self.admin_listen(cell.listen))
             .args(["--ledger-dsn", &self.args.ledger_dsn])
             .env("REDCELL_INTERNAL_TOKEN", self.internal_token)
             .env_remove("REDCELL_DB_DSN");
@@ -623,8 +640,42 @@ fn refuse_second_up(state: &StateDir, shown: &Path) -> Result<(), CommandError> 
 
 /// Every port of the plan must be free now; lists each taken one with its
 /// part, and points at `down` when a part of an earlier `up` still runs.
-fn check_ports(plan: &Plan, state: &StateDir, shown: &Path) -> Result<(), CommandError> {
+/// The metrics address of the process serving gRPC on `listen`: 127.0.0.1
+/// at `listen`'s port plus `offset` (none without an offset, or past 65535).
+pub fn admin_address(listen: SocketAddr, offset: Option<u16>) -> Option<SocketAddr> {
+    let port = listen.port().checked_add(offset?)?;
+    Some(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn check_ports(
+    plan: &Plan,
+    admin_offset: Option<u16>,
+    state: &StateDir,
+    shown: &Path,
+) -> Result<(), CommandError> {
     let mut taken = Vec::new();
+    if let Some(offset) = admin_offset {
+        let listens = plan
+            .cells
+            .iter()
+            .map(|c| (c.listen, c.part()))
+            .chain(plan.routers.iter().map(|r| (r.listen, r.part())));
+        for (listen, part) in listens {
+            match admin_address(listen, Some(offset)) {
+                Some(admin) => {
+                    if let Err(error) = TcpListener::bind(admin) {
+                        taken.push(format!(
+                            "port {} (metrics of {part}) is already in use: {error}",
+                            admin.port()
+                        ));
+                    }
+                }
+                None => taken.push(format!(
+                    "--admin-port-offset {offset}: the metrics port of {part} would be past 65535"
+                )),
+            }
+        }
+    }
     for (port, part) in plan.ports() {
         let ip = plan
             .cells

@@ -734,8 +734,47 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Runs the test named `name` alone in a child process of this test binary
+/// and returns true when the caller *is* that child (and should run the
+/// body). The trace and log tests install a thread-scoped `tracing`
+/// subscriber; `tracing` caches each callsite's interest process-wide, so a
+/// callsite first hit by a concurrent test on a thread without a subscriber
+/// can stay disabled for this one (seen in the full test binary: no spans,
+/// six log lines). A process of their own gives them a clean `tracing` state.
+fn in_own_process(name: &str) -> bool {
+    const CHILD: &str = "REDCELL_OBSERVABILITY_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let output = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("the test binary runs again");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{name} in its own process failed:\n{text}"
+    );
+    assert!(
+        text.contains("1 passed"),
+        "{name} did not run in its own process:\n{text}"
+    );
+    false
+}
+
 #[test]
 fn a_trace_holds_router_and_cell_spans_under_the_callers_trace_id() {
+    if !in_own_process(
+        "observability::a_trace_holds_router_and_cell_spans_under_the_callers_trace_id",
+    ) {
+        return;
+    }
     let collector = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -889,6 +928,11 @@ impl std::io::Write for Capture {
 
 #[test]
 fn debug_logs_are_json_and_never_show_a_token_a_dsn_password_or_the_internal_credential() {
+    if !in_own_process(
+        "observability::debug_logs_are_json_and_never_show_a_token_a_dsn_password_or_the_internal_credential",
+    ) {
+        return;
+    }
     let capture = Capture::default();
     let writer = capture.clone();
     let (subscriber, _telemetry, _) = telemetry::subscriber(

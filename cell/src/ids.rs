@@ -54,30 +54,34 @@ impl IdMinter {
         let mint = topology
             .minted_by(&self.cell)
             .ok_or_else(|| CellError::Internal(format!("cell {} left the topology", self.cell)))?;
-        let epoch = mint.epoch;
-        let suffix = match suffix {
-            Some(suffix) if mint.contains(suffix) => suffix,
+        let (epoch, suffix) = match suffix {
+            Some(suffix) if mint.contains(suffix) => (mint.epoch, suffix),
             // Only a router passes a suffix (behind the internal
-            // credential), drawn from *its* snapshot of the topology. A
-            // suffix this cell does not mint means the two snapshots differ:
-            // a change (switch, reverse, expand) is reaching the fleet, and
-            // each process reloads on its own. Nothing is written yet, so the
-            // refusal is UNAVAILABLE: the router retries in another cell
-            // with a fresh draw, the client with the same key, and within
-            // the change's reload window both sides agree again.
-            Some(suffix) => {
-                return Err(CellError::Unavailable(format!(
-                    "suffix {suffix} is not minted by cell {} in epoch {epoch}: this server's \
-                     topology differs from the router's (a change is reaching the fleet); retry",
-                    self.cell
-                )));
-            }
-            None => mint.draw(rand::random::<u64>()).ok_or_else(|| {
-                CellError::FailedPrecondition(format!(
-                    "cell {} mints no suffix in epoch {epoch}",
-                    self.cell
-                ))
-            })?,
+            // credential), drawn from *its* snapshot of the topology; during
+            // a switch or reverse it may mint under another epoch than this
+            // server. If this cell owns the suffix in some epoch, an ID under
+            // that epoch routes here for good: honour the draw. Otherwise the
+            // snapshots differ more (a change not yet read here): nothing is
+            // written, so UNAVAILABLE lets the router retry in another cell.
+            Some(suffix) => match topology.newest_epoch_owning(&self.cell, suffix) {
+                Some(epoch) => (epoch, suffix),
+                None => {
+                    return Err(CellError::Unavailable(format!(
+                        "suffix {suffix} is not minted by cell {} in epoch {}: this server's \
+                         topology differs from the router's (a change is reaching the fleet); retry",
+                        self.cell, mint.epoch
+                    )));
+                }
+            },
+            None => (
+                mint.epoch,
+                mint.draw(rand::random::<u64>()).ok_or_else(|| {
+                    CellError::FailedPrecondition(format!(
+                        "cell {} mints no suffix in epoch {}",
+                        self.cell, mint.epoch
+                    ))
+                })?,
+            ),
         };
         let date = MintDate::from_system_time(SystemTime::now())
             .ok_or_else(|| CellError::Internal("the clock is outside 2000-2099".into()))?;

@@ -179,6 +179,26 @@ impl Topology {
         })
     }
 
+    /// The newest epoch in which cell `name` owns `suffix` of its region, if
+    /// any. A router hands a cell a suffix drawn from *its* snapshot; while a
+    /// switch or reverse reaches the fleet the two snapshots can mint under
+    /// different epochs, and an ID minted under any epoch where this cell
+    /// owns the suffix routes to this cell for good (epoch tables never
+    /// change), so the cell can honour the router's draw.
+    pub fn newest_epoch_owning(&self, name: &str, suffix: Suffix) -> Option<EpochId> {
+        let index = self.cells.iter().position(|cell| cell.name == name)?;
+        let region = self.cells.get(index)?.region;
+        self.epochs
+            .iter()
+            .rev()
+            .find(|epoch| {
+                epoch
+                    .table(region)
+                    .is_some_and(|table| table.owner(suffix) == index)
+            })
+            .map(|epoch| epoch.id)
+    }
+
     /// The suffixes cell `name` mints new IDs with; `None` for a cell not in
     /// this topology.
     pub fn minted_by(&self, name: &str) -> Option<CellMint> {

@@ -664,8 +664,10 @@ fn standby_failover_fences_promotes_and_repoints_a_live_fleet() {
 /// a Send lands on n3.
 fn expand_after_failovers(site: &Site, up: &Up, runtime: &tokio::runtime::Runtime) {
     let state = site.state_arg();
-    let (n3_db, offset) = (site.ports.n3_db(), site.ports.offset);
-    let n3_standby = n3_db + offset;
+    // The first port the derivation may give n3 (n2's standby, the file's
+    // highest DB port + 1, is skipped); a later one when another process on
+    // this machine holds that one right now, which expand also skips.
+    let first_candidate = site.ports.n3_db();
     let expanding = Instant::now();
     let (code, out, err) = site.run(&[
         "expand",
@@ -677,12 +679,26 @@ fn expand_after_failovers(site: &Site, up: &Up, runtime: &tokio::runtime::Runtim
     ]);
     let expand_took = expanding.elapsed();
     assert_eq!(code, 0, "{out}{err}\nup:\n{}", up.stderr());
-    for said in [
-        format!("db      postgres://redcell@127.0.0.1:{n3_db}/cell_n3 (derived)"),
-        format!("standby port {n3_standby} kept free (the fleet runs `up --standby`)"),
-    ] {
-        assert!(out.contains(&said), "missing {said:?} in\n{out}");
-    }
+    let port_after = |before: &str, after: &str| -> u16 {
+        out.lines()
+            .find_map(|line| {
+                let rest = line.trim().strip_prefix(before)?;
+                rest.strip_suffix(after)?.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no {before:?}...{after:?} line in\n{out}"))
+    };
+    let n3_db = port_after(
+        "db      postgres://redcell@127.0.0.1:",
+        "/cell_n3 (derived)",
+    );
+    let n3_standby = port_after(
+        "standby port ",
+        " kept free (the fleet runs `up --standby`)",
+    );
+    assert!(
+        n3_db >= first_candidate,
+        "n3's DB on {n3_db}: a port below {first_candidate} is n2's standby or n1's"
+    );
     assert!(!out.contains("is down"), "{out}");
     assert!(!up.stderr().contains("not started"), "{}", up.stderr());
 

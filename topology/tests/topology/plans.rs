@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use redcell_topology::{
-    EnvelopeId, Topology, UtcTimestamp,
+    EnvelopeId, Suffix, Topology, UtcTimestamp,
     plan::{self, NewCell, PlanError, Split},
 };
 
@@ -432,4 +432,43 @@ fn complete_waits_for_the_soak_then_forbids_reverse() {
         )
         .is_ok()
     );
+}
+
+/// A cell honours a router's suffix drawn under another epoch (a switch or
+/// reverse reaching the fleet) by minting under the newest epoch in which it
+/// owns that suffix; a suffix it owns in no epoch has none.
+#[test]
+fn the_newest_epoch_owning_a_suffix_follows_the_tables() {
+    let topology = bundled();
+    let expanded = plan::expand(
+        &topology,
+        &[Split {
+            from: "n1".into(),
+            into: new_cell("n4", 7131),
+        }],
+    )
+    .unwrap();
+    let suffix = |n: u16| Suffix::new(n).unwrap();
+    // Epoch 0: n1 000-332. Epoch 1: n1 keeps 000-166, n4 takes 167-332.
+    assert_eq!(
+        expanded
+            .newest_epoch_owning("n1", suffix(10))
+            .map(|e| e.get()),
+        Some(1)
+    );
+    assert_eq!(
+        expanded
+            .newest_epoch_owning("n1", suffix(300))
+            .map(|e| e.get()),
+        Some(0)
+    );
+    assert_eq!(
+        expanded
+            .newest_epoch_owning("n4", suffix(300))
+            .map(|e| e.get()),
+        Some(1)
+    );
+    assert_eq!(expanded.newest_epoch_owning("n4", suffix(10)), None);
+    assert_eq!(expanded.newest_epoch_owning("n2", suffix(10)), None);
+    assert_eq!(expanded.newest_epoch_owning("nobody", suffix(10)), None);
 }

@@ -58,7 +58,11 @@ pub fn render(
             "REDCELL_LISTEN",
             format!("0.0.0.0:{}", layout::CELL_GRPC_PORT),
         ),
-        pod::env("REDCELL_LOG_JSON", "true"),
+        pod::env("REDCELL_LOG_FORMAT", "json"),
+        pod::env(
+            "REDCELL_ADMIN_LISTEN",
+            format!("0.0.0.0:{}", layout::METRICS_PORT),
+        ),
         pod::secret_env(
             "REDCELL_INTERNAL_TOKEN",
             layout::INTERNAL_TOKEN_SECRET,

@@ -103,6 +103,42 @@ pub fn topology_config_map(topology: &Topology, settings: &Settings) -> Result<C
     })
 }
 
+/// The alert rules and the Grafana dashboard of `observability/` (compiled
+/// in, so the committed k8s/ changes with them and the freshness test
+/// notices): a ConfigMap of Prometheus rule files, to mount where
+/// Prometheus reads `rule_files`, and one labelled `grafana_dashboard: "1"`,
+/// which Grafana's dashboard sidecar (kube-prometheus-stack) imports.
+pub fn observability_config_maps(settings: &Settings) -> [ConfigMap; 2] {
+    let map = |name: &str, extra: &[(&str, &str)], key: &str, text: &str| {
+        let mut labels = vec![(layout::NAME_LABEL, layout::APP)];
+        labels.extend_from_slice(extra);
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(settings.namespace.clone()),
+                labels: Some(layout::object_labels(&layout::labels(&labels))),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(key.to_owned(), text.to_owned())])),
+            ..ConfigMap::default()
+        }
+    };
+    [
+        map(
+            "redcell-alerts",
+            &[],
+            "redcell-alerts.yaml",
+            include_str!("../../../../observability/alerts.yaml"),
+        ),
+        map(
+            "redcell-dashboard",
+            &[("grafana_dashboard", "1")],
+            "redcell.json",
+            include_str!("../../../../observability/dashboard.json"),
+        ),
+    ]
+}
+
 /// Logic servers' gRPC port admits routers only (DESIGN §6: cells serve
 /// routers); the metrics port admits scrapers from any namespace.
 pub fn logic_server_policy(settings: &Settings) -> NetworkPolicy {

@@ -16,6 +16,7 @@
 //! |---|---|
 //! | `namespace.yaml` | the Namespace |
 //! | `topology.yaml` | the in-cluster cells.yaml as a ConfigMap ([`fleet`]) |
+//! | `observability.yaml` | ConfigMaps of the alert rules and the Grafana dashboard of `observability/` |
 //! | `network-policy.yaml` | logic servers admit routers only |
 //! | `routers.yaml` | per region: Deployment, Service, HPA, PDB ([`router`]) |
 //! | `ledger.yaml` | the ledger DB's NetworkPolicy and migration Job |
@@ -215,6 +216,14 @@ fn build(
         &fleet::topology_config_map(in_cluster, settings)?,
     )?;
     manifests.push(manifest("topology.yaml".into(), config));
+
+    let mut observability = Documents::new(
+        "Alert rules and the Grafana dashboard of observability/ (see README: metrics).",
+    );
+    for map in fleet::observability_config_maps(settings) {
+        add(&mut observability, &map)?;
+    }
+    manifests.push(manifest("observability.yaml".into(), observability));
 
     let mut network = Documents::new("Logic servers' gRPC port admits routers only.");
     add(&mut network, &fleet::logic_server_policy(settings))?;

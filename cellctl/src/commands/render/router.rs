@@ -79,7 +79,11 @@ pub fn render(region: &str, settings: &Settings) -> RouterObjects {
                 "REDCELL_JWT_RS256_PUBLIC_KEY_FILE",
                 format!("{}/{}", layout::JWT_DIR, layout::JWT_KEY),
             ),
-            pod::env("REDCELL_LOG_JSON", "true"),
+            pod::env("REDCELL_LOG_FORMAT", "json"),
+            pod::env(
+                "REDCELL_ADMIN_LISTEN",
+                format!("0.0.0.0:{}", layout::METRICS_PORT),
+            ),
             pod::secret_env(
                 "REDCELL_INTERNAL_TOKEN",
                 layout::INTERNAL_TOKEN_SECRET,

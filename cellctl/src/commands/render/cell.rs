@@ -16,10 +16,10 @@
 use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
-        core::v1::{Container, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec},
-        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+        core::v1::{Container, PodSpec, PodTemplateSpec, Service, ServiceSpec},
+        policy::v1::PodDisruptionBudget,
     },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use redcell_topology::Topology;
 
@@ -127,27 +127,12 @@ pub fn render(
             cluster_ip: Some("None".to_owned()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector.clone()),
-            ports: Some(vec![ServicePort {
-                name: Some("grpc".to_owned()),
-                port: layout::CELL_GRPC_PORT,
-                target_port: Some(IntOrString::String("grpc".to_owned())),
-                protocol: Some("TCP".to_owned()),
-                app_protocol: Some("kubernetes.io/h2c".to_owned()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![pod::grpc_service_port(layout::CELL_GRPC_PORT)]),
             ..ServiceSpec::default()
         }),
         status: None,
     };
-    let budget = PodDisruptionBudget {
-        metadata,
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(pod::selector(&selector)),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        status: None,
-    };
+    let budget = pod::one_at_a_time(metadata, &selector);
     CellObjects {
         stateful_set,
         service,

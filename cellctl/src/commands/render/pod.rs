@@ -13,12 +13,19 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{
-        Capabilities, ConfigMapVolumeSource, ContainerPort, EnvVar, EnvVarSource, GRPCAction,
-        PodSecurityContext, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-        SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    api::{
+        core::v1::{
+            Capabilities, ConfigMapVolumeSource, ContainerPort, EnvVar, EnvVarSource, GRPCAction,
+            PodSecurityContext, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+            SecurityContext, ServicePort, TopologySpreadConstraint, Volume, VolumeMount,
+        },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
-    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::LabelSelector},
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
 };
 
 use super::layout;
@@ -235,6 +242,36 @@ pub fn topology_env() -> EnvVar {
         "REDCELL_TOPOLOGY",
         format!("{}/{}", layout::TOPOLOGY_DIR, layout::TOPOLOGY_KEY),
     )
+}
+
+/// A Service's gRPC port (`grpc`, cleartext HTTP/2) to the pods' `grpc` port.
+pub fn grpc_service_port(port: i32) -> ServicePort {
+    ServicePort {
+        name: Some("grpc".to_owned()),
+        port,
+        target_port: Some(IntOrString::String("grpc".to_owned())),
+        protocol: Some("TCP".to_owned()),
+        app_protocol: Some("kubernetes.io/h2c".to_owned()),
+        ..ServicePort::default()
+    }
+}
+
+/// A PodDisruptionBudget that lets one pod of `labels` go at a time (a
+/// drain never takes two logic servers of a cell, or two routers of a
+/// region, at once).
+pub fn one_at_a_time(
+    metadata: ObjectMeta,
+    labels: &BTreeMap<String, String>,
+) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(selector(labels)),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
 }
 
 pub fn selector(labels: &BTreeMap<String, String>) -> LabelSelector {

@@ -16,12 +16,12 @@ use k8s_openapi::{
             MetricSpec, MetricTarget, ResourceMetricSource,
         },
         core::v1::{
-            Container, PodSpec, PodTemplateSpec, SecretVolumeSource, Service, ServicePort,
-            ServiceSpec, Volume, VolumeMount,
+            Container, PodSpec, PodTemplateSpec, SecretVolumeSource, Service, ServiceSpec, Volume,
+            VolumeMount,
         },
-        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+        policy::v1::PodDisruptionBudget,
     },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use super::{Settings, layout, pod};
@@ -131,14 +131,7 @@ pub fn render(region: &str, settings: &Settings) -> RouterObjects {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(selector.clone()),
-            ports: Some(vec![ServicePort {
-                name: Some("grpc".to_owned()),
-                port: layout::ROUTER_GRPC_PORT,
-                target_port: Some(IntOrString::String("grpc".to_owned())),
-                protocol: Some("TCP".to_owned()),
-                app_protocol: Some("kubernetes.io/h2c".to_owned()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![pod::grpc_service_port(layout::ROUTER_GRPC_PORT)]),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -169,15 +162,7 @@ pub fn render(region: &str, settings: &Settings) -> RouterObjects {
         },
         status: None,
     };
-    let budget = PodDisruptionBudget {
-        metadata,
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(pod::selector(&selector)),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        status: None,
-    };
+    let budget = pod::one_at_a_time(metadata, &selector);
     RouterObjects {
         deployment,
         service,

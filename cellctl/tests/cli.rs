@@ -37,16 +37,67 @@ fn bundled() -> PathBuf {
 
 fn cellctl(args: &[&str], topology: Option<&std::path::Path>) -> Outcome {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cellctl"));
-    command.args(args).env_remove("REDCELL_TOPOLOGY");
+    command
+        .args(args)
+        .env_remove("REDCELL_TOPOLOGY")
+        .env_remove("REDCELL_LEDGER_DSN");
     if let Some(path) = topology {
         command.env("REDCELL_TOPOLOGY", path);
     }
-    let output = command.output().expect("cellctl runs");
+    let (code, stdout, stderr) = finish(&mut command);
     Outcome {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        code,
+        stdout,
+        stderr,
     }
+}
+
+/// Runs a command to its end: (exit code, stdout, stderr).
+fn finish(command: &mut Command) -> (i32, String, String) {
+    let output = command.output().expect("the command runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `cellctl --topology TOPOLOGY` for a live-fleet test: nothing of the
+/// operator's environment leaks in, and the `cell` and `router` binaries
+/// `up` starts must be built beside it.
+fn fleet_cellctl(topology: &std::path::Path) -> Command {
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_cellctl"));
+    if let Some(dir) = binary.parent() {
+        for fleet_binary in ["cell", "router"] {
+            assert!(
+                dir.join(fleet_binary).is_file(),
+                "{} is missing: build every binary first (cargo build --bins)",
+                dir.join(fleet_binary).display()
+            );
+        }
+    }
+    let mut command = Command::new(binary);
+    command
+        .env_remove("REDCELL_TOPOLOGY")
+        .env_remove("REDCELL_STATE_DIR")
+        .env_remove("REDCELL_LEDGER_DSN")
+        .arg("--topology")
+        .arg(topology);
+    command
+}
+
+/// Stops what a test's `cellctl up` started: `cellctl down` on its state
+/// directory, then the `up` process itself if it is still there.
+fn stop_fleet(state: &std::path::Path, up: &mut std::process::Child) {
+    let _ = Command::new(env!("CARGO_BIN_EXE_cellctl"))
+        .arg("down")
+        .arg("--state-dir")
+        .arg(state)
+        .output();
+    if matches!(up.try_wait(), Ok(None)) {
+        let _ = up.kill();
+    }
+    let _ = up.wait();
 }
 
 /// `1, 2, ...`: every version of a list, as `migrate` reports a first run.

@@ -9,7 +9,7 @@
 #[path = "archive/seed.rs"]
 pub(crate) mod seed;
 
-use std::{path::Path, process::Command, sync::Arc, time::Instant};
+use std::{path::Path, sync::Arc, time::Instant};
 
 use redcell_migrations::{LEDGER, ORDER_DB};
 use redcell_payments::{LedgerKey, PgLedger};
@@ -30,24 +30,8 @@ fn id(yymmdd: &str, sequence: u64) -> String {
 
 const INTERNAL_TOKEN: &str = "archive-test-internal-token-0123456789";
 
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn cellctl(args: &[&str], topology: &Path) -> Outcome {
-    let output = Command::new(env!("CARGO_BIN_EXE_cellctl"))
-        .args(args)
-        .env("REDCELL_TOPOLOGY", topology)
-        .env_remove("REDCELL_LEDGER_DSN")
-        .output()
-        .expect("cellctl runs");
-    Outcome {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+fn cellctl(args: &[&str], topology: &Path) -> crate::Outcome {
+    crate::cellctl(args, Some(topology))
 }
 
 /// One cell `n1` owning every north suffix, served at `server`.

@@ -187,24 +187,12 @@ minting:
     }
 
     fn cellctl(&self, topology: &std::path::Path) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cellctl"));
-        command
-            .env_remove("REDCELL_TOPOLOGY")
-            .env_remove("REDCELL_STATE_DIR")
-            .env_remove("REDCELL_LEDGER_DSN")
-            .arg("--topology")
-            .arg(topology);
-        command
+        crate::fleet_cellctl(topology)
     }
 
     /// A cellctl command on this site's cells.yaml, to its end.
     fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let output = self.cellctl(&self.topology()).args(args).output().unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        crate::finish(self.cellctl(&self.topology()).args(args))
     }
 
     fn up_command(&self, topology: &std::path::Path, extra: &[&str]) -> Command {
@@ -280,15 +268,7 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_cellctl"))
-            .arg("down")
-            .arg("--state-dir")
-            .arg(&self.state)
-            .output();
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        crate::stop_fleet(&self.state, &mut self.child);
     }
 }
 

@@ -127,33 +127,12 @@ minting:
     }
 
     fn cellctl(&self) -> Command {
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_cellctl"));
-        let dir = binary.parent().unwrap();
-        for fleet_binary in ["cell", "router"] {
-            assert!(
-                dir.join(fleet_binary).is_file(),
-                "{} is missing: build every binary first (cargo build --bins)",
-                dir.join(fleet_binary).display()
-            );
-        }
-        let mut command = Command::new(binary);
-        command
-            .env_remove("REDCELL_TOPOLOGY")
-            .env_remove("REDCELL_STATE_DIR")
-            .env_remove("REDCELL_LEDGER_DSN")
-            .arg("--topology")
-            .arg(self.topology());
-        command
+        crate::fleet_cellctl(&self.topology())
     }
 
     /// Runs a cellctl command to its end: (exit code, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let output = self.cellctl().args(args).output().unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        crate::finish(self.cellctl().args(args))
     }
 
     /// `cellctl up` on this site's topology, ports and state directory.
@@ -267,15 +246,7 @@ impl Up {
 
 impl Drop for Up {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_cellctl"))
-            .arg("down")
-            .arg("--state-dir")
-            .arg(&self.state)
-            .output();
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        crate::stop_fleet(&self.state, &mut self.child);
     }
 }
 

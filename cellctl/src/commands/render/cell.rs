@@ -16,7 +16,7 @@
 use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
-        core::v1::{Container, PodSpec, PodTemplateSpec, Service, ServiceSpec},
+        core::v1::{Container, Service, ServiceSpec},
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -100,23 +100,7 @@ pub fn render(
             replicas: Some(i32::try_from(cell.servers.len()).unwrap_or(i32::MAX)),
             pod_management_policy: Some("Parallel".to_owned()),
             selector: pod::selector(&selector),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(pod::scrape_annotations()),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
-                    security_context: Some(pod::pod_security()),
-                    topology_spread_constraints: Some(pod::spread(&selector, true)),
-                    containers: vec![container],
-                    volumes: Some(vec![volume]),
-                    ..PodSpec::default()
-                }),
-            },
+            template: pod::template(pod_labels, &selector, true, container, vec![volume]),
             ..StatefulSetSpec::default()
         },
         status: None,

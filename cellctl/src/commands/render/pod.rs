@@ -15,9 +15,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         core::v1::{
-            Capabilities, ConfigMapVolumeSource, ContainerPort, EnvVar, EnvVarSource, GRPCAction,
-            PodSecurityContext, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-            SecurityContext, ServicePort, TopologySpreadConstraint, Volume, VolumeMount,
+            Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+            GRPCAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, SecretKeySelector, SecurityContext, ServicePort,
+            TopologySpreadConstraint, Volume, VolumeMount,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -242,6 +243,35 @@ pub fn topology_env() -> EnvVar {
         "REDCELL_TOPOLOGY",
         format!("{}/{}", layout::TOPOLOGY_DIR, layout::TOPOLOGY_KEY),
     )
+}
+
+/// The pod template of a logic server or a router: scraped, no service
+/// account token, no service links, the restricted pod security context,
+/// spread over zones and nodes (`zone_hard`: see [`spread`]).
+pub fn template(
+    labels: BTreeMap<String, String>,
+    selector: &BTreeMap<String, String>,
+    zone_hard: bool,
+    container: Container,
+    volumes: Vec<Volume>,
+) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(scrape_annotations()),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(30),
+            security_context: Some(pod_security()),
+            topology_spread_constraints: Some(spread(selector, zone_hard)),
+            containers: vec![container],
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+    }
 }
 
 /// A Service's gRPC port (`grpc`, cleartext HTTP/2) to the pods' `grpc` port.

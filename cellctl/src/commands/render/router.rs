@@ -15,10 +15,7 @@ use k8s_openapi::{
             CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
             MetricSpec, MetricTarget, ResourceMetricSource,
         },
-        core::v1::{
-            Container, PodSpec, PodTemplateSpec, SecretVolumeSource, Service, ServiceSpec, Volume,
-            VolumeMount,
-        },
+        core::v1::{Container, SecretVolumeSource, Service, ServiceSpec, Volume, VolumeMount},
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -105,23 +102,13 @@ pub fn render(region: &str, settings: &Settings) -> RouterObjects {
         metadata: metadata.clone(),
         spec: DeploymentSpec {
             selector: pod::selector(&selector),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(selector.clone()),
-                    annotations: Some(pod::scrape_annotations()),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
-                    security_context: Some(pod::pod_security()),
-                    topology_spread_constraints: Some(pod::spread(&selector, false)),
-                    containers: vec![container],
-                    volumes: Some(vec![topology, jwt]),
-                    ..PodSpec::default()
-                }),
-            },
+            template: pod::template(
+                selector.clone(),
+                &selector,
+                false,
+                container,
+                vec![topology, jwt],
+            ),
             ..DeploymentSpec::default()
         },
         status: None,

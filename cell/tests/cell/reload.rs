@@ -254,6 +254,46 @@ async fn a_running_cell_mints_under_the_new_epoch_once_its_file_changes() {
     cell.finish(&grown).await;
 }
 
+/// A router still on the old topology during a switch hands the cell a
+/// suffix the cell owns only in the older epoch: the cell mints under that
+/// epoch (the ID routes to it for good) instead of refusing; a suffix it owns
+/// in no epoch is still refused, retryable, with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suffix_owned_only_in_an_older_epoch_is_minted_under_that_epoch() {
+    let mut cell = ReloadingCell::start().await;
+    // Epoch 1 shrinks n1 to 000-249: 400 is n1's in epoch 0 only.
+    let shrunk = cell.stack.topology_text.replace(
+        "minting:\n  epoch: 0\n",
+        "  - id: 1\n    ranges:\n      north: { n1: \"000-249\", n2: \"250-999\" }\n      south: { s1: \"000-999\" }\nminting:\n  epoch: 1\n",
+    );
+    let topology = Topology::parse(&shrunk).unwrap();
+    replace_file(&cell.file, &shrunk);
+    cell.wait_until("reloaded", |handle| handle.reloads() == 1)
+        .await;
+
+    let lagging = cell.send("lagging", 1_000, Some("400")).await.unwrap();
+    assert_eq!(epoch_of(&lagging.id), "00", "{}", lagging.id);
+    assert!(lagging.id.ends_with("400"), "{}", lagging.id);
+    let id: redcell_topology::EnvelopeId = lagging.id.parse().unwrap();
+    assert_eq!(topology.route(&id).unwrap().name, "n1");
+    let current = cell.send("current", 1_000, Some("100")).await.unwrap();
+    assert_eq!(epoch_of(&current.id), "01", "{}", current.id);
+    for envelope in [&lagging.id, &current.id] {
+        assert!(cell.open(envelope, "opener").await > 0);
+    }
+
+    // 800 is n2's in every epoch: refused, retryable, nothing written.
+    cell.stack.fund("foreign", 1_000).await;
+    let before = cell.stack.snapshot().await;
+    let refused = cell
+        .send_funded("foreign", 1_000, Some("800"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(cell.stack.snapshot().await, before);
+    cell.finish(&shrunk).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_file_is_refused_counted_and_the_old_topology_keeps_serving() {
     let mut cell = ReloadingCell::start().await;

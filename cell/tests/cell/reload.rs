@@ -271,6 +271,17 @@ async fn a_suffix_owned_only_in_an_older_epoch_is_minted_under_that_epoch() {
     cell.wait_until("reloaded", |handle| handle.reloads() == 1)
         .await;
 
+    // 800 is n2's in every epoch: refused, retryable, nothing written
+    // (before any Open, so no settlement moves the snapshot meanwhile).
+    cell.stack.fund("foreign", 1_000).await;
+    let before = cell.stack.snapshot().await;
+    let refused = cell
+        .send_funded("foreign", 1_000, Some("800"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(cell.stack.snapshot().await, before);
+
     let lagging = cell.send("lagging", 1_000, Some("400")).await.unwrap();
     assert_eq!(epoch_of(&lagging.id), "00", "{}", lagging.id);
     assert!(lagging.id.ends_with("400"), "{}", lagging.id);
@@ -281,16 +292,6 @@ async fn a_suffix_owned_only_in_an_older_epoch_is_minted_under_that_epoch() {
     for envelope in [&lagging.id, &current.id] {
         assert!(cell.open(envelope, "opener").await > 0);
     }
-
-    // 800 is n2's in every epoch: refused, retryable, nothing written.
-    cell.stack.fund("foreign", 1_000).await;
-    let before = cell.stack.snapshot().await;
-    let refused = cell
-        .send_funded("foreign", 1_000, Some("800"))
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    assert_eq!(cell.stack.snapshot().await, before);
     cell.finish(&shrunk).await;
 }
 

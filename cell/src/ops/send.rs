@@ -166,6 +166,9 @@ async fn pay<P: Payments>(
             cents: envelope.total_cents,
         })
         .await?;
+    // Tests crash the cell here: the sender is debited, the envelope still
+    // pending (recovery must activate it, never cancel or debit it again).
+    fail::fail_point!("send::after_debit");
     match outcome {
         DebitOutcome::Debited => activate(cell, envelope).await,
         DebitOutcome::InsufficientFunds { balance_cents } => {

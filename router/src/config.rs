@@ -61,6 +61,44 @@ pub struct RouterArgs {
         default_value_t = 1_000
     )]
     pub reload_interval_ms: u64,
+    /// Largest request message (bytes, after decompression) the router
+    /// decodes; a bigger one is refused `OUT_OF_RANGE` before any handler
+    /// runs. The largest valid request (a Send with a 64-character greeting)
+    /// is well under 1 KiB.
+    #[arg(long, env = "REDCELL_ROUTER_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+    /// TCP connections open at once; beyond it the router stops accepting
+    /// until one closes (new ones wait in the kernel's backlog).
+    #[arg(long, env = "REDCELL_ROUTER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Milliseconds a new connection gets to send the HTTP/2 preface before
+    /// it is closed (slow-loris guard).
+    #[arg(
+        long,
+        env = "REDCELL_ROUTER_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub handshake_timeout_ms: u64,
+    /// Milliseconds one call may take end to end, receiving its request body
+    /// included (a trickled body is cut off); at least `--cell-timeout-ms`.
+    #[arg(
+        long,
+        env = "REDCELL_ROUTER_REQUEST_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub request_timeout_ms: u64,
+    /// HTTP/2 streams (calls) in flight on one connection; further calls wait
+    /// in the client for a free stream.
+    #[arg(
+        long,
+        env = "REDCELL_ROUTER_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 1_024
+    )]
+    pub max_streams_per_connection: u32,
+    /// Milliseconds between HTTP/2 keepalive pings on an idle connection; a
+    /// peer that does not answer within the same time is disconnected.
+    #[arg(long, env = "REDCELL_ROUTER_KEEPALIVE_MS", default_value_t = 30_000)]
+    pub keepalive_ms: u64,
     /// Logs, traces and the admin (`/metrics`) port.
     #[command(flatten)]
     pub telemetry: redcell_lifecycle::telemetry::TelemetryArgs,
@@ -82,6 +120,9 @@ pub struct RouterConfig {
     pub reload_interval: Duration,
     /// How long a cell that failed a Send stays out of the mint pool.
     pub suspect_for: Duration,
+    /// What a hostile client can hold: message size, connections, handshake
+    /// and request time, streams per connection, keepalive.
+    pub connection_limits: ConnectionLimits,
     /// This router's metrics (give each router its own).
     pub metrics: Arc<RouterMetrics>,
 }
@@ -112,6 +153,7 @@ impl RouterConfig {
             health_interval: Duration::from_millis(500),
             reload_interval: Duration::from_secs(1),
             suspect_for: Duration::from_secs(5),
+            connection_limits: ConnectionLimits::default(),
         }
     }
 
@@ -184,10 +226,25 @@ impl RouterConfig {
             ("--cell-timeout-ms", args.cell_timeout_ms),
             ("--health-interval-ms", args.health_interval_ms),
             ("--reload-interval-ms", args.reload_interval_ms),
+            ("--max-message-bytes", args.max_message_bytes as u64),
+            ("--max-connections", args.max_connections as u64),
+            ("--handshake-timeout-ms", args.handshake_timeout_ms),
+            ("--request-timeout-ms", args.request_timeout_ms),
+            (
+                "--max-streams-per-connection",
+                u64::from(args.max_streams_per_connection),
+            ),
+            ("--keepalive-ms", args.keepalive_ms),
         ] {
             if value == 0 {
                 errors.push(format!("{flag}: must be at least 1"));
             }
+        }
+        if args.request_timeout_ms < args.cell_timeout_ms {
+            errors.push(format!(
+                "--request-timeout-ms: must be at least --cell-timeout-ms ({})",
+                args.cell_timeout_ms
+            ));
         }
         let topology = topology.map_err(|error| errors.insert(0, error));
         let auth = auth.map_err(|error| errors.push(error));
@@ -208,9 +265,50 @@ impl RouterConfig {
                 config.cell_timeout = Duration::from_millis(args.cell_timeout_ms);
                 config.health_interval = Duration::from_millis(args.health_interval_ms);
                 config.reload_interval = Duration::from_millis(args.reload_interval_ms);
+                config.connection_limits = ConnectionLimits {
+                    max_message_bytes: args.max_message_bytes,
+                    max_connections: args.max_connections,
+                    handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+                    request_timeout: Duration::from_millis(args.request_timeout_ms),
+                    max_streams_per_connection: args.max_streams_per_connection,
+                    keepalive: Duration::from_millis(args.keepalive_ms),
+                };
                 Ok(config)
             }
             _ => Err(errors),
+        }
+    }
+}
+
+/// The router's guards against hostile clients below the request level (see
+/// [`crate::connections`] and README's operator guide). Every field is at
+/// least 1 in a validated config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Largest request message decoded (`--max-message-bytes`).
+    pub max_message_bytes: usize,
+    /// TCP connections open at once (`--max-connections`).
+    pub max_connections: usize,
+    /// Time to receive the HTTP/2 preface (`--handshake-timeout-ms`).
+    pub handshake_timeout: Duration,
+    /// One call end to end, request body included (`--request-timeout-ms`).
+    pub request_timeout: Duration,
+    /// HTTP/2 streams in flight per connection (`--max-streams-per-connection`).
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 keepalive ping interval and timeout (`--keepalive-ms`).
+    pub keepalive: Duration,
+}
+
+impl Default for ConnectionLimits {
+    /// The flags' defaults.
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            max_message_bytes: 64 * 1024,
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_streams_per_connection: 1_024,
+            keepalive: Duration::from_secs(30),
         }
     }
 }

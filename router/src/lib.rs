@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod deadline;
 pub mod directory;
 mod error;

@@ -12,6 +12,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     config::RouterConfig,
+    connections::Admission,
     directory::Directory,
     history::{History, PageTokenKey},
     limits::{UserRateLimiter, global_limit_layer},
@@ -36,6 +37,10 @@ pub const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 128 * 1024;
 /// abandons its calls on its deadline while the router is briefly busy must
 /// not lose its connection, and the calls on it.
 pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 4_096;
+
+/// TCP keepalive probes on accepted connections: a peer whose host vanished
+/// (no FIN, no RST) is found by the kernel even when HTTP/2 is quiet.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// A started router's shared parts, for tests and operators' introspection.
 #[derive(Debug, Clone)]
@@ -146,18 +151,32 @@ pub fn start(
             )
             .await;
         tracing::info!(address = ?listener.local_addr().ok(), "router serving");
+        let limits = config.connection_limits;
+        let incoming = Admission::new(
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(TCP_KEEPALIVE)),
+            limits.max_connections,
+            limits.handshake_timeout,
+        );
         let served = tonic::transport::Server::builder()
             .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
             .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .http2_keepalive_interval(Some(limits.keepalive))
+            .http2_keepalive_timeout(Some(limits.keepalive))
+            .timeout(limits.request_timeout)
             .layer(RpcLayer::new(config.metrics.rpc.clone()))
             .layer(global_limit_layer(config.max_in_flight))
-            .add_service(health_service)
-            .add_service(RedEnvelopeServer::new(service))
+            .add_service(health_service.max_decoding_message_size(limits.max_message_bytes))
+            .add_service(
+                RedEnvelopeServer::new(service).max_decoding_message_size(limits.max_message_bytes),
+            )
             .add_service(crate::status::RouterOpsService::server(
                 topology.clone(),
                 &config.internal_token,
             ))
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         cancel.cancel();
         tracker.close();

@@ -41,10 +41,20 @@ static EXPIRE_DUE: LazyLock<String> = LazyLock::new(|| {
 /// Envelopes expired per statement.
 pub const BATCH: i64 = 500;
 
-/// One batch; returns how many envelopes expired.
+/// One batch; returns how many envelopes expired. The statement runs in an
+/// explicit transaction so that tests can crash the server after it and
+/// before the commit (`expiry::inside`): the envelopes marked `EXPIRED` and
+/// their refunds written, neither committed, so both or neither survive.
 pub async fn expire_batch(pool: &Pool) -> Result<usize, DbError> {
-    let client = pool.get().await?;
-    let row = client.query_one(EXPIRE_DUE.as_str(), &[&BATCH]).await?;
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let row = transaction
+        .query_one(EXPIRE_DUE.as_str(), &[&BATCH])
+        .await?;
     let count: i64 = crate::store::column(&row, 0)?;
+    if count > 0 {
+        fail::fail_point!("expiry::inside");
+    }
+    transaction.commit().await?;
     Ok(usize::try_from(count).unwrap_or(0))
 }

@@ -79,6 +79,11 @@ pub struct CellArgs {
     /// Seconds a Send may stay PENDING_PAYMENT before recovery resolves it.
     #[arg(long, env = "REDCELL_RECOVERY_GRACE_SECS", default_value_t = 10)]
     pub recovery_grace_secs: u64,
+    /// Largest request message (bytes) this server decodes; a bigger one is
+    /// refused `OUT_OF_RANGE` before any handler runs. Keep it at least the
+    /// routers' `--max-message-bytes`: a router forwards its client's message.
+    #[arg(long, env = "REDCELL_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
     /// Credential routers present in `x-redcell-internal`; calls without it are
     /// refused (DESIGN §6: cells serve routers only).
     #[arg(long, env = "REDCELL_INTERNAL_TOKEN", hide_env_values = true)]
@@ -140,6 +145,8 @@ pub struct CellConfig {
     pub lanes: LaneConfig,
     pub open_strategy: OpenStrategy,
     pub workers: WorkerConfig,
+    /// Largest request message decoded (`--max-message-bytes`).
+    pub max_message_bytes: usize,
     /// The credential routers must present; `None` serves anyone (development).
     pub internal_token: Option<String>,
     /// This server's counters (give each server its own).
@@ -164,6 +171,7 @@ impl CellConfig {
             lanes: LaneConfig::default(),
             open_strategy: OpenStrategy::Lane,
             workers: WorkerConfig::default(),
+            max_message_bytes: 64 * 1024,
             internal_token: None,
             metrics: Arc::new(CellMetrics::new(cell)),
         })
@@ -192,6 +200,7 @@ impl CellConfig {
             ("--max-count", u64::from(args.max_count)),
             ("--worker-interval-ms", args.worker_interval_ms),
             ("--topology-reload-ms", args.topology_reload_ms),
+            ("--max-message-bytes", args.max_message_bytes as u64),
         ];
         for (flag, value) in positive {
             if value == 0 {
@@ -249,6 +258,7 @@ impl CellConfig {
         };
         config.open_strategy = args.open_strategy;
         config.internal_token = Some(args.internal_token.clone());
+        config.max_message_bytes = args.max_message_bytes;
         config.workers = WorkerConfig {
             interval: Duration::from_millis(args.worker_interval_ms),
             recovery_grace: Duration::from_secs(args.recovery_grace_secs),

@@ -19,7 +19,7 @@ use redcell_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::server::TcpIncoming;
+use tonic::{service::interceptor::InterceptedService, transport::server::TcpIncoming};
 
 use crate::{
     config::CellConfig,
@@ -134,23 +134,30 @@ pub async fn run<P: Payments>(
     if config.internal_token.is_none() {
         tracing::warn!("no internal token: this cell serves any caller (development only)");
     }
+    // Every service decodes at most this much per request (tonic's default
+    // is 4 MiB): the credential is checked before the body is read, and the
+    // limit bounds what even a router can make this server buffer.
+    let max_message = config.max_message_bytes;
     let served = tonic::transport::Server::builder()
         .layer(RpcLayer::new(config.metrics.rpc.clone()))
         .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
         .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .add_service(health_service)
-        .add_service(RedEnvelopeServer::with_interceptor(
-            CellService::new(context.clone()),
+        .add_service(health_service.max_decoding_message_size(max_message))
+        .add_service(InterceptedService::new(
+            RedEnvelopeServer::new(CellService::new(context.clone()))
+                .max_decoding_message_size(max_message),
             internal.clone(),
         ))
-        .add_service(CellInternalServer::with_interceptor(
-            CellService::new(context.clone()),
+        .add_service(InterceptedService::new(
+            CellInternalServer::new(CellService::new(context.clone()))
+                .max_decoding_message_size(max_message),
             internal.clone(),
         ))
-        .add_service(CellOpsServer::with_interceptor(
-            crate::status::CellOpsService::new(context.clone()),
+        .add_service(InterceptedService::new(
+            CellOpsServer::new(crate::status::CellOpsService::new(context.clone()))
+                .max_decoding_message_size(max_message),
             internal,
         ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)

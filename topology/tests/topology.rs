@@ -5,6 +5,8 @@
 
 #[path = "topology/common.rs"]
 mod common;
+#[path = "topology/hostile.rs"]
+mod hostile;
 #[path = "topology/ids.rs"]
 mod ids;
 #[path = "topology/invalid.rs"]

@@ -10,6 +10,8 @@ use redcell_migrations::{LEDGER, ORDER_DB, Schema};
 mod archive;
 #[path = "cli/change.rs"]
 mod change;
+#[path = "cli/chaos.rs"]
+mod chaos;
 #[path = "cli/expand.rs"]
 mod expand;
 #[path = "cli/grow_live.rs"]

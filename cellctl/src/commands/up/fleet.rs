@@ -19,6 +19,12 @@
 //!   absence blocks every commit of their primary. A primary is never
 //!   restarted behind the operator's back (a dead primary is what
 //!   `cellctl failover` is for).
+//! - Except under `up --restart-crashed` ([`Fleet::restart_crashed`]), a
+//!   fault-injection switch: then *every* part is supervised, primaries,
+//!   logic servers and routers included, so a chaos test's kill -9 or
+//!   `pg_ctl stop -m immediate` is followed by a restart as a process
+//!   supervisor (systemd, a kubelet) would do it, and the test judges what
+//!   the fleet lost across it.
 
 use std::{
     fs::OpenOptions,
@@ -83,6 +89,9 @@ impl std::fmt::Debug for Restart {
 pub struct Fleet {
     state: StateDir,
     parts: Vec<Part>,
+    /// `up --restart-crashed`: every part spawned is supervised; PostgreSQL
+    /// started again as this account (`None`: as we run).
+    restart_crashed: Option<Option<(u32, u32)>>,
 }
 
 impl Fleet {
@@ -90,7 +99,14 @@ impl Fleet {
         Fleet {
             state,
             parts: Vec::new(),
+            restart_crashed: None,
         }
+    }
+
+    /// From now on every part spawned is started again when it exits
+    /// ([`Fleet::respawn`]), PostgreSQL as `pg_user` (uid, gid) when given.
+    pub fn restart_crashed(&mut self, pg_user: Option<(u32, u32)>) {
+        self.restart_crashed = Some(pg_user);
     }
 
     /// Spawns `command` as part `name`: stdin closed, stdout and stderr
@@ -101,6 +117,12 @@ impl Fleet {
         kind: Kind,
         mut command: Command,
     ) -> Result<u32, CommandError> {
+        let again = self.restart_crashed.map(|pg_user| {
+            recipe(
+                &command,
+                (kind == Kind::Postgres).then_some(pg_user).flatten(),
+            )
+        });
         let log = self.state.log_file(name);
         let open = || OpenOptions::new().create(true).append(true).open(&log);
         let (stdout, stderr) = open().and_then(|out| Ok((out, open()?))).map_err(|error| {
@@ -129,7 +151,7 @@ impl Fleet {
             child,
             pid_file: pid_file.clone(),
             exited: None,
-            restart: None,
+            restart: again.map(Restart),
             started: Instant::now(),
         });
         std::fs::write(&pid_file, format!("{pid}\n")).map_err(|error| {
@@ -290,6 +312,36 @@ impl Fleet {
         }
         self.parts.clear();
     }
+}
+
+/// How to build `command` again (program, arguments, environment changes,
+/// directory; as `user` (uid, gid) when given, which a `Command` does not
+/// tell), for a part `--restart-crashed` supervises.
+fn recipe(command: &Command, user: Option<(u32, u32)>) -> Box<dyn Fn() -> Command + Send> {
+    let program = command.get_program().to_owned();
+    let args: Vec<std::ffi::OsString> = command.get_args().map(ToOwned::to_owned).collect();
+    let envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)> = command
+        .get_envs()
+        .map(|(key, value)| (key.to_owned(), value.map(ToOwned::to_owned)))
+        .collect();
+    let dir = command.get_current_dir().map(ToOwned::to_owned);
+    Box::new(move || {
+        let mut again = Command::new(&program);
+        again.args(&args);
+        for (key, value) in &envs {
+            match value {
+                Some(value) => again.env(key, value),
+                None => again.env_remove(key),
+            };
+        }
+        if let Some(dir) = &dir {
+            again.current_dir(dir);
+        }
+        if let Some((uid, gid)) = user {
+            again.uid(uid).gid(gid);
+        }
+        again
+    })
 }
 
 fn describe(kind: Kind, count: usize) -> String {

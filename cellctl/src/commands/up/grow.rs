@@ -170,6 +170,7 @@ impl Growth {
                 standbys,
             )
         })
+        .and_then(|plan| plan.with_listen_offset(args.listen_offset))
         .map_err(|errors| errors.join("; "))?;
         let is_new = |label: &str| new.iter().any(|name| label == format!("cell {name}"));
         self.check_ports(&plan, new, &is_new)?;

@@ -124,6 +124,22 @@ pub struct UpArgs {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub standby_port_offset: u16,
+    /// Fault-injection tests: every logic server and PostgreSQL server
+    /// listens at its cells.yaml (or --ledger-dsn) port plus N, while
+    /// everything that connects to it — routers to logic servers, logic
+    /// servers to their order DB and the ledger, cellctl's commands — still
+    /// uses the cells.yaml ports, where the test runs a TCP fault proxy that
+    /// forwards to port + N and can cut or delay each link. `up`'s own
+    /// checks (health, migrations) go to port + N directly. Not with
+    /// --standby.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub listen_offset: Option<u16>,
+    /// Fault-injection tests: start again every part that exits — routers,
+    /// logic servers and PostgreSQL primaries too — as a process supervisor
+    /// would, at most once per 5 s. Without it a dead primary stays down for
+    /// `cellctl failover`.
+    #[arg(long)]
+    pub restart_crashed: bool,
 }
 
 /// Runs `up` until a stop signal (or, with `--detach`, until it is up).
@@ -167,6 +183,11 @@ async fn up(
             args.router_listen,
             standbys,
         )
+    })
+    .and_then(|plan| plan.with_listen_offset(args.listen_offset))
+    .and_then(|plan| match plan.collisions(|_| true) {
+        collisions if collisions.is_empty() => Ok(plan),
+        collisions => Err(collisions),
     })
     .map_err(|errors| {
         CommandError::Input(format!(
@@ -224,6 +245,9 @@ async fn up(
         args.state_dir.display()
     ));
     let mut fleet = Fleet::new(state.clone());
+    if args.restart_crashed {
+        fleet.restart_crashed(pg_user.as_ref().map(|user| (user.uid, user.gid)));
+    }
     let launch = Launch {
         plan: &plan,
         topology: &topology_path,

@@ -317,6 +317,45 @@ impl Plan {
         (plan, errors)
     }
 
+    /// `up --listen-offset N`: every PostgreSQL server and logic server
+    /// listens at its port plus N (routers stay: no link to them is
+    /// proxied); the DSNs and cells.yaml still name the unshifted ports,
+    /// where a fault-injection proxy forwards to the shifted ones. Ports
+    /// shifted onto another part's are the caller's to check
+    /// ([`Plan::collisions`]).
+    pub fn with_listen_offset(mut self, offset: Option<u16>) -> Result<Plan, Vec<String>> {
+        let Some(offset) = offset else {
+            return Ok(self);
+        };
+        let mut errors = Vec::new();
+        let mut shift = |port: u16, part: &str| {
+            port.checked_add(offset).unwrap_or_else(|| {
+                errors.push(format!(
+                    "--listen-offset {offset}: the port of {part} would be past 65535"
+                ));
+                port
+            })
+        };
+        for pg in &mut self.postgres {
+            if pg.standby.is_some() {
+                return Err(vec![
+                    "--listen-offset cannot be combined with a standby (--standby, or one recorded)"
+                        .to_owned(),
+                ]);
+            }
+            pg.port = shift(pg.port, &pg.part());
+        }
+        for cell in &mut self.cells {
+            let port = shift(cell.listen.port(), &cell.part());
+            cell.listen.set_port(port);
+        }
+        if errors.is_empty() {
+            Ok(self)
+        } else {
+            Err(errors)
+        }
+    }
+
     /// Every port given to two parts where one of them is `of` interest
     /// (`|_| true`: every collision of the plan).
     pub fn collisions(&self, of: impl Fn(u16) -> bool) -> Vec<String> {

@@ -118,7 +118,7 @@ pub struct Log {
 
 pub type SharedLog = Arc<Mutex<Log>>;
 
-fn retryable(code: Code) -> bool {
+pub fn retryable(code: Code) -> bool {
     matches!(
         code,
         Code::Unavailable

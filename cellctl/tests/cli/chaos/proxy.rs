@@ -1,0 +1,170 @@
+//! The chaos test's own TCP fault proxy: one [`Link`] per connection path of
+//! the fleet (router → a logic server, a logic server → its order DB or the
+//! ledger), listening on the port cells.yaml names and forwarding to the
+//! port the part really listens on (`up --listen-offset`).
+//!
+//! A link is in one of three modes, switched at any time:
+//! - **pass**: bytes are copied both ways as they come;
+//! - **delay(ms)**: every chunk read, either way, is written `ms` later
+//!   (latency, as a slow network adds it; throughput falls with it);
+//! - **cut**: every open connection is dropped at once (both sockets closed:
+//!   the peers see a reset or EOF mid-request) and each new one is closed
+//!   as soon as it is accepted, until the link is healed back to pass.
+//!
+//! Why our own and not toxiproxy: nothing to install, and the test drives it
+//! directly from the nemesis (no HTTP API in between), so a fault starts
+//! exactly when the schedule says.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+/// What a link does to its traffic now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Pass,
+    Delay(Duration),
+    Cut,
+}
+
+/// One proxied path: a listener on `listen` forwarding to `target`.
+pub struct Link {
+    pub name: String,
+    mode: watch::Sender<Mode>,
+    /// Connections accepted over the link's life (for the report).
+    accepted: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    /// Listens on `listen` (bound now, so a failure is the caller's at
+    /// once) and forwards every connection to `target`.
+    pub async fn start(name: &str, listen: SocketAddr, target: SocketAddr) -> Link {
+        let listener = TcpListener::bind(listen)
+            .await
+            .unwrap_or_else(|error| panic!("proxy {name}: cannot listen on {listen}: {error}"));
+        let (mode, watching) = watch::channel(Mode::Pass);
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    // Out of descriptors, say: try again, without spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if *watching.borrow() == Mode::Cut {
+                    drop(client); // refused: closed as soon as accepted
+                    continue;
+                }
+                tokio::spawn(forward(client, target, watching.clone()));
+            }
+        });
+        Link {
+            name: name.to_owned(),
+            mode,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.set(Mode::Cut);
+        self.task.abort();
+    }
+}
+
+/// One connection: connect to `target`, then copy both ways under the
+/// link's mode until either side closes or the link is cut.
+async fn forward(client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    let Ok(server) = TcpStream::connect(target).await else {
+        return; // the part is down (killed, restarting): the client sees EOF
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let up = pump(client_read, server_write, mode.clone());
+    let down = pump(server_read, client_write, mode.clone());
+    let cut = async {
+        loop {
+            if *mode.borrow_and_update() == Mode::Cut {
+                return;
+            }
+            if mode.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    // Whichever ends first ends the connection: dropping the halves closes
+    // both sockets.
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        () = cut => {}
+    }
+}
+
+/// Copies `from` to `to`, each chunk held back by the delay in force when
+/// it was read.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: watch::Receiver<Mode>,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let current = *mode.borrow();
+        if let Mode::Delay(delay) = current {
+            tokio::time::sleep(delay).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Every link of the fleet, by name.
+#[derive(Default)]
+pub struct Proxy {
+    pub links: Vec<Link>,
+}
+
+impl Proxy {
+    pub async fn add(&mut self, name: &str, listen: SocketAddr, target: SocketAddr) {
+        self.links.push(Link::start(name, listen, target).await);
+    }
+
+    pub fn link(&self, name: &str) -> &Link {
+        self.links
+            .iter()
+            .find(|link| link.name == name)
+            .unwrap_or_else(|| panic!("no proxy link {name}"))
+    }
+
+    /// Every link back to pass.
+    pub fn heal_all(&self) {
+        for link in &self.links {
+            link.set(Mode::Pass);
+        }
+    }
+}

@@ -13,7 +13,12 @@ use clap::Parser;
 use redcell_lifecycle::TopologyHandle;
 use redcell_topology::Topology;
 
-use crate::{context::OpenStrategy, lane::LaneConfig, metrics::CellMetrics, request::Limits};
+use crate::{
+    context::OpenStrategy,
+    lane::{CommitterKind, LaneConfig, MergeConfig},
+    metrics::CellMetrics,
+    request::Limits,
+};
 
 /// A redcell logic server: one cell's envelopes, lanes and workers.
 #[derive(Debug, Clone, Parser)]
@@ -66,6 +71,22 @@ pub struct CellArgs {
     /// Seconds after which an idle lane is dropped.
     #[arg(long, env = "REDCELL_LANE_IDLE_SECS", default_value_t = 30)]
     pub lane_idle_secs: u64,
+    /// How lanes' batches reach the order DB: `per-lane` (a transaction per
+    /// lane batch) or `merged` (many lanes' batches in one transaction, one
+    /// WAL flush for all; DESIGN §5 cell-level committer).
+    #[arg(long, env = "REDCELL_COMMITTER", value_enum, default_value = "merged")]
+    pub committer: CommitterKind,
+    /// `merged`: most lane batches (envelopes) in one transaction.
+    #[arg(long, env = "REDCELL_MERGE_MAX_ENVELOPES", default_value_t = 256)]
+    pub merge_max_envelopes: usize,
+    /// `merged`: merged transactions in flight at once (each holds one of
+    /// the `--db-pool` connections).
+    #[arg(long, env = "REDCELL_MERGE_IN_FLIGHT", default_value_t = 4)]
+    pub merge_in_flight: usize,
+    /// `merged`: microseconds a group waits for more batches (0: none, only
+    /// natural group commit).
+    #[arg(long, env = "REDCELL_MERGE_LINGER_US", default_value_t = 0)]
+    pub merge_linger_us: u64,
     /// Most shares per envelope; at most 2147483647 ([`MAX_COUNT_LIMIT`]).
     #[arg(long, env = "REDCELL_MAX_COUNT", default_value_t = 500)]
     pub max_count: u32,
@@ -143,6 +164,9 @@ pub struct CellConfig {
     pub limits: Limits,
     pub envelope_ttl: Duration,
     pub lanes: LaneConfig,
+    /// Which committer the lanes use, and how `merged` groups batches.
+    pub committer: CommitterKind,
+    pub merge: MergeConfig,
     pub open_strategy: OpenStrategy,
     pub workers: WorkerConfig,
     /// Largest request message decoded (`--max-message-bytes`).
@@ -169,6 +193,8 @@ impl CellConfig {
             limits: Limits::default(),
             envelope_ttl: Duration::from_secs(86_400),
             lanes: LaneConfig::default(),
+            committer: CommitterKind::Merged,
+            merge: MergeConfig::default(),
             open_strategy: OpenStrategy::Lane,
             workers: WorkerConfig::default(),
             max_message_bytes: 64 * 1024,
@@ -197,6 +223,8 @@ impl CellConfig {
             ("--lane-queue-cap", args.lane_queue_cap as u64),
             ("--lane-batch-max", args.lane_batch_max as u64),
             ("--lane-idle-secs", args.lane_idle_secs),
+            ("--merge-max-envelopes", args.merge_max_envelopes as u64),
+            ("--merge-in-flight", args.merge_in_flight as u64),
             ("--max-count", u64::from(args.max_count)),
             ("--worker-interval-ms", args.worker_interval_ms),
             ("--topology-reload-ms", args.topology_reload_ms),
@@ -223,6 +251,12 @@ impl CellConfig {
             errors.push(format!(
                 "--max-total-cents: must be at most {MAX_TOTAL_CENTS_LIMIT} (twice a total must fit in 64 bits), got {}",
                 args.max_total_cents
+            ));
+        }
+        if args.merge_in_flight >= args.db_pool && args.committer == CommitterKind::Merged {
+            errors.push(format!(
+                "--merge-in-flight: must be below --db-pool ({}) so lanes can still load envelopes, got {}",
+                args.db_pool, args.merge_in_flight
             ));
         }
         if let Some(dsn) = &args.db_dsn
@@ -255,6 +289,12 @@ impl CellConfig {
             queue_cap: args.lane_queue_cap,
             batch_max: args.lane_batch_max,
             idle: Duration::from_secs(args.lane_idle_secs),
+        };
+        config.committer = args.committer;
+        config.merge = MergeConfig {
+            max_envelopes: args.merge_max_envelopes,
+            in_flight: args.merge_in_flight,
+            linger: Duration::from_micros(args.merge_linger_us),
         };
         config.open_strategy = args.open_strategy;
         config.internal_token = Some(args.internal_token.clone());

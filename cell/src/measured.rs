@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use redcell_payments::{Debit, DebitOutcome, DebitResolution, Payments, PaymentsError};
+use redcell_payments::{Credit, Debit, DebitOutcome, DebitResolution, Payments, PaymentsError};
 use tracing::Instrument;
 
 use crate::metrics::CellMetrics;
@@ -47,6 +47,27 @@ impl<P: Payments> Payments for Measured<P> {
         self.metrics
             .observe_ledger("credit", started.elapsed(), &result);
         result
+    }
+
+    /// Timed as one call (`op="credit_batch"`); an error if any credit failed.
+    async fn credit_batch(&self, credits: &[Credit<'_>]) -> Vec<Result<(), PaymentsError>> {
+        let started = Instant::now();
+        let results = self
+            .inner
+            .credit_batch(credits)
+            .instrument(tracing::info_span!(
+                "ledger_call",
+                op = "credit_batch",
+                credits = credits.len()
+            ))
+            .await;
+        let failed = results
+            .iter()
+            .find(|result| result.is_err())
+            .map_or(Ok(()), |_| Err(()));
+        self.metrics
+            .observe_ledger("credit_batch", started.elapsed(), &failed);
+        results
     }
 
     async fn resolve_debit(&self, key: &str) -> Result<DebitResolution, PaymentsError> {

@@ -26,7 +26,7 @@ use crate::{
     context::CellContext,
     db, health,
     ids::IdMinter,
-    lane::Lanes,
+    lane::{self, Lanes},
     measured::Measured,
     service::{CellService, RequireInternal},
     workers::{self, expiry, gauges, recovery, settlement},
@@ -85,8 +85,16 @@ pub async fn run<P: Payments>(
     let pool = order_db.pool(config.db_pool).map_err(RunError::Database)?;
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
-    let lanes = Lanes::new(
+    let committer = lane::start_committer(
+        config.committer,
+        config.merge,
+        &pool,
+        &tracker,
+        cancel.child_token(),
+    );
+    let lanes = Lanes::with_committer(
         pool.clone(),
+        committer,
         config.lanes,
         tracker.clone(),
         cancel.child_token(),

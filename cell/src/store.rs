@@ -14,7 +14,11 @@ use std::{
 use deadpool_postgres::Pool;
 use redcell_payments::LedgerKey;
 use redcell_topology::{EnvelopeId, MintDate};
-use tokio_postgres::{GenericClient, Row, row::RowIndex, types::FromSql};
+use tokio_postgres::{
+    GenericClient, Row,
+    row::RowIndex,
+    types::{FromSql, ToSql},
+};
 
 use crate::{
     allocation::SplitVersion,
@@ -65,6 +69,11 @@ macro_rules! claim_columns {
 
 mod history;
 pub use history::{HistoryEntry, HistoryKind, history};
+
+mod merged;
+pub use merged::{
+    Found, OpenWrite, commit_alone, commit_merged, outcomes as merged_outcomes, why_not_updated,
+};
 
 const INSERT_SEND_REQUEST: &str = "INSERT INTO send_requests (sender, idempotency_key, envelope_id) VALUES ($1, $2, $3) \
      ON CONFLICT (sender, idempotency_key) DO NOTHING";
@@ -338,6 +347,7 @@ pub enum CommitOutcome {
 
 /// Commits a lane's batch: claims + transfers + the envelope's decrement, in one
 /// transaction, guarded by `version`. `remaining_*` are the values after the batch.
+/// (Many lanes' batches in one transaction: [`commit_merged`].)
 pub async fn commit_opens(
     pool: &Pool,
     envelope: &Envelope,
@@ -354,9 +364,10 @@ pub async fn commit_opens(
     } else {
         Status::Active
     };
+    let update = transaction.prepare_cached(UPDATE_FOR_OPENS).await?;
     let updated = transaction
         .query_opt(
-            UPDATE_FOR_OPENS,
+            &update,
             &[
                 &day,
                 &id,
@@ -370,20 +381,15 @@ pub async fn commit_opens(
     let Some(updated) = updated else {
         let why = transaction.query_opt(WHY_NOT_UPDATED, &[&day, &id]).await?;
         transaction.rollback().await?;
-        let Some(why) = why else {
-            return Ok(CommitOutcome::Stale);
+        let found = match why {
+            Some(why) => Some(merged::Found {
+                version: column(&why, 0)?,
+                status: column(&why, 1)?,
+                expired: column(&why, 2)?,
+            }),
+            None => None,
         };
-        let (version, status, expired): (i64, i16, bool) =
-            (column(&why, 0)?, column(&why, 1)?, column(&why, 2)?);
-        return Ok(if version != envelope.version {
-            CommitOutcome::Stale
-        } else if status != Status::Active.code() {
-            CommitOutcome::NotActive
-        } else if expired {
-            CommitOutcome::Expired
-        } else {
-            CommitOutcome::Stale
-        });
+        return Ok(why_not_updated(envelope.version, found));
     };
     let users: Vec<&str> = claims.iter().map(|claim| claim.user.as_str()).collect();
     let sequences: Vec<i32> = claims
@@ -395,12 +401,14 @@ pub async fn commit_opens(
         .iter()
         .map(|claim| claim.transfer_key(envelope.id))
         .collect();
-    transaction
-        .execute(INSERT_CLAIMS, &[&day, &id, &users, &sequences, &amounts])
-        .await?;
-    transaction
-        .execute(INSERT_CLAIM_TRANSFERS, &[&id, &keys, &users, &amounts])
-        .await?;
+    let insert_claims = transaction.prepare_cached(INSERT_CLAIMS).await?;
+    let insert_transfers = transaction.prepare_cached(INSERT_CLAIM_TRANSFERS).await?;
+    let claim_rows: [&(dyn ToSql + Sync); 5] = [&day, &id, &users, &sequences, &amounts];
+    let transfer_rows: [&(dyn ToSql + Sync); 4] = [&id, &keys, &users, &amounts];
+    tokio::try_join!(
+        transaction.execute(&insert_claims, &claim_rows),
+        transaction.execute(&insert_transfers, &transfer_rows),
+    )?;
     transaction.commit().await?;
     Ok(CommitOutcome::Committed(column(&updated, 0)?))
 }

@@ -43,6 +43,7 @@
 //! application-level retry loops inside; retrying `Unavailable` is the
 //! caller's job, with the same key.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -50,7 +51,7 @@ use tokio_postgres::{NoTls, Row};
 
 use crate::error::PaymentsError;
 use crate::sql;
-use crate::{Debit, DebitOutcome, DebitResolution, Payments};
+use crate::{Credit, Debit, DebitOutcome, DebitResolution, Payments};
 
 /// How long a call waits for a free pooled connection before it is
 /// `Unavailable` (the pool is full of slow calls: the ledger is overloaded).
@@ -444,6 +445,45 @@ impl Payments for PgLedger {
         outcome
     }
 
+    /// All valid credits in one transaction (one WAL flush for the batch).
+    async fn credit_batch(&self, credits: &[Credit<'_>]) -> Vec<Result<(), PaymentsError>> {
+        let mut outcomes: Vec<Option<Result<(), PaymentsError>>> = credits
+            .iter()
+            .map(|credit| positive(credit.cents).err().map(Err))
+            .collect();
+        let valid: Vec<usize> = (0..credits.len())
+            .filter(|&index| outcomes[index].is_none())
+            .collect();
+        if !valid.is_empty() {
+            let written = match self.pool.get().await {
+                Ok(mut client) => {
+                    let written = credit_batch_on(&mut client, credits, &valid).await;
+                    discard_if_failed(client, &written);
+                    written
+                }
+                Err(error) => Err(PaymentsError::from(error)),
+            };
+            match written {
+                Ok(answers) => {
+                    for (index, answer) in valid.iter().zip(answers) {
+                        outcomes[*index] = Some(answer);
+                    }
+                }
+                Err(error) => {
+                    // Nothing of the batch committed: every credit may retry.
+                    let message = error.to_string();
+                    for index in &valid {
+                        outcomes[*index] = Some(Err(PaymentsError::Unavailable(message.clone())));
+                    }
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(Ok(())))
+            .collect()
+    }
+
     async fn resolve_debit(&self, key: &str) -> Result<DebitResolution, PaymentsError> {
         let client = self.pool.get().await?;
         let outcome = resolve_debit_on(&client, key).await;
@@ -559,6 +599,102 @@ async fn credit_on(
     transaction.commit().await?;
     tracing::debug!(key, account, cents, "credited");
     Ok(())
+}
+
+/// The credits `credits[valid]` (positive amounts) in one transaction: the
+/// entries first (keys in sorted order), then one balance update per
+/// account for the keys this call inserted, then the replayed keys read
+/// back and checked as [`credit_on`] checks one. Returns one answer per
+/// index of `valid`, in that order; an error means nothing committed.
+async fn credit_batch_on(
+    client: &mut Object,
+    credits: &[Credit<'_>],
+    valid: &[usize],
+) -> Result<Vec<Result<(), PaymentsError>>, PaymentsError> {
+    let mut sorted = valid.to_vec();
+    sorted.sort_by_key(|&index| credits[index].key);
+    let keys: Vec<&str> = sorted.iter().map(|&index| credits[index].key).collect();
+    let accounts: Vec<&str> = sorted.iter().map(|&index| credits[index].account).collect();
+    let cents: Vec<i64> = sorted.iter().map(|&index| credits[index].cents).collect();
+    let transaction = client.transaction().await?;
+    let insert = transaction
+        .prepare_cached(sql::INSERT_CREDIT_ENTRIES)
+        .await?;
+    let inserted: HashSet<String> = transaction
+        .query(&insert, &[&keys, &accounts, &cents])
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    // The first credit of each inserted key moves money; any other credit of
+    // the batch under a key is answered from the key's entry, like a replay.
+    let mut moved: HashSet<&str> = HashSet::with_capacity(inserted.len());
+    let mut per_account: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut replays = Vec::new();
+    for &index in &sorted {
+        let credit = credits[index];
+        if inserted.contains(credit.key) && moved.insert(credit.key) {
+            let sum = per_account.entry(credit.account).or_insert(0);
+            *sum = sum.checked_add(credit.cents).ok_or_else(|| {
+                PaymentsError::Unavailable(format!(
+                    "credits to {:?} overflow a balance",
+                    credit.account
+                ))
+            })?;
+        } else {
+            replays.push(index);
+        }
+    }
+    if !per_account.is_empty() {
+        let (payees, sums): (Vec<&str>, Vec<i64>) = per_account.into_iter().unzip();
+        let give = transaction.prepare_cached(sql::CREDIT_ACCOUNTS).await?;
+        transaction.execute(&give, &[&payees, &sums]).await?;
+    }
+    let mut entries: HashMap<String, LedgerEntry> = HashMap::new();
+    if !replays.is_empty() {
+        let replayed: Vec<&str> = replays.iter().map(|&index| credits[index].key).collect();
+        let read = transaction.prepare_cached(sql::SELECT_ENTRIES).await?;
+        for row in transaction.query(&read, &[&replayed]).await? {
+            let entry = LedgerEntry::from_row(&row)?;
+            entries.insert(entry.key.clone(), entry);
+        }
+    }
+    transaction.commit().await?;
+    let replays: HashSet<usize> = replays.into_iter().collect();
+    Ok(valid
+        .iter()
+        .map(|&index| {
+            let credit = credits[index];
+            if !replays.contains(&index) {
+                tracing::debug!(
+                    key = credit.key,
+                    account = credit.account,
+                    cents = credit.cents,
+                    "credited"
+                );
+                return Ok(());
+            }
+            let existing = entries
+                .get(credit.key)
+                .ok_or_else(|| vanished(credit.key))?;
+            if !existing.is_replay_of(EntryKind::Credit, credit.account, credit.cents, None) {
+                return Err(conflict(
+                    credit.key,
+                    existing,
+                    EntryKind::Credit,
+                    credit.account,
+                    credit.cents,
+                ));
+            }
+            tracing::debug!(
+                key = credit.key,
+                account = credit.account,
+                cents = credit.cents,
+                "credit replayed"
+            );
+            Ok(())
+        })
+        .collect())
 }
 
 async fn resolve_debit_on(client: &Object, key: &str) -> Result<DebitResolution, PaymentsError> {

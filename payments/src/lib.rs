@@ -87,6 +87,27 @@ pub trait Payments: Send + Sync + 'static {
         cents: i64,
     ) -> impl Future<Output = Result<(), PaymentsError>> + Send;
 
+    /// Credits many at once, each exactly as [`Payments::credit`] would:
+    /// once per key, a replayed key answers `Ok` without a second credit, a
+    /// key used for another operation is [`PaymentsError::KeyConflict`] for
+    /// that credit only. One outcome per credit, in order. An implementation
+    /// may write them in one transaction (then an unreachable system fails
+    /// them all with `Unavailable`, and nothing moved); this default makes
+    /// one call per credit, so a wrapper that only overrides `credit` sees
+    /// every credit.
+    fn credit_batch(
+        &self,
+        credits: &[Credit<'_>],
+    ) -> impl Future<Output = Vec<Result<(), PaymentsError>>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(credits.len());
+            for credit in credits {
+                outcomes.push(self.credit(credit.key, credit.account, credit.cents).await);
+            }
+            outcomes
+        }
+    }
+
     /// For a debit whose outcome is unknown (the caller crashed or timed
     /// out): did it happen? If no entry exists under `key`, the key is voided
     /// first, so a late-arriving debit with it is refused
@@ -108,6 +129,17 @@ pub struct Debit<'a> {
     /// key, so two envelopes can never be paid by one Send.
     pub order: &'a str,
     /// The payer.
+    pub account: &'a str,
+    /// Positive cents.
+    pub cents: i64,
+}
+
+/// One credit of [`Payments::credit_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credit<'a> {
+    /// The idempotency key (`claim:..` or `refund:..`).
+    pub key: &'a str,
+    /// The payee.
     pub account: &'a str,
     /// Positive cents.
     pub cents: i64,
@@ -159,6 +191,13 @@ impl<P: Payments> Payments for Arc<P> {
         cents: i64,
     ) -> impl Future<Output = Result<(), PaymentsError>> + Send {
         P::credit(self, key, account, cents)
+    }
+
+    fn credit_batch(
+        &self,
+        credits: &[Credit<'_>],
+    ) -> impl Future<Output = Vec<Result<(), PaymentsError>>> + Send {
+        P::credit_batch(self, credits)
     }
 
     fn resolve_debit(

@@ -71,3 +71,20 @@ pub(crate) const DISCREPANCIES: &str = "SELECT \
      ) e ON e.account = a.account \
      WHERE COALESCE(a.balance_cents, 0) <> COALESCE(e.net_cents, 0) \
      ORDER BY 1";
+
+/// Claims each key `$1[i]` for a credit of `$3[i]` cents to `$2[i]`; returns
+/// the keys this statement inserted (a key that already has an entry, or
+/// appears twice, is a no-op the caller reads back). The caller binds the
+/// keys sorted, so two batches wait on each other's keys in one order.
+pub(crate) const INSERT_CREDIT_ENTRIES: &str = "INSERT INTO entries \
+     (key, account, kind, amount_cents) \
+     SELECT k, a, 2, c FROM unnest($1::text[], $2::text[], $3::bigint[]) AS t(k, a, c) \
+     ON CONFLICT DO NOTHING RETURNING key";
+
+/// Adds `$2[i]` to account `$1[i]` (accounts distinct), creating it if
+/// needed; rows are written in account order so two batches lock common
+/// accounts in one order (no deadlock).
+pub(crate) const CREDIT_ACCOUNTS: &str = "INSERT INTO accounts (account, balance_cents) \
+     SELECT a, c FROM unnest($1::text[], $2::bigint[]) AS t(a, c) ORDER BY a \
+     ON CONFLICT (account) \
+     DO UPDATE SET balance_cents = accounts.balance_cents + EXCLUDED.balance_cents";

@@ -3,15 +3,18 @@
 //! decrement) and says what the database made of it.
 //!
 //! [`PgCommitter`] commits each batch in a transaction of its own
-//! ([`store::commit_opens`]). This is where the cell-level committer of
-//! DESIGN §5 plugs in: one that merges the batches of many lanes into one
+//! ([`store::commit_opens`]); [`MergedCommitter`] is the cell-level
+//! committer of DESIGN §5: it merges the batches of many lanes into one
 //! transaction (each envelope still guarded by its own version check) so one
-//! WAL flush serves them all. Lanes only ever see this interface.
+//! WAL flush serves them all. Lanes only ever see this interface; a server
+//! picks one with [`start_committer`] (`--committer`).
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use deadpool_postgres::Pool;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use super::merge::{CommitterKind, MergeConfig, MergedCommitter};
 use crate::{
     db::DbError,
     envelope::Envelope,
@@ -61,5 +64,22 @@ impl Committer for PgCommitter {
             batch.remaining_cents,
             batch.remaining_count,
         ))
+    }
+}
+
+/// The committer `kind` names, over `pool`; a merged one runs its task on
+/// `tracker` until `cancel` (then commits what is queued).
+pub fn start_committer(
+    kind: CommitterKind,
+    merge: MergeConfig,
+    pool: &Pool,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Arc<dyn Committer> {
+    match kind {
+        CommitterKind::PerLane => Arc::new(PgCommitter::new(pool.clone())),
+        CommitterKind::Merged => {
+            Arc::new(MergedCommitter::start(pool.clone(), merge, tracker, cancel))
+        }
     }
 }

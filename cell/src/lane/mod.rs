@@ -26,6 +26,7 @@
 //!   queue closed and starts a new lane.
 
 mod commit;
+mod merge;
 pub mod plan;
 
 use std::{
@@ -40,7 +41,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-pub use commit::{CommitFuture, Committer, OpenBatch, PgCommitter};
+pub use commit::{CommitFuture, Committer, OpenBatch, PgCommitter, start_committer};
+pub use merge::{CommitterKind, MergeConfig, MergedCommitter};
 use plan::{Answer, Ask, LaneState, Queued, Taker};
 
 use crate::{

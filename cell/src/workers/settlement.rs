@@ -7,15 +7,20 @@
 //! transaction open — the payment system may be slow or down, and must never
 //! hold a lock or a pooled connection of the cell while it is — each with the
 //! transfer's key as the idempotency key (a credit replayed after a crash or
-//! an expired lease is not paid twice). The outcomes are written back in one
-//! statement for the credited transfers (done) and one for the failed ones
-//! (retry with exponential backoff, the error kept for operators). A server
-//! that dies holding a lease only delays its transfers by [`LEASE`].
+//! an expired lease is not paid twice). A transfer's first attempt goes out
+//! with the batch's other first attempts in one [`Payments::credit_batch`]
+//! (the ledger writes them in one transaction: one flush for the batch, not
+//! one per transfer); a transfer that failed before is credited alone with
+//! [`Payments::credit`], so one the ledger keeps refusing never holds back a
+//! batch. The outcomes are written back in ONE statement: credited transfers
+//! done, failed ones retried with exponential backoff, the error kept for
+//! operators. A server that dies holding a lease only delays its transfers by
+//! [`LEASE`].
 
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use redcell_payments::Payments;
+use redcell_payments::{Credit, Payments, PaymentsError};
 
 use crate::{db::DbError, store::column};
 
@@ -23,11 +28,18 @@ const LEASE_DUE: &str = "UPDATE transfers SET next_attempt_at = now() + make_int
      WHERE id IN (SELECT id FROM transfers WHERE status = 1 AND next_attempt_at <= now() \
        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
      RETURNING id, key, user_id, amount_cents, attempts";
-const MARK_DONE: &str = "UPDATE transfers SET status = 2, done_at = now(), attempts = attempts + 1, last_error = NULL \
-     WHERE id = ANY($1) AND status = 1";
-const MARK_RETRY: &str = "UPDATE transfers t SET attempts = t.attempts + 1, last_error = u.error, \
-     next_attempt_at = now() + make_interval(secs => u.delay) \
-     FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS u(id, error, delay) \
+/// Writes a batch's outcomes: `done` transfers are marked done, the others
+/// get their error and the next attempt after `delay` seconds; both count an
+/// attempt. Guarded by `status = 1` (a transfer another server already
+/// marked done after a lease ran out stays done).
+const MARK_OUTCOMES: &str = "UPDATE transfers t SET \
+       status = CASE WHEN u.done THEN 2 ELSE 1 END, \
+       done_at = CASE WHEN u.done THEN now() ELSE t.done_at END, \
+       attempts = t.attempts + 1, \
+       last_error = u.error, \
+       next_attempt_at = CASE WHEN u.done THEN t.next_attempt_at \
+                              ELSE now() + make_interval(secs => u.delay) END \
+     FROM unnest($1::bigint[], $2::bool[], $3::text[], $4::float8[]) AS u(id, done, error, delay) \
      WHERE t.id = u.id AND t.status = 1";
 
 /// Transfers handled per batch.
@@ -60,31 +72,53 @@ pub async fn settle_batch<P: Payments>(pool: &Pool, payments: &P) -> Result<usiz
     if due.is_empty() {
         return Ok(0);
     }
-    let mut done = Vec::with_capacity(due.len());
-    let (mut retry_ids, mut retry_errors, mut retry_delays) = (Vec::new(), Vec::new(), Vec::new());
-    for transfer in &due {
-        match payments
+    let (first, retried): (Vec<&Due>, Vec<&Due>) =
+        due.iter().partition(|transfer| transfer.attempts == 0);
+    let credits: Vec<Credit<'_>> = first
+        .iter()
+        .map(|transfer| Credit {
+            key: &transfer.key,
+            account: &transfer.user,
+            cents: transfer.amount_cents,
+        })
+        .collect();
+    let mut outcomes: Vec<(&Due, Result<(), PaymentsError>)> = Vec::with_capacity(due.len());
+    if !credits.is_empty() {
+        outcomes.extend(first.into_iter().zip(payments.credit_batch(&credits).await));
+    }
+    for transfer in retried {
+        let outcome = payments
             .credit(&transfer.key, &transfer.user, transfer.amount_cents)
-            .await
-        {
-            Ok(()) => done.push(transfer.id),
-            Err(error) => {
-                retry_ids.push(transfer.id);
-                retry_errors.push(error.to_string());
-                retry_delays.push(backoff(transfer.attempts).as_secs_f64());
-            }
-        }
+            .await;
+        outcomes.push((transfer, outcome));
     }
+    mark(pool, &outcomes).await
+}
+
+/// Writes every outcome of a batch in one statement; returns how many were
+/// credited.
+async fn mark(
+    pool: &Pool,
+    outcomes: &[(&Due, Result<(), PaymentsError>)],
+) -> Result<usize, DbError> {
+    let ids: Vec<i64> = outcomes.iter().map(|(transfer, _)| transfer.id).collect();
+    let done: Vec<bool> = outcomes
+        .iter()
+        .map(|(_, outcome)| outcome.is_ok())
+        .collect();
+    let errors: Vec<Option<String>> = outcomes
+        .iter()
+        .map(|(_, outcome)| outcome.as_ref().err().map(ToString::to_string))
+        .collect();
+    let delays: Vec<f64> = outcomes
+        .iter()
+        .map(|(transfer, _)| backoff(transfer.attempts).as_secs_f64())
+        .collect();
     let client = pool.get().await?;
-    if !done.is_empty() {
-        client.execute(MARK_DONE, &[&done]).await?;
-    }
-    if !retry_ids.is_empty() {
-        client
-            .execute(MARK_RETRY, &[&retry_ids, &retry_errors, &retry_delays])
-            .await?;
-    }
-    Ok(done.len())
+    client
+        .execute(MARK_OUTCOMES, &[&ids, &done, &errors, &delays])
+        .await?;
+    Ok(done.iter().filter(|done| **done).count())
 }
 
 /// Takes the lease on the next due transfers (one short, committed statement).

@@ -354,6 +354,9 @@ pub fn parse_page_token(text: &str) -> Result<u32, CellError> {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

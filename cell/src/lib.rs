@@ -15,11 +15,14 @@
 
 pub mod allocation;
 pub mod archive;
+pub mod clock;
 pub mod config;
 pub(crate) mod context;
 pub mod db;
 pub(crate) mod envelope;
 pub mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 pub mod health;
 pub(crate) mod ids;
 pub(crate) mod kind;

@@ -26,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    // Tests only: fail points and a skewed clock, from the environment.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = redcell_cell::failpoints::setup();
     let args = CellArgs::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

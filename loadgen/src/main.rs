@@ -1,48 +1,113 @@
-//! `loadgen`: load generator and benchmark driver (DESIGN.md §10).
+//! `loadgen`: redcell's load generator and benchmark driver (DESIGN.md §10),
+//! a pure gRPC client of a fleet started the way an operator starts one.
 //!
-//! `loadgen cell-hot` measures one cell on this machine: it starts a throwaway
-//! PostgreSQL (the test harness), a logic server per strategy in-process on a
-//! real socket, and drives hot envelopes over gRPC — every user of a crowd opens
-//! every envelope, as a group chat does on New Year's eve. The lane strategy and
-//! the naive row-lock strategy run the same workload in the same run, and the
-//! money invariants are reconciled after each (a fast run that loses a cent is
-//! a failed run). Latencies go into HDR histograms.
+//! Per variant (`--variants lane,rowlock`: each a fresh fleet, same
+//! invocation, so comparisons share the machine's state): `cellctl up
+//! --detach` of N cells (durable PostgreSQL unless `--fast`), PostgreSQL's
+//! own limits on the same server (`bench/`'s pgbench scripts, unless
+//! `--no-baseline`), senders funded with `cellctl fund`, the workload
+//! through the router(s) with HS256 tokens of the fleet's key, CPU per
+//! component over the measured phase, then `cellctl reconcile` (0
+//! discrepancies, and the claims it counts equal to the shares the run was
+//! told it took, or the run fails) and `cellctl down`.
 //!
-//! `loadgen router` is the client's view: Sends and Opens through a router in
-//! front of several cells (HS256 bearer tokens, mint-pool routing, sticky
-//! lanes), again per strategy of the cells in the same run, reconciled over
-//! every cell afterwards. `cell-hot` isolates the cell, where the contention
-//! is; `router` adds what the front door costs.
-//!
-//! **Owns**: workloads, latency histograms and the benchmark report.
-//! **Never**: part of a deployment, reaches into a cell's internals past
-//! its public API, or reports a run whose money does not reconcile.
+//! **Owns**: workloads, pacing, latency histograms, baselines, the report.
+//! **Never**: links a server crate, reaches past the router, or reports a
+//! run whose money does not reconcile as a success.
 
-mod bench;
-mod cell_hot;
-mod latency;
-mod pg_limit;
-mod phase;
-mod through_router;
+mod baseline;
+mod client;
+mod cost;
+mod driver;
+mod fleet;
+mod report;
+mod rng;
+mod run;
+mod scrape;
+mod stats;
+mod workload;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, about)]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub workload: Workload,
+    #[command(flatten)]
+    pub common: Common,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Hot envelopes against one in-process cell: lane vs rowlock, same run.
-    CellHot(cell_hot::Args),
-    /// Sends and Opens through a router in front of several cells: lane vs
-    /// rowlock cells, same run.
-    Router(through_router::Args),
+/// Flags every workload takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// Cells of the fleet loadgen starts (region north, one logic server and
+    /// one PostgreSQL server each).
+    #[arg(long, global = true, default_value_t = 2)]
+    pub cells: u32,
+    /// Routers of the fleet loadgen starts (calls spread over them).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub routers: u16,
+    /// PostgreSQL without fsync (`cellctl up --fast`); durable by default.
+    #[arg(long, global = true)]
+    pub fast: bool,
+    /// Reuse the fleet `cellctl up` runs on this state directory (left
+    /// running) instead of starting one per variant.
+    #[arg(long, global = true, value_name = "STATE_DIR")]
+    pub fleet: Option<PathBuf>,
+    /// Comma-separated variants, a fresh fleet each: `lane`/`rowlock` set
+    /// REDCELL_OPEN_STRATEGY, `merged`/`per-lane` REDCELL_COMMITTER, joined
+    /// with `+` (`lane+merged`); `default` sets nothing.
+    #[arg(long, global = true, default_value = "default", value_delimiter = ',')]
+    pub variants: Vec<String>,
+    /// Closed loop: calls in flight at once.
+    #[arg(long, global = true, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Open loop: calls offered per second, latency from each call's
+    /// intended start (festival and burst are always open loop).
+    #[arg(long, global = true)]
+    pub rate: Option<f64>,
+    /// Seconds of a timed phase (send, festival).
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Senders funded (each with 1,000,000.00 by `cellctl fund`).
+    #[arg(long, global = true, default_value_t = 16)]
+    pub senders: usize,
+    /// Skip the pgbench baselines.
+    #[arg(long, global = true)]
+    pub no_baseline: bool,
+    /// Seconds each baseline runs.
+    #[arg(long, global = true, default_value_t = 5)]
+    pub baseline_secs: u64,
+    /// Every logic server and router serves /metrics at its port + N
+    /// (`cellctl up --admin-port-offset`; the burst reads the queue gauge).
+    #[arg(long, global = true, default_value_t = 1000)]
+    pub admin_port_offset: u16,
+    /// Write every figure as JSON to FILE (`-`: stdout).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Keep the state directories of the fleets loadgen starts (logs).
+    #[arg(long, global = true)]
+    pub keep_state: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Workload {
+    /// Few envelopes, many openers: every user opens every envelope.
+    Hot(workload::matrix::MatrixArgs),
+    /// Many small envelopes across every cell, Opens spread over them.
+    Uniform(workload::matrix::MatrixArgs),
+    /// Zipf mix of hot and cold envelopes, Sends at a fixed rate, Grabs and
+    /// Opens; the cold envelopes' latency alone and in the mix.
+    Festival(workload::festival::FestivalArgs),
+    /// A 10x step of Opens on one envelope: queue depth, shed %, drain time.
+    Burst(workload::burst::BurstArgs),
+    /// Sends only: the maximum rate, then latency at half of it.
+    Send,
+    /// PostgreSQL's own limits on the fleet's server (bench/), alone.
+    Baseline,
 }
 
 fn main() -> ExitCode {
@@ -54,12 +119,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = match cli.command {
-        Command::CellHot(args) => runtime.block_on(cell_hot::run(args)),
-        Command::Router(args) => runtime.block_on(through_router::run(args)),
-    };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+    match runtime.block_on(run::run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("loadgen: a check failed (see FAILED above)");
+            ExitCode::FAILURE
+        }
         Err(error) => {
             eprintln!("loadgen: {error}");
             ExitCode::FAILURE

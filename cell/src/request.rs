@@ -346,9 +346,18 @@ pub fn parse_page_token(text: &str) -> Result<u32, CellError> {
         return Ok(0);
     }
     text.parse().map_err(|_| {
+        // Echoed only when short: the message travels in the `grpc-message`
+        // header, and a long echo (a hostile 40 KB token) went past the
+        // router's header list limit, which failed the call as an HTTP/2
+        // protocol error (UNAVAILABLE) instead of this INVALID_ARGUMENT.
+        let shown = if text.len() <= 64 {
+            format!("{text:?}")
+        } else {
+            format!("a {}-byte string", text.len())
+        };
         CellError::invalid(
             "page_token",
-            format!("{text:?} is not a token this server issued"),
+            format!("{shown} is not a token this server issued"),
         )
     })
 }

@@ -189,8 +189,16 @@ impl RouterService {
                     .filter(|d| topology.region_name(*d).is_some())
             })
             .ok_or_else(|| {
+                // Echoed only when short: a status message is a response
+                // header, and a client's header list limit (16 KiB by
+                // default) would turn a long echo into a protocol error.
+                let shown = if text.len() <= 64 {
+                    format!("{text:?}")
+                } else {
+                    format!("of {} bytes", text.len())
+                };
                 invalid(format!(
-                    "unknown region {text:?} (regions: {})",
+                    "unknown region {shown} (regions: {})",
                     topology.regions().join(", ")
                 ))
             })

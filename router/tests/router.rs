@@ -28,3 +28,6 @@ mod degrade;
 
 #[path = "router/observability.rs"]
 mod observability;
+
+#[path = "router/hostile.rs"]
+mod hostile;

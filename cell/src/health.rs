@@ -10,14 +10,21 @@
 //! the probe is a plain `SELECT 1`: a migration applied under running servers
 //! (the upgrade order is migrate, then roll the servers) does not take the
 //! cell out of service.
+//!
+//! Every healthy probe also reads the DB's clock (`clock_timestamp()`) into
+//! the server's [`DbClock`]: the lanes judge expiry from memory by the DB's
+//! time, not by this server's clock ([`crate::clock`]).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::db::{self, SchemaCheck};
+use crate::{
+    clock::{self, DbClock},
+    db::{self, SchemaCheck},
+};
 
 /// The service name routers check (the client API this server serves).
 pub const SERVICE: &str = "redcell.v1.RedEnvelope";
@@ -31,18 +38,20 @@ enum Probe {
 }
 
 /// Probes the order DB every `interval` and publishes the result, for the
-/// overall server ("") and for [`SERVICE`], until cancelled. Ends NOT_SERVING.
+/// overall server ("") and for [`SERVICE`], until cancelled; each healthy
+/// probe sets `clock`. Ends NOT_SERVING.
 pub async fn watch_database(
     pool: Pool,
     reporter: HealthReporter,
     up: prometheus::IntGauge,
     interval: Duration,
+    clock: Arc<DbClock>,
     cancel: CancellationToken,
 ) {
     let mut last = None;
     let mut verified = false;
     loop {
-        let found = probe(&pool, interval, verified).await;
+        let found = probe(&pool, interval, verified, &clock).await;
         verified |= found == Probe::Healthy;
         up.set(i64::from(found == Probe::Healthy));
         if last.as_ref() != Some(&found) {
@@ -82,20 +91,26 @@ pub async fn watch_database(
         .await;
 }
 
-async fn probe(pool: &Pool, timeout: Duration, verified: bool) -> Probe {
+async fn probe(pool: &Pool, timeout: Duration, verified: bool, clock: &DbClock) -> Probe {
     let check = async {
         if !verified {
-            return match db::check_schema(pool).await {
-                SchemaCheck::Current => Probe::Healthy,
-                SchemaCheck::Mismatch(problem) => Probe::WrongSchema(problem),
-                SchemaCheck::Unreachable(_) => Probe::Unreachable,
-            };
+            match db::check_schema(pool).await {
+                SchemaCheck::Current => {}
+                SchemaCheck::Mismatch(problem) => return Probe::WrongSchema(problem),
+                SchemaCheck::Unreachable(_) => return Probe::Unreachable,
+            }
         }
         let Ok(client) = pool.get().await else {
             return Probe::Unreachable;
         };
-        match client.simple_query("SELECT 1").await {
-            Ok(_) => Probe::Healthy,
+        let sent = clock::wall();
+        match client.query_one("SELECT clock_timestamp()", &[]).await {
+            Ok(row) => {
+                if let Ok(db_now) = row.try_get(0) {
+                    clock.observe(db_now, sent, clock::wall());
+                }
+                Probe::Healthy
+            }
             Err(_) => Probe::Unreachable,
         }
     };

@@ -6,8 +6,6 @@
 //! blocks, so every server of the cell mints distinct IDs without a round trip
 //! per envelope; a block abandoned by a restart only leaves a gap.
 
-use std::time::SystemTime;
-
 use deadpool_postgres::Pool;
 use redcell_topology::{EnvelopeId, MintDate, Suffix, Topology};
 use tokio::sync::Mutex;
@@ -83,7 +81,7 @@ impl IdMinter {
                 })?,
             ),
         };
-        let date = MintDate::from_system_time(SystemTime::now())
+        let date = MintDate::from_system_time(crate::clock::wall())
             .ok_or_else(|| CellError::Internal("the clock is outside 2000-2099".into()))?;
         let sequence = self.next_sequence(date).await?;
         EnvelopeId::new(date, mint.region, epoch, sequence, suffix).ok_or_else(|| {

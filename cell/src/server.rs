@@ -22,6 +22,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{service::interceptor::InterceptedService, transport::server::TcpIncoming};
 
 use crate::{
+    clock::DbClock,
     config::CellConfig,
     context::CellContext,
     db, health,
@@ -85,6 +86,8 @@ pub async fn run<P: Payments>(
     let pool = order_db.pool(config.db_pool).map_err(RunError::Database)?;
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
+    // The DB's time as the health probe measures it (lanes judge expiry by it).
+    let db_clock = Arc::new(DbClock::default());
     let committer = lane::start_committer(
         config.committer,
         config.merge,
@@ -124,6 +127,7 @@ pub async fn run<P: Payments>(
         reporter,
         config.metrics.db_up.clone(),
         config.workers.health_interval,
+        db_clock,
         cancel.child_token(),
     ));
     spawn_workers(&tracker, &cancel, &context, &config);

@@ -8,16 +8,19 @@
 //! # Invariants, and why they hold
 //!
 //! - **A balance never goes negative.** A debit moves money with
-//!   `UPDATE .. SET balance = balance - x WHERE balance >= x`; at READ
+//!   `UPDATE .. SET balance = balance - x`, and the `CHECK (balance_cents >=
+//!   0)` on the column refuses a result below zero: the debit's single
+//!   statement ([`sql::DEBIT`]) then fails as a whole, its entry included,
+//!   and the refusal is read from that constraint's violation. At READ
 //!   COMMITTED a concurrent debit of the same account waits for the row lock
-//!   and re-checks the condition on the committed balance, so two debits can
-//!   never both spend the same cents. The `CHECK (balance_cents >= 0)` on the
-//!   column is the backstop that would turn a bug into an error instead of
-//!   an overdraft.
+//!   and computes from the committed balance, so two debits can never both
+//!   spend the same cents. (The CHECK used to be only a backstop behind a
+//!   `WHERE balance >= x`; making it the path lets a debit be one autocommit
+//!   statement — one round trip and one commit instead of four round trips.)
 //! - **One entry per key, and money moves for a key at most once.** The key
 //!   is the primary key of `entries`. Each operation inserts its entry
 //!   (`ON CONFLICT DO NOTHING`) and moves the balance in the **same
-//!   transaction**, so a crash, a lost connection or a refused debit at any
+//!   transaction** (for a debit, the same statement), so a crash, a lost connection or a refused debit at any
 //!   point either keeps both or neither. A concurrent call with the same key
 //!   waits on the first one's uncommitted entry, then sees it and answers
 //!   from it (a replay) instead of moving money again.
@@ -38,8 +41,9 @@
 //!   its credits minus its debits; [`PgLedger::discrepancies`] checks it and
 //!   [`PgLedger::total_balance`] is what a run may compare across faults.
 //!
-//! Nothing else takes a lock: a call is one short transaction (debit,
-//! credit) or two autocommit statements (`resolve_debit`), with no
+//! Nothing else takes a lock: a call is one autocommit statement (debit),
+//! one short transaction (credit) or two autocommit statements
+//! (`resolve_debit`), with no
 //! application-level retry loops inside; retrying `Unavailable` is the
 //! caller's job, with the same key.
 
@@ -431,8 +435,8 @@ impl PgLedger {
 impl Payments for PgLedger {
     async fn debit(&self, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
         positive(debit.cents)?;
-        let mut client = self.pool.get().await?;
-        let outcome = debit_on(&mut client, debit).await;
+        let client = self.pool.get().await?;
+        let outcome = debit_on(&client, debit).await;
         discard_if_failed(client, &outcome);
         outcome
     }
@@ -502,69 +506,89 @@ fn discard_if_failed<T>(client: Object, outcome: &Result<T, PaymentsError>) {
     }
 }
 
-async fn debit_on(client: &mut Object, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
+/// One statement ([`sql::DEBIT`]) does the whole debit in the common case;
+/// only a debit that did not move money reads back why (a replay, a void, a
+/// paid order, no account, or a refusal for balance).
+async fn debit_on(client: &Object, debit: Debit<'_>) -> Result<DebitOutcome, PaymentsError> {
     let Debit {
         key,
         order,
         account,
         cents,
     } = debit;
-    let transaction = client.transaction().await?;
-    let insert = transaction.prepare_cached(sql::INSERT_ENTRY).await?;
     let kind = EntryKind::Debit;
-    let inserted = transaction
-        .query_opt(&insert, &[&key, &account, &kind.code(), &cents, &order])
-        .await?;
-    if inserted.is_none() {
-        // The key has an entry (a replay, a void, a conflict), or another
-        // key paid this order. A voided key whose order another key paid is
-        // answered with the payer: the caller learns where its money went.
-        let by_key = entry_on(&transaction, sql::SELECT_ENTRY, &[&key]).await?;
-        let outcome = match by_key {
-            Some(existing) if existing.kind != EntryKind::Void => {
-                if !existing.is_replay_of(kind, account, cents, Some(order)) {
-                    return Err(conflict(key, &existing, kind, account, cents));
-                }
-                DebitOutcome::Debited
+    let statement = client.prepare_cached(sql::DEBIT).await?;
+    let taken = match client
+        .query_one(&statement, &[&key, &account, &cents, &order, &kind.code()])
+        .await
+    {
+        Ok(row) => row.try_get::<_, bool>(0)?,
+        Err(error) if is_overdraft(&error) => {
+            // The statement failed as a whole: no entry, the key stays free.
+            let balance_cents = balance_on(client, account).await?;
+            tracing::debug!(
+                key,
+                account,
+                cents,
+                balance_cents,
+                "debit refused: insufficient funds"
+            );
+            return Ok(DebitOutcome::InsufficientFunds { balance_cents });
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if taken {
+        tracing::debug!(key, account, cents, "debited");
+        return Ok(DebitOutcome::Debited);
+    }
+    // The key has an entry (a replay, a void, a conflict), or another key
+    // paid this order, or the account does not exist. A voided key whose
+    // order another key paid is answered with the payer: the caller learns
+    // where its money went.
+    let by_key = entry_on(client, sql::SELECT_ENTRY, &[&key]).await?;
+    let outcome = match by_key {
+        Some(existing) if existing.kind != EntryKind::Void => {
+            if !existing.is_replay_of(kind, account, cents, Some(order)) {
+                return Err(conflict(key, &existing, kind, account, cents));
             }
-            voided => match entry_on(&transaction, sql::SELECT_ORDER, &[&account, &order]).await? {
-                Some(paid) => DebitOutcome::OrderPaid { key: paid.key },
-                None if voided.is_some() => DebitOutcome::Voided,
-                None => return Err(vanished(key)),
+            DebitOutcome::Debited
+        }
+        voided => match entry_on(client, sql::SELECT_ORDER, &[&account, &order]).await? {
+            Some(paid) => DebitOutcome::OrderPaid { key: paid.key },
+            None if voided.is_some() => DebitOutcome::Voided,
+            // Nothing holds the key or the order: the statement inserted
+            // nothing because the account does not exist.
+            None => DebitOutcome::InsufficientFunds {
+                balance_cents: balance_on(client, account).await?,
             },
-        };
-        transaction.commit().await?;
-        tracing::debug!(
-            key,
-            order,
-            account,
-            cents,
-            ?outcome,
-            "debit not taken again"
-        );
-        return Ok(outcome);
+        },
+    };
+    tracing::debug!(
+        key,
+        order,
+        account,
+        cents,
+        ?outcome,
+        "debit not taken again"
+    );
+    Ok(outcome)
+}
+
+/// Whether `error` is the balance's CHECK refusing a debit that does not fit.
+fn is_overdraft(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::CHECK_VIOLATION
+            && db.constraint() == Some(sql::BALANCE_CHECK)
+    })
+}
+
+/// The balance of `account`; 0 for an account the ledger has never seen.
+async fn balance_on(client: &Object, account: &str) -> Result<i64, PaymentsError> {
+    let read = client.prepare_cached(sql::SELECT_BALANCE).await?;
+    match client.query_opt(&read, &[&account]).await? {
+        Some(row) => Ok(row.try_get(0)?),
+        None => Ok(0),
     }
-    let take = transaction.prepare_cached(sql::DEBIT_ACCOUNT).await?;
-    if transaction.execute(&take, &[&account, &cents]).await? == 0 {
-        // Does not fit (or no such account): undo the entry, keep the key free.
-        let read = transaction.prepare_cached(sql::SELECT_BALANCE).await?;
-        let balance_cents = match transaction.query_opt(&read, &[&account]).await? {
-            Some(row) => row.try_get(0)?,
-            None => 0,
-        };
-        transaction.rollback().await?;
-        tracing::debug!(
-            key,
-            account,
-            cents,
-            balance_cents,
-            "debit refused: insufficient funds"
-        );
-        return Ok(DebitOutcome::InsufficientFunds { balance_cents });
-    }
-    transaction.commit().await?;
-    tracing::debug!(key, account, cents, "debited");
-    Ok(DebitOutcome::Debited)
 }
 
 async fn credit_on(
@@ -736,12 +760,12 @@ fn positive(cents: i64) -> Result<(), PaymentsError> {
 /// visible to this statement's snapshot (READ COMMITTED: a new one per
 /// statement).
 async fn entry_on(
-    transaction: &deadpool_postgres::Transaction<'_>,
+    client: &impl deadpool_postgres::GenericClient,
     query: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Option<LedgerEntry>, PaymentsError> {
-    let read = transaction.prepare_cached(query).await?;
-    transaction
+    let read = client.prepare_cached(query).await?;
+    client
         .query_opt(&read, params)
         .await?
         .as_ref()

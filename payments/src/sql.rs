@@ -11,6 +11,30 @@ pub(crate) const INSERT_ENTRY: &str = "INSERT INTO entries \
      (key, account, kind, amount_cents, merchant_order) \
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING key";
 
+/// A whole debit in one autocommit statement (one round trip, one commit):
+/// claims key `$1` for account `$2`'s order `$4` (as [`INSERT_ENTRY`], kind
+/// `$5`) only if the account exists, and takes `$3` from the account only if
+/// this statement inserted the entry. A debit that does not fit makes the
+/// balance negative, which the column's CHECK refuses: the statement fails
+/// and nothing of it (the entry included) is kept. Returns whether the money
+/// was taken; `false` means the key or the order already had an entry, or
+/// there is no such account (the caller reads back which).
+///
+/// The casts fix the parameters' types: in `INSERT .. SELECT` PostgreSQL
+/// would otherwise take them for `text` before it sees the `UPDATE`.
+pub(crate) const DEBIT: &str = "WITH entry AS ( \
+       INSERT INTO entries (key, account, kind, amount_cents, merchant_order) \
+       SELECT $1::text, account, $5::smallint, $3::bigint, $4::text FROM accounts WHERE account = $2::text \
+       ON CONFLICT DO NOTHING RETURNING account), \
+     taken AS ( \
+       UPDATE accounts SET balance_cents = balance_cents - $3::bigint \
+       WHERE account IN (SELECT account FROM entry) RETURNING 1) \
+     SELECT EXISTS (SELECT 1 FROM taken)";
+
+/// The CHECK on `accounts.balance_cents` (PostgreSQL's default name): its
+/// violation by [`DEBIT`] is the refusal for insufficient funds.
+pub(crate) const BALANCE_CHECK: &str = "accounts_balance_cents_check";
+
 /// Voids `$1` unless it already has an entry.
 pub(crate) const VOID_KEY: &str = "INSERT INTO entries (key, account, kind, amount_cents) \
      VALUES ($1, '', 3, 0) ON CONFLICT (key) DO NOTHING";
@@ -29,12 +53,6 @@ pub(crate) const ALL_ENTRIES: &str =
 
 pub(crate) const SELECT_ENTRIES: &str = "SELECT key, account, kind, amount_cents, merchant_order \
      FROM entries WHERE key = ANY($1) ORDER BY key";
-
-/// Takes `$2` from `$1` only if it fits: 0 rows means insufficient funds (or
-/// no account). Under READ COMMITTED a concurrent debit holding the row lock
-/// makes this wait and then re-check the condition on the new balance.
-pub(crate) const DEBIT_ACCOUNT: &str = "UPDATE accounts SET balance_cents = balance_cents - $2 \
-     WHERE account = $1 AND balance_cents >= $2";
 
 pub(crate) const CREDIT_ACCOUNT: &str = "INSERT INTO accounts (account, balance_cents) \
      VALUES ($1, $2) ON CONFLICT (account) \

@@ -308,6 +308,82 @@ async fn concurrent_replays_of_a_credit_credit_once() {
     assert_consistent(&ledger).await;
 }
 
+/// The one-statement debit (entry and balance together) under a crowd:
+/// concurrent replays of one debit that fits exactly once all answer
+/// `Debited` and take it once; concurrent debits under other keys that no
+/// longer fit are refused by the balance's CHECK, each leaving no entry, and
+/// a key refused that way is still free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replays_of_a_debit_take_it_once_and_refusals_leave_nothing() {
+    const REPLAYS: usize = 16;
+    const OTHERS: usize = 16;
+    let Stack { ledger, db: _db } = stack().await;
+    ledger.deposit("deposit:fay", "fay", 1_000).await.unwrap();
+
+    let start = Arc::new(Barrier::new(REPLAYS + OTHERS));
+    let tasks: Vec<_> = (0..REPLAYS + OTHERS)
+        .map(|i| {
+            let ledger = ledger.clone();
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                start.wait().await;
+                let key = if i < REPLAYS {
+                    "send:r0".to_owned()
+                } else {
+                    format!("send:o{i:02}")
+                };
+                (i, ledger.debit(send_debit(&key, "fay", 1_000)).await)
+            })
+        })
+        .collect();
+    let mut others_debited = 0;
+    for task in tasks {
+        let (i, outcome) = task.await.unwrap();
+        match (i < REPLAYS, outcome.unwrap()) {
+            (_, DebitOutcome::Debited) if i >= REPLAYS => others_debited += 1,
+            (true, DebitOutcome::Debited) | (false, DebitOutcome::InsufficientFunds { .. }) => {}
+            (true, refused @ DebitOutcome::InsufficientFunds { .. }) => {
+                // The replayed key lost the race to another key: allowed,
+                // but then no replay of it may have been debited either.
+                assert_eq!(ledger.entry("send:r0").await.unwrap(), None, "{refused:?}");
+            }
+            (_, other) => panic!("debit {i}: {other:?}"),
+        }
+    }
+    // Exactly one debit of 1000 landed, under one key.
+    assert_eq!(ledger.balance("fay").await.unwrap(), 0);
+    let sends = ledger.totals_by_prefix("send:").await.unwrap();
+    assert_eq!(
+        sends,
+        EntryTotals {
+            debits: 1,
+            debited_cents: 1_000,
+            ..EntryTotals::default()
+        }
+    );
+    let replay_took_it = ledger.entry("send:r0").await.unwrap().is_some();
+    assert_eq!(usize::from(!replay_took_it), others_debited);
+    assert_consistent(&ledger).await;
+
+    // A key refused for balance is free: funded again, it goes through.
+    let refused_key = if replay_took_it {
+        "send:o16"
+    } else {
+        "send:r0"
+    };
+    assert_eq!(ledger.entry(refused_key).await.unwrap(), None);
+    ledger.deposit("deposit:fay:2", "fay", 1_000).await.unwrap();
+    assert_eq!(
+        ledger
+            .debit(send_debit(refused_key, "fay", 1_000))
+            .await
+            .unwrap(),
+        DebitOutcome::Debited
+    );
+    assert_eq!(ledger.balance("fay").await.unwrap(), 0);
+    assert_consistent(&ledger).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolve_debit_voids_an_unknown_key_for_good() {
     let Stack { ledger, db: _db } = stack().await;
@@ -680,8 +756,9 @@ async fn an_unreachable_ledger_is_unavailable_not_a_panic() {
 }
 
 /// Runs a debit that blocks on `account`'s row lock (held by another
-/// session) after it has written its entry, and kills its database session
-/// right there: the caller sees a failure in the middle of the transaction.
+/// session) after it has written its entry (in its one statement), and
+/// kills its database session right there: the caller sees a failure in the
+/// middle of the transaction.
 async fn debit_killed_mid_transaction(
     stack: &Stack,
     key: &'static str,
@@ -706,7 +783,7 @@ async fn debit_killed_mid_transaction(
         let row = admin
             .query_opt(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND query LIKE 'UPDATE accounts%'",
+                 AND wait_event_type = 'Lock' AND query LIKE '%UPDATE accounts SET balance_cents = balance_cents -%'",
                 &[],
             )
             .await

@@ -31,7 +31,8 @@ pub(crate) mod measured;
 pub mod metrics;
 pub(crate) mod ops;
 pub mod reconcile;
-pub(crate) mod request;
+// pub: the fuzz targets (fuzz/) drive the edge validation directly.
+pub mod request;
 pub(crate) mod rowlock;
 pub(crate) mod server;
 pub(crate) mod service;

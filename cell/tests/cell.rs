@@ -8,6 +8,8 @@ mod stack;
 
 #[path = "cell/lanes.rs"]
 mod lanes;
+#[path = "cell/merge.rs"]
+mod merge;
 #[path = "cell/opens.rs"]
 mod opens;
 

@@ -31,7 +31,14 @@
 //!   batches, commits what was queued and exits; a lane still draining its
 //!   queue after that commits its batch alone.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use deadpool_postgres::Pool;
 use redcell_topology::EnvelopeId;
@@ -87,6 +94,18 @@ struct Job {
 pub struct MergedCommitter {
     jobs: mpsc::UnboundedSender<Job>,
     pool: Pool,
+    stats: Arc<MergeStats>,
+}
+
+/// What the committer has done so far: batches handed to it, and merged
+/// transactions it ran (batches per transaction is the merge factor).
+#[derive(Debug, Default)]
+pub struct MergeStats {
+    /// Lane batches handed to the committer task.
+    pub batches: AtomicU64,
+    /// Groups the task sent to the database (one transaction each, plus one
+    /// per batch when a group had to be committed again one by one).
+    pub transactions: AtomicU64,
 }
 
 impl std::fmt::Debug for Job {
@@ -109,8 +128,21 @@ impl MergedCommitter {
     ) -> MergedCommitter {
         // Unbounded, yet bounded by the lanes: each has at most one batch here.
         let (jobs, queue) = mpsc::unbounded_channel();
-        tracker.spawn(run(queue, pool.clone(), config, tracker.clone(), cancel));
-        MergedCommitter { jobs, pool }
+        let stats = Arc::new(MergeStats::default());
+        tracker.spawn(run(
+            queue,
+            pool.clone(),
+            config,
+            stats.clone(),
+            tracker.clone(),
+            cancel,
+        ));
+        MergedCommitter { jobs, pool, stats }
+    }
+
+    /// Counts of batches and transactions so far.
+    pub fn stats(&self) -> &MergeStats {
+        &self.stats
     }
 }
 
@@ -125,6 +157,7 @@ impl Committer for MergedCommitter {
                 remaining_count: batch.remaining_count,
             };
             let (reply, outcome) = oneshot::channel();
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
             if self.jobs.send(Job { write, reply }).is_err() {
                 // The committer stopped (shutdown): this lane commits alone.
                 return store::commit_opens(
@@ -150,6 +183,7 @@ async fn run(
     mut queue: mpsc::UnboundedReceiver<Job>,
     pool: Pool,
     config: MergeConfig,
+    stats: Arc<MergeStats>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
@@ -196,11 +230,13 @@ async fn run(
                 }
             }
         }
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
         let pool = pool.clone();
+        let stats = stats.clone();
         let span = tracing::info_span!("merged_commit", envelopes = group.len());
         tracker.spawn(
             async move {
-                commit_group(&pool, group).await;
+                commit_group(&pool, group, &stats).await;
                 drop(slot);
             }
             .instrument(span),
@@ -230,7 +266,7 @@ fn add(
 }
 
 /// Commits one group and answers every lane in it.
-async fn commit_group(pool: &Pool, group: Vec<Job>) {
+async fn commit_group(pool: &Pool, group: Vec<Job>, stats: &MergeStats) {
     let writes: Vec<OpenWrite> = group.iter().map(|job| job.write.clone()).collect();
     match store::commit_merged(pool, &writes).await {
         Ok(outcomes) => {
@@ -256,6 +292,7 @@ async fn commit_group(pool: &Pool, group: Vec<Job>) {
             // failure stays with the batch that caused it.
             tracing::warn!(%error, envelopes = group.len(), "merged commit failed; committing its batches one by one");
             for job in group {
+                stats.transactions.fetch_add(1, Ordering::Relaxed);
                 let outcome = store::commit_alone(pool, &job.write).await;
                 let _ = job.reply.send(outcome);
             }

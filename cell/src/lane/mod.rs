@@ -42,7 +42,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 pub use commit::{CommitFuture, Committer, OpenBatch, PgCommitter, start_committer};
-pub use merge::{CommitterKind, MergeConfig, MergedCommitter};
+pub use merge::{CommitterKind, MergeConfig, MergeStats, MergedCommitter};
 use plan::{Answer, Ask, LaneState, Queued, Taker};
 
 use crate::{

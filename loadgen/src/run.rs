@@ -235,8 +235,15 @@ async fn workload(cli: &Cli, fleet: &Fleet) -> Result<(WorkloadReport, Option<Co
     let report = match &cli.workload {
         Workload::Hot(args) => {
             let sizes = args.sizes(workload::matrix::HOT)?;
-            workload::matrix::run(&mut context, "hot", sizes, common.rate, common.concurrency)
-                .await?
+            workload::matrix::run(
+                &mut context,
+                "hot",
+                sizes,
+                args.at_half,
+                common.rate,
+                common.concurrency,
+            )
+            .await?
         }
         Workload::Uniform(args) => {
             let sizes = args.sizes(workload::matrix::UNIFORM)?;
@@ -244,6 +251,7 @@ async fn workload(cli: &Cli, fleet: &Fleet) -> Result<(WorkloadReport, Option<Co
                 &mut context,
                 "uniform",
                 sizes,
+                args.at_half,
                 common.rate,
                 common.concurrency,
             )

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::{
     driver::Pacing,
+    stats::PhaseSummary,
     workload::{Context, WorkloadReport, seconds, send_envelopes},
 };
 
@@ -27,6 +28,11 @@ pub struct MatrixArgs {
     /// EXHAUSTED, answered from memory).
     #[arg(long)]
     pub users: Option<usize>,
+    /// After the closed loop, the same matrix on fresh envelopes offered
+    /// open loop at half the Opens/s it reached (latency with headroom; the
+    /// issue's "p99 at 50% of the maximum").
+    #[arg(long)]
+    pub at_half: bool,
 }
 
 /// Defaults per shape: (envelopes, shares, users).
@@ -64,9 +70,73 @@ pub async fn run(
     context: &mut Context,
     name: &str,
     sizes: Sizes,
+    at_half: bool,
     rate: Option<f64>,
     concurrency: usize,
 ) -> Result<WorkloadReport, String> {
+    // Open loop: the whole matrix at the rate, however long it takes.
+    let total = (sizes.envelopes * sizes.users) as u64;
+    let pacing = match rate {
+        Some(rate) => Pacing::open(rate, seconds(total as f64 / rate + 1.0)),
+        None => Pacing::Closed {
+            concurrency,
+            duration: None,
+        },
+    };
+    let (sends, opens) = round(context, name, sizes, pacing, concurrency, true).await?;
+    let expected = sizes.envelopes as u64 * u64::from(sizes.shares).min(sizes.users as u64);
+    let mut phases = vec![sends, opens.clone()];
+    let mut figures = vec![("shares_per_sec", opens.shares_per_sec)];
+    if let Some(open) = opens.op("open") {
+        figures.extend([
+            ("opens_per_sec", open.per_sec),
+            ("open_p50_ms", open.p50_ms),
+            ("open_p99_ms", open.p99_ms),
+        ]);
+    }
+    let mut rounds = 1;
+    if at_half && rate.is_none() {
+        // The same matrix on fresh envelopes, offered at half the rate the
+        // closed loop reached: the latency with headroom.
+        let half = (opens.op("open").map_or(0.0, |open| open.per_sec) / 2.0).max(1.0);
+        let pacing = Pacing::open(half, seconds(total as f64 / half + 1.0));
+        let (sends, opens) = round(
+            context,
+            &format!("{name} at half"),
+            sizes,
+            pacing,
+            concurrency,
+            false,
+        )
+        .await?;
+        figures.push(("half_offered_per_sec", half));
+        if let Some(open) = opens.op("open") {
+            figures.extend([
+                ("half_open_p50_ms", open.p50_ms),
+                ("half_open_p99_ms", open.p99_ms),
+            ]);
+        }
+        phases.extend([sends, opens]);
+        rounds = 2;
+    }
+    let mut report = WorkloadReport::new(name, phases).measured(&opens);
+    for (figure, value) in figures {
+        report = report.figure(figure, value);
+    }
+    report.expected_shares = Some(expected * rounds);
+    Ok(report)
+}
+
+/// Sends the envelopes, then every user opens every one; `measured`: the
+/// Opens are the phase the cost model measures.
+async fn round(
+    context: &mut Context,
+    name: &str,
+    sizes: Sizes,
+    pacing: Pacing,
+    concurrency: usize,
+    measured: bool,
+) -> Result<(PhaseSummary, PhaseSummary), String> {
     let (sends, envelopes) = send_envelopes(
         context,
         &format!("{name}: send"),
@@ -78,14 +148,6 @@ pub async fn run(
     .await?;
     let envelopes: Arc<Vec<Arc<str>>> = Arc::new(envelopes);
     let total = (sizes.envelopes * sizes.users) as u64;
-    // Open loop: the whole matrix at the rate, however long it takes.
-    let pacing = match rate {
-        Some(rate) => Pacing::open(rate, seconds(total as f64 / rate + 1.0)),
-        None => Pacing::Closed {
-            concurrency,
-            duration: None,
-        },
-    };
     let ops = {
         let envelopes = envelopes.clone();
         let calls = context.ops.clone();
@@ -99,21 +161,11 @@ pub async fn run(
             Some(calls.open("open", user, envelope))
         }
     };
-    let opens = context
-        .measure(&format!("{name}: open"), pacing, Some(total), ops)
-        .await?;
-    let expected = sizes.envelopes as u64 * u64::from(sizes.shares).min(sizes.users as u64);
-    let shares_per_sec = opens.shares_per_sec;
-    let open = opens.op("open").cloned();
-    let mut report = WorkloadReport::new(name, vec![sends, opens.clone()])
-        .measured(&opens)
-        .figure("shares_per_sec", shares_per_sec);
-    if let Some(open) = open {
-        report = report
-            .figure("opens_per_sec", open.per_sec)
-            .figure("open_p50_ms", open.p50_ms)
-            .figure("open_p99_ms", open.p99_ms);
-    }
-    report.expected_shares = Some(expected);
-    Ok(report)
+    let name = format!("{name}: open");
+    let opens = if measured {
+        context.measure(&name, pacing, Some(total), ops).await?
+    } else {
+        crate::driver::drive(&name, pacing, Some(total), ops).await?
+    };
+    Ok((sends, opens))
 }

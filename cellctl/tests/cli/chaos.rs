@@ -173,7 +173,11 @@ impl Chaos {
                 proxy.add(&link, local(db), local(db + offset)).await;
                 targets.to_dbs.push(link);
                 targets.cell_dbs.push((cell.name.clone(), db));
-                targets.failable.push(cell.name.clone());
+                // `fail` refuses to take a region's last active cell.
+                let region = topology.cells().iter().filter(|c| c.region == cell.region);
+                if region.count() > 1 {
+                    targets.failable.push(cell.name.clone());
+                }
                 shifted.push(local(db + offset));
             }
             proxy
@@ -463,9 +467,17 @@ fn chaos_bank_test_loses_and_duplicates_nothing() {
             index + 1,
             step.fault
         );
+        let retried = || log.lock().unwrap().retried.values().sum::<u64>();
+        let before = retried();
         chaos.inject(&step.fault);
         *injected.entry(step.fault.kind()).or_default() += 1;
         std::thread::sleep(step.quiet);
+        // Evidence the fault reached the client (a fault the fleet absorbs
+        // without a refusal shows 0).
+        eprintln!(
+            "chaos:   {} attempts refused and retried during it",
+            retried() - before
+        );
     }
     let faulted = started.elapsed();
     chaos.heal();

@@ -196,7 +196,7 @@ impl Worker {
                     return;
                 }
                 Err(status)
-                    if load::retryable(status.code()) && issued.elapsed() < load::RETRY_FOR =>
+                    if load::retryable_status(&status) && issued.elapsed() < load::RETRY_FOR =>
                 {
                     tokio::time::sleep(BACKOFF).await;
                 }

@@ -168,3 +168,63 @@ impl Proxy {
         }
     }
 }
+
+/// "ping" through `socket`, which must come back.
+async fn round_trip(socket: &mut TcpStream) -> std::io::Result<()> {
+    socket.write_all(b"ping").await?;
+    let mut answer = [0u8; 4];
+    socket.read_exact(&mut answer).await?;
+    assert_eq!(&answer, b"ping");
+    Ok(())
+}
+
+/// The proxy's three modes on a real socket pair (an echo server behind a
+/// link): pass echoes, delay holds each chunk back at least its delay each
+/// way, cut ends an open connection and closes new ones at once, heal
+/// passes again.
+#[test]
+fn chaos_proxy_passes_delays_cuts_and_heals() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = socket.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let link = Link::start("test", listen, target).await;
+        let mut open = TcpStream::connect(listen).await.unwrap();
+        round_trip(&mut open).await.unwrap();
+
+        let delay = Duration::from_millis(150);
+        link.set(Mode::Delay(delay));
+        let started = std::time::Instant::now();
+        round_trip(&mut open).await.unwrap();
+        let took = started.elapsed();
+        eprintln!("a round trip through a link delayed {delay:?} took {took:?}");
+        assert!(took >= 2 * delay, "{took:?}");
+
+        link.set(Mode::Cut);
+        let mut byte = [0u8; 1];
+        let ended = open.read(&mut byte).await;
+        assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
+        let mut refused = TcpStream::connect(listen).await.unwrap();
+        assert!(round_trip(&mut refused).await.is_err());
+
+        link.set(Mode::Pass);
+        let mut healed = TcpStream::connect(listen).await.unwrap();
+        round_trip(&mut healed).await.unwrap();
+        assert_eq!(link.accepted(), 3);
+    });
+}

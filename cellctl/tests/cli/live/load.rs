@@ -118,7 +118,7 @@ pub struct Log {
 
 pub type SharedLog = Arc<Mutex<Log>>;
 
-pub fn retryable(code: Code) -> bool {
+fn retryable(code: Code) -> bool {
     matches!(
         code,
         Code::Unavailable
@@ -127,6 +127,16 @@ pub fn retryable(code: Code) -> bool {
             | Code::Aborted
             | Code::Cancelled
     )
+}
+
+/// [`retryable`], or the connection to the router broke under the call
+/// (tonic reports that as `UNKNOWN` with the transport error as its source:
+/// a router killed mid-call). Either way the answer is unknown and the
+/// request, being idempotent, is sent again.
+pub fn retryable_status(status: &tonic::Status) -> bool {
+    retryable(status.code())
+        || std::error::Error::source(status)
+            .is_some_and(|source| source.is::<tonic::transport::Error>())
 }
 
 fn note_retry(log: &SharedLog, code: Code) {
@@ -172,7 +182,7 @@ pub async fn send(
             }
             Err(status) => status,
         };
-        if !retryable(status.code()) || issued.elapsed() >= RETRY_FOR {
+        if !retryable_status(&status) || issued.elapsed() >= RETRY_FOR {
             log.lock().unwrap().unresolved.push(format!(
                 "Send {} by {}: {status}",
                 request.idempotency_key, sender.user
@@ -237,7 +247,7 @@ pub async fn open_watched(
             Err(status) => status,
         };
         let retry = refused(&status);
-        if !retry || !retryable(status.code()) || issued.elapsed() >= RETRY_FOR {
+        if !retry || !retryable_status(&status) || issued.elapsed() >= RETRY_FOR {
             log.lock()
                 .unwrap()
                 .unresolved

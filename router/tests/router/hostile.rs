@@ -1153,6 +1153,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// How many sockets the process has open (its listener included), from
+/// /proc.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// The `router` binary with small limits. No cell runs: History still
 /// answers (an empty, degraded page) after authentication and the rate
 /// limit, which is the path a flood takes.
@@ -1278,15 +1292,28 @@ async fn slow_loris_and_floods_leave_the_router_process_bounded() {
     .await
     .unwrap();
     let opened = loris.len();
+    // The router's open sockets, sampled while the slow connections are
+    // queued and the well-behaved client waits its turn.
+    let sampler = tokio::spawn(async move {
+        let mut most = 0;
+        for _ in 0..100 {
+            most = most.max(sockets_of(pid));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        most
+    });
     let (attempts, waited) = first_answer(address).await;
     let rss_loris = rss_kib(pid);
+    let most_sockets = sampler.await.unwrap();
     // Every slow connection is closed by the router once its handshake
     // timeout passed (after its turn to be accepted came).
     let closed = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
         let mut closed = 0;
         for mut socket in loris {
+            let left = deadline.saturating_duration_since(Instant::now());
             socket
-                .set_read_timeout(Some(Duration::from_secs(30)))
+                .set_read_timeout(Some(left.max(Duration::from_millis(10))))
                 .unwrap();
             let mut buf = [0u8; 256];
             loop {
@@ -1346,12 +1373,20 @@ async fn slow_loris_and_floods_leave_the_router_process_bounded() {
         "router process: RSS {rss_start} KiB at start (first answer after {startup:?}); \
          {opened} slow-loris connections (max-connections {MAX_CONNECTIONS}, handshake \
          {HANDSHAKE_MS} ms): the well-behaved client answered after {attempts} attempt(s) \
-         in {waited:?}, RSS {rss_loris} KiB, {closed} of {opened} closed by the router, next \
+         in {waited:?}, at most {most_sockets} sockets open, RSS {rss_loris} KiB, {closed} of {opened} closed by the router, next \
          answer in {after_loris:?}; flood of 2000 History calls from 100 users: {served} \
          served, {exhausted} RESOURCE_EXHAUSTED, other {other:?}, RSS {rss_flood} KiB, next \
          answer in {after_flood:?}"
     );
     assert!(alive, "the router process exited");
+    // The listener, the connections it admitted, and its own health checks
+    // of the bundled topology's 10 logic servers (none runs: each attempt
+    // is a socket for a moment). Without the limit: one per connection
+    // opened (404 measured).
+    assert!(
+        most_sockets <= MAX_CONNECTIONS + 1 + 10 + 2,
+        "the router held {most_sockets} sockets, --max-connections {MAX_CONNECTIONS}"
+    );
     assert_eq!(closed, opened, "every slow-loris connection was closed");
     assert!(other.is_empty(), "only served or shed: {other:?}");
     assert!(
@@ -1373,4 +1408,79 @@ async fn slow_loris_and_floods_leave_the_router_process_bounded() {
         );
     }
     router.child.kill().unwrap();
+}
+
+/// The guards' flags, like every router flag, fall back to the environment
+/// and are validated before the port is bound: 0 is refused naming the
+/// flag, and so is a request timeout shorter than the cell timeout.
+#[test]
+fn the_guards_flags_are_validated_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("cells.yaml");
+    std::fs::write(&topology, BUNDLED_TOPOLOGY).unwrap();
+    let key = dir.path().join("hs.key");
+    std::fs::write(&key, BINARY_KEY).unwrap();
+    // Taken, so a router that got past validation would fail to bind (exit
+    // 1) rather than serve.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let cases = [
+        (
+            "REDCELL_ROUTER_MAX_MESSAGE_BYTES",
+            "0",
+            "--max-message-bytes: must be at least 1",
+        ),
+        (
+            "REDCELL_ROUTER_MAX_CONNECTIONS",
+            "0",
+            "--max-connections: must be at least 1",
+        ),
+        (
+            "REDCELL_ROUTER_HANDSHAKE_TIMEOUT_MS",
+            "0",
+            "--handshake-timeout-ms: must be at least 1",
+        ),
+        (
+            "REDCELL_ROUTER_REQUEST_TIMEOUT_MS",
+            "0",
+            "--request-timeout-ms: must be at least 1",
+        ),
+        (
+            "REDCELL_ROUTER_MAX_STREAMS_PER_CONNECTION",
+            "0",
+            "--max-streams-per-connection: must be at least 1",
+        ),
+        (
+            "REDCELL_ROUTER_KEEPALIVE_MS",
+            "0",
+            "--keepalive-ms: must be at least 1",
+        ),
+        (
+            "REDCELL_ROUTER_REQUEST_TIMEOUT_MS",
+            "1999",
+            "--request-timeout-ms: must be at least --cell-timeout-ms (2000)",
+        ),
+    ];
+    for (variable, value, expected) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_router"))
+            .args(["--topology", topology.to_str().unwrap()])
+            .args(["--listen", &listen])
+            .args(["--region", "north"])
+            .args(["--jwt-hs256-key-file", key.to_str().unwrap()])
+            .args(["--internal-token", "router-internal-token-0123456789"])
+            .env(variable, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "{variable}={value}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("router: {expected}")),
+            "{variable}={value}: expected {expected:?} in {stderr}"
+        );
+    }
+    drop(taken);
 }

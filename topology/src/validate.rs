@@ -246,7 +246,10 @@ fn check_epochs(
         previous = Some(doc.id);
 
         let before = errors.0.len();
-        let mut tables: Vec<Option<RangeTable>> = vec![None; regions.len()];
+        // Indexed by position in the document's list: `regions` holds only
+        // the valid, unique names, so it can be shorter (found by fuzzing: a
+        // bad name before a good one indexed past the end and panicked).
+        let mut tables: Vec<Option<RangeTable>> = vec![None; document.regions.len()];
         for (region_name, assignments) in &doc.ranges {
             let path = format!("epochs[{index}].ranges.{region_name}");
             let Some(&position) = regions.get(region_name) else {

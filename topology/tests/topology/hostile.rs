@@ -186,3 +186,24 @@ proptest! {
         check_topology_text(&text)?;
     }
 }
+
+/// Found by the cells_yaml fuzz target: an invalid region name listed before
+/// a valid one panicked validation (a table indexed by list position in a
+/// vector sized by the valid names). Now both problems are reported.
+#[test]
+fn an_invalid_region_before_a_valid_one_is_an_error_not_a_panic() {
+    let text = crate::common::edited("regions: [north, south]", "regions: [\"no rth\", south]");
+    let errors = crate::common::errors_of(&text);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("regions[0]: region name \"no rth\"")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("epochs[0].ranges.north") && e.contains("unknown region")),
+        "{errors:?}"
+    );
+}

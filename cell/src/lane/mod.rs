@@ -467,6 +467,8 @@ impl Lane {
                 return;
             }
             let started = Instant::now();
+            // Tests crash the server here: nothing of the batch written.
+            fail::fail_point!("lane::before_commit");
             let outcome = self
                 .committer
                 .commit(OpenBatch {
@@ -485,6 +487,8 @@ impl Lane {
                 .observe_transaction("open_batch", started.elapsed());
             match outcome {
                 Ok(CommitOutcome::Committed(version)) => {
+                    // Tests crash the server here: committed, nobody answered.
+                    fail::fail_point!("lane::after_commit");
                     let results = state.apply(&batch, version);
                     for (index, result) in batch.taking.iter().zip(results) {
                         answer(replies, &takers[*index], Answer::Open(Ok(result)));

@@ -83,8 +83,10 @@ pub struct Common {
     pub baseline_secs: u64,
     /// Every logic server and router serves /metrics at its port + N
     /// (`cellctl up --admin-port-offset`; the burst reads the queue gauge).
-    #[arg(long, global = true, default_value_t = 1000)]
-    pub admin_port_offset: u16,
+    /// Default 1000 for a fleet loadgen starts; with --fleet, the offset
+    /// that fleet was started with (none: no gauge).
+    #[arg(long, global = true)]
+    pub admin_port_offset: Option<u16>,
     /// Write every figure as JSON to FILE (`-`: stdout).
     #[arg(long, global = true, value_name = "FILE")]
     pub json: Option<PathBuf>,

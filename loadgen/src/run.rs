@@ -15,6 +15,8 @@ use crate::{
 /// Default open-loop rates of the workloads that are always open loop.
 const FESTIVAL_RATE: f64 = 200.0;
 const BURST_RATE: f64 = 100.0;
+/// `--admin-port-offset` of a fleet loadgen starts.
+const DEFAULT_ADMIN_PORT_OFFSET: u16 = 1000;
 
 /// Runs every variant; `Ok(false)` when a check failed.
 pub async fn run(cli: Cli) -> Result<bool, String> {
@@ -131,12 +133,14 @@ async fn run_variant(
 ) -> Result<VariantReport, String> {
     let common = &cli.common;
     let mut fleet = match &common.fleet {
-        Some(state_dir) => Fleet::attach(state_dir, Some(common.admin_port_offset))?,
+        Some(state_dir) => Fleet::attach(state_dir, common.admin_port_offset)?,
         None => Fleet::start(&FleetSpec {
             cells: common.cells,
             routers: common.routers,
             fast: common.fast,
-            admin_port_offset: common.admin_port_offset,
+            admin_port_offset: common
+                .admin_port_offset
+                .unwrap_or(DEFAULT_ADMIN_PORT_OFFSET),
             env: env.clone().into_iter().collect(),
             keep_state: common.keep_state,
         })?,

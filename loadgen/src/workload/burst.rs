@@ -57,10 +57,12 @@ pub async fn run(
 
     let stop = Arc::new(AtomicBool::new(false));
     let peak_queue = Arc::new(AtomicU64::new(0));
+    let scraped = Arc::new(AtomicBool::new(false));
     let poller = tokio::spawn(poll_queue(
         context.cell_metrics.clone(),
         stop.clone(),
         peak_queue.clone(),
+        scraped.clone(),
     ));
 
     let calls = context.ops.clone();
@@ -91,7 +93,8 @@ pub async fn run(
     let mut report = WorkloadReport::new("burst", vec![sends, phase.clone()])
         .measured(&phase)
         .figure("peak_in_flight", phase.peak_in_flight as f64);
-    if !context.cell_metrics.is_empty() {
+    // Only when a cell answered: a reused fleet may serve no /metrics.
+    if scraped.load(Ordering::Relaxed) {
         report = report.figure(
             "peak_lane_queue_depth",
             peak_queue.load(Ordering::Relaxed) as f64,
@@ -114,17 +117,22 @@ pub async fn run(
     Ok(report)
 }
 
-/// Polls every cell's lane-queue gauge; keeps the peak of their sum.
-async fn poll_queue(cells: Vec<std::net::SocketAddr>, stop: Arc<AtomicBool>, peak: Arc<AtomicU64>) {
-    if cells.is_empty() {
-        return;
-    }
-    while !stop.load(Ordering::Relaxed) {
+/// Polls every cell's lane-queue gauge; keeps the peak of their sum, and
+/// whether any cell answered at all.
+async fn poll_queue(
+    cells: Vec<std::net::SocketAddr>,
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    scraped: Arc<AtomicBool>,
+) {
+    while !cells.is_empty() && !stop.load(Ordering::Relaxed) {
         let mut sum = 0;
         for cell in &cells {
-            sum += crate::scrape::gauge(*cell, "redcell_cell_lane_queue_depth")
-                .await
-                .unwrap_or(0.0) as u64;
+            if let Some(depth) = crate::scrape::gauge(*cell, "redcell_cell_lane_queue_depth").await
+            {
+                scraped.store(true, Ordering::Relaxed);
+                sum += depth as u64;
+            }
         }
         peak.fetch_max(sum, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(100)).await;

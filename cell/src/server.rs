@@ -102,7 +102,8 @@ pub async fn run<P: Payments>(
         tracker.clone(),
         cancel.child_token(),
     )
-    .observed_by(config.metrics.clone());
+    .observed_by(config.metrics.clone())
+    .timed_by(db_clock.clone());
     let payments = Measured::new(payments, config.metrics.clone());
     let context = Arc::new(CellContext {
         cell: config.cell.clone(),

@@ -46,6 +46,7 @@ pub use merge::{CommitterKind, MergeConfig, MergeStats, MergedCommitter};
 use plan::{Answer, Ask, LaneState, Queued, Taker};
 
 use crate::{
+    clock::DbClock,
     envelope::{Envelope, Status},
     error::CellError,
     metrics::CellMetrics,
@@ -148,6 +149,8 @@ pub struct Lanes {
     cancel: CancellationToken,
     /// Batch size, wait and commit time are recorded here.
     metrics: Arc<CellMetrics>,
+    /// The DB's time, by which lanes judge expiry from memory.
+    clock: Arc<DbClock>,
 }
 
 impl Lanes {
@@ -179,7 +182,15 @@ impl Lanes {
             tracker,
             cancel,
             metrics: Arc::default(),
+            clock: Arc::default(),
         }
+    }
+
+    /// Judges expiry by `clock` (the server's, which its health probe sets;
+    /// the default never has a reading, so lanes leave expiry to the DB).
+    pub fn timed_by(mut self, clock: Arc<DbClock>) -> Lanes {
+        self.clock = clock;
+        self
     }
 
     /// Records batches in `metrics` (the server's; the default is a registry
@@ -303,6 +314,7 @@ impl Lanes {
             registry: self.registry.clone(),
             own_sender: sender.downgrade(),
             metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
         };
         self.tracker.spawn(lane.run(self.cancel.clone()));
         sender
@@ -319,6 +331,17 @@ struct Lane {
     registry: Registry,
     own_sender: mpsc::WeakSender<Request>,
     metrics: Arc<CellMetrics>,
+    clock: Arc<DbClock>,
+}
+
+/// The time a lane judges expiry by: the DB's, as the health probe last
+/// measured it (the DB stamped `expires_at` and its guard decides the
+/// commit: a server whose clock runs ahead would otherwise refuse a fresh
+/// envelope as EXPIRED). Before any reading, the epoch: no envelope is past
+/// its time then, so the lane answers nothing EXPIRED on a guess and the
+/// commit's `expires_at > now()` guard decides.
+fn judged_now(clock: &DbClock) -> SystemTime {
+    clock.now().unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 impl Lane {
@@ -428,7 +451,7 @@ impl Lane {
             .iter()
             .map(|(user, ask)| Queued { user, ask: *ask })
             .collect();
-        let triage = plan::triage(state, &queue, SystemTime::now());
+        let triage = plan::triage(state, &queue, judged_now(&self.clock));
         for (position, answer) in triage.answers {
             if let Some(reply) = replies[position].take() {
                 reply.send(answer);
@@ -454,7 +477,7 @@ impl Lane {
                 break;
             };
             let users: Vec<&str> = takers.iter().map(|taker| taker.user.as_str()).collect();
-            let batch = plan::plan_batch(state, &users, SystemTime::now());
+            let batch = plan::plan_batch(state, &users, judged_now(&self.clock));
             for (index, result) in &batch.answered {
                 answer(replies, &takers[*index], Answer::Open(result.clone()));
             }

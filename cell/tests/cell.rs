@@ -33,3 +33,9 @@ mod reload;
 
 #[path = "cell/repoint.rs"]
 mod repoint;
+
+#[path = "cell/failpoints.rs"]
+mod failpoints;
+
+#[path = "cell/clocks.rs"]
+mod clocks;

@@ -33,10 +33,10 @@ const POLL: Duration = Duration::from_millis(50);
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
 /// A file in the temp directory, removed on drop.
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(PathBuf);
 
 impl TempFile {
-    fn new(tag: &str, contents: &str) -> TempFile {
+    pub(crate) fn new(tag: &str, contents: &str) -> TempFile {
         let n = NEXT_FILE.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!(
             "redcell-cell-test-{}-{n}-{tag}",
@@ -46,7 +46,7 @@ impl TempFile {
         TempFile(path)
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -58,25 +58,25 @@ impl Drop for TempFile {
 }
 
 /// A port nothing listens on right now (bound, read, released).
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
 }
 
 /// The `cell` binary as a child process, its stderr in a temp file. Killed
 /// (SIGKILL) and reaped on drop, on every path out of a test.
-struct CellProcess {
+pub(crate) struct CellProcess {
     child: Child,
     stderr: TempFile,
 }
 
 impl CellProcess {
-    fn spawn(args: &[String]) -> CellProcess {
+    pub(crate) fn spawn(args: &[String]) -> CellProcess {
         CellProcess::spawn_with_env(args, &[])
     }
 
     /// Like [`CellProcess::spawn`], with these environment variables set.
-    fn spawn_with_env(args: &[String], env: &[(&str, &str)]) -> CellProcess {
+    pub(crate) fn spawn_with_env(args: &[String], env: &[(&str, &str)]) -> CellProcess {
         let stderr = TempFile::new("cell.stderr", "");
         let file = std::fs::File::create(stderr.path()).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_cell"));
@@ -101,6 +101,10 @@ impl CellProcess {
             "REDCELL_RECOVERY_GRACE_SECS",
             "REDCELL_INTERNAL_TOKEN",
             "REDCELL_LOG_JSON",
+            // the failpoints build's test switches (cell/src/failpoints.rs)
+            "FAILPOINTS",
+            "REDCELL_CRASH_AT",
+            "REDCELL_CLOCK_SKEW_SECS",
         ] {
             command.env_remove(name);
         }
@@ -116,16 +120,16 @@ impl CellProcess {
         CellProcess { child, stderr }
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
     }
 
-    fn exited(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().unwrap()
     }
 
     /// SIGKILL, then reap.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -138,7 +142,7 @@ impl Drop for CellProcess {
 }
 
 /// The flags of a logic server of n1 in `stack`'s topology file `topology`.
-fn cell_args(stack: &Stack, topology: &Path, listen: SocketAddr) -> Vec<String> {
+pub(crate) fn cell_args(stack: &Stack, topology: &Path, listen: SocketAddr) -> Vec<String> {
     [
         "--topology",
         &topology.display().to_string(),
@@ -184,7 +188,7 @@ async fn wait_for_health(channel: &Channel, wanted: ServingStatus) {
 }
 
 /// Waits until the child reports SERVING; fails at once if it exits.
-async fn wait_serving(process: &mut CellProcess, channel: &Channel) {
+pub(crate) async fn wait_serving(process: &mut CellProcess, channel: &Channel) {
     for _ in 0..POLLS {
         if let Some(status) = process.exited() {
             panic!(

@@ -75,16 +75,23 @@ pub use merged::{
     Found, OpenWrite, commit_alone, commit_merged, outcomes as merged_outcomes, why_not_updated,
 };
 
-const INSERT_SEND_REQUEST: &str = "INSERT INTO send_requests (sender, idempotency_key, envelope_id) VALUES ($1, $2, $3) \
-     ON CONFLICT (sender, idempotency_key) DO NOTHING";
+/// A Send's pending envelope and its idempotency row, in one autocommit
+/// statement (atomic as one; one round trip and one commit): the envelope is
+/// inserted only if the idempotency row was. The database's clock stamps the
+/// envelope: every later comparison that touches its money (expiry,
+/// recovery's grace) is made by the same clock. The casts fix the
+/// parameters' types, which `INSERT .. SELECT` would not infer.
+const INSERT_PENDING: &str = "WITH request AS ( \
+       INSERT INTO send_requests (sender, idempotency_key, envelope_id) VALUES ($3, $12, $2) \
+       ON CONFLICT (sender, idempotency_key) DO NOTHING RETURNING envelope_id) \
+     INSERT INTO envelopes (day, id, sender, kind, status, total_cents, count, remaining_cents, \
+       remaining_count, greeting, recipients, seed, split_rule, version, created_at, expires_at) \
+     SELECT $1::smallint, envelope_id, $3::text, $4::smallint, 1, $5::bigint, $6::integer, $5::bigint, \
+       $6::integer, $7::text, $8::text[], $9::bytea, $10::smallint, 0, now(), \
+       now() + make_interval(secs => $11::float8) \
+     FROM request RETURNING created_at, expires_at";
 const FIND_SEND_REQUEST: &str =
     "SELECT envelope_id FROM send_requests WHERE sender = $1 AND idempotency_key = $2";
-/// The database's clock stamps the envelope: every later comparison that
-/// touches its money (expiry, recovery's grace) is made by the same clock.
-const INSERT_ENVELOPE: &str = "INSERT INTO envelopes (day, id, sender, kind, status, total_cents, count, remaining_cents, \
-     remaining_count, greeting, recipients, seed, split_rule, version, created_at, expires_at) \
-     VALUES ($1, $2, $3, $4, 1, $5, $6, $5, $6, $7, $8, $9, $10, 0, now(), now() + make_interval(secs => $11)) \
-     RETURNING created_at, expires_at";
 const SELECT_ENVELOPE: &str = concat!(
     "SELECT ",
     envelope_columns!(),
@@ -142,25 +149,13 @@ pub async fn insert_pending(
     ttl: Duration,
     idempotency_key: &str,
 ) -> Result<Inserted, DbError> {
-    let mut client = pool.get().await?;
-    let transaction = client.transaction().await?;
+    let client = pool.get().await?;
     let id = envelope.id.to_string();
-    let claimed = transaction
-        .execute(
-            INSERT_SEND_REQUEST,
-            &[&envelope.sender, &idempotency_key, &id],
-        )
-        .await?;
-    if claimed == 0 {
-        let existing = transaction
-            .query_one(FIND_SEND_REQUEST, &[&envelope.sender, &idempotency_key])
-            .await?;
-        return Ok(Inserted::Existing(column(&existing, 0)?));
-    }
     let count = count_i32(envelope.count);
-    let stamped = transaction
-        .query_one(
-            INSERT_ENVELOPE,
+    let statement = client.prepare_cached(INSERT_PENDING).await?;
+    let stamped = client
+        .query_opt(
+            &statement,
             &[
                 &envelope.day(),
                 &id,
@@ -173,14 +168,24 @@ pub async fn insert_pending(
                 &envelope.seed.as_slice(),
                 &envelope.split_version.code(),
                 &ttl.as_secs_f64(),
+                &idempotency_key,
             ],
         )
         .await?;
-    transaction.commit().await?;
-    Ok(Inserted::New {
-        created_at: column(&stamped, 0)?,
-        expires_at: column(&stamped, 1)?,
-    })
+    match stamped {
+        Some(stamped) => Ok(Inserted::New {
+            created_at: column(&stamped, 0)?,
+            expires_at: column(&stamped, 1)?,
+        }),
+        // The key was taken: by a committed row, which a new statement (READ
+        // COMMITTED: a new snapshot) sees.
+        None => {
+            let existing = client
+                .query_one(FIND_SEND_REQUEST, &[&envelope.sender, &idempotency_key])
+                .await?;
+            Ok(Inserted::Existing(column(&existing, 0)?))
+        }
+    }
 }
 
 pub async fn find_send_request(
@@ -196,15 +201,17 @@ pub async fn find_send_request(
 }
 
 /// Moves a `PENDING_PAYMENT` envelope to `ACTIVE` or `CANCELLED`; returns the new
-/// version, or `None` if it was no longer pending.
+/// version, or `None` if it was no longer pending. A pooled connection's
+/// cached statement: one round trip, every Send's activation takes it.
 pub async fn resolve_pending(
-    client: &impl GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     id: &EnvelopeId,
     to: Status,
 ) -> Result<Option<i64>, DbError> {
+    let statement = client.prepare_cached(SET_STATUS_FROM_PENDING).await?;
     let row = client
         .query_opt(
-            SET_STATUS_FROM_PENDING,
+            &statement,
             &[&partition_day(id), &id.to_string(), &to.code()],
         )
         .await?;

@@ -40,21 +40,26 @@ pub async fn send<P: Payments>(
     command: SendCommand,
     suffix: Option<Suffix>,
 ) -> Result<Envelope, CellError> {
-    let known = store::find_send_request(
-        &cell.pool,
-        command.sender.as_str(),
-        &command.idempotency_key,
-    )
-    .await
-    .map_err(|error| before_writing(error.into()))?;
-    if let Some(existing) = known {
-        return replay(cell, &command, &existing).await;
-    }
-    let id = cell
-        .minter
-        .mint(&cell.topology.load(), suffix)
-        .await
-        .map_err(before_writing)?;
+    // A known idempotency key is found by the insert below (one statement
+    // for a new Send, not a lookup first); it is looked up here only when
+    // this server cannot mint, so a retry is still answered from its
+    // envelope while a topology change reaches the fleet.
+    let id = match cell.minter.mint(&cell.topology.load(), suffix).await {
+        Ok(id) => id,
+        Err(refused) => {
+            let known = store::find_send_request(
+                &cell.pool,
+                command.sender.as_str(),
+                &command.idempotency_key,
+            )
+            .await
+            .map_err(|error| before_writing(error.into()))?;
+            return match known {
+                Some(existing) => replay(cell, &command, &existing).await,
+                None => Err(before_writing(refused)),
+            };
+        }
+    };
     let now = SystemTime::now();
     let mut envelope = Envelope {
         id,
@@ -207,7 +212,7 @@ async fn pay<P: Payments>(
         }
         DebitOutcome::Voided => {
             let client = cell.pool.get().await.map_err(crate::db::DbError::from)?;
-            store::resolve_pending(&**client, &envelope.id, Status::Cancelled).await?;
+            store::resolve_pending(&client, &envelope.id, Status::Cancelled).await?;
             Err(CellError::FailedPrecondition(format!(
                 "envelope {} was cancelled: its payment did not go through",
                 envelope.id
@@ -223,7 +228,16 @@ async fn activate<P: Payments>(
     mut envelope: Envelope,
 ) -> Result<Envelope, CellError> {
     let client = cell.pool.get().await.map_err(crate::db::DbError::from)?;
-    match store::resolve_pending(&**client, &envelope.id, Status::Active).await? {
+    let started = std::time::Instant::now();
+    let activated = store::resolve_pending(&client, &envelope.id, Status::Active)
+        .instrument(tracing::info_span!(
+            "db_transaction",
+            kind = "send_activate"
+        ))
+        .await;
+    cell.metrics
+        .observe_transaction("send_activate", started.elapsed());
+    match activated? {
         Some(version) => {
             envelope.status = Status::Active;
             envelope.version = version;

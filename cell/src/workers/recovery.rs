@@ -79,7 +79,7 @@ pub async fn recover_batch<P: Payments>(
                 continue;
             }
         };
-        if store::resolve_pending(&**client, &id, to)
+        if store::resolve_pending(&client, &id, to)
             .await
             .map_err(|error| error.to_string())?
             .is_some()

@@ -111,6 +111,8 @@ struct Chaos {
     router: SocketAddr,
     /// Every address a part really listens on (port + offset), to wait for.
     shifted: Vec<SocketAddr>,
+    /// Each logic server's cells.yaml address by role (`n1/2`).
+    roles: BTreeMap<String, SocketAddr>,
     /// The new cell's logic server and DSN (cells.yaml side).
     new_server: String,
     new_dsn: String,
@@ -158,18 +160,30 @@ impl Chaos {
             failable: Vec::new(),
         };
         let mut shifted = Vec::new();
+        let mut roles = BTreeMap::new();
         runtime.block_on(async {
             for cell in topology.cells() {
-                for server in &cell.servers {
+                for (index, server) in cell.servers.iter().enumerate() {
                     let address: SocketAddr = server.parse().unwrap();
-                    let link = format!("router->{} {server}", cell.name);
+                    let role = format!("{}/{}", cell.name, index + 1);
+                    let link = format!("router->{role}");
                     proxy.add(&link, address, shift(address)).await;
+                    eprintln!(
+                        "chaos: {role} is {server} (listening on {})",
+                        shift(address)
+                    );
                     targets.to_servers.push(link);
-                    targets.servers.push((cell.name.clone(), server.clone()));
+                    targets.servers.push((cell.name.clone(), role.clone()));
+                    roles.insert(role, address);
                     shifted.push(shift(address));
                 }
                 let db = port_of(&cell.db);
                 let link = format!("{}->db", cell.name);
+                eprintln!(
+                    "chaos: {}'s order DB is port {db} (listening on {})",
+                    cell.name,
+                    db + offset
+                );
                 proxy.add(&link, local(db), local(db + offset)).await;
                 targets.to_dbs.push(link);
                 targets.cell_dbs.push((cell.name.clone(), db));
@@ -185,7 +199,7 @@ impl Chaos {
                 .await;
             shifted.push(local(pg[3] + offset));
             for (link, port) in [
-                (format!("router->{NEW_CELL} {new_server}"), new_ports[0]),
+                (format!("router->{NEW_CELL}/1"), new_ports[0]),
                 (format!("{NEW_CELL}->db"), new_ports[1]),
             ] {
                 proxy.add(&link, local(port), local(port + offset)).await;
@@ -213,6 +227,7 @@ impl Chaos {
             offset,
             router,
             shifted,
+            roles,
             new_server,
             new_dsn,
             expanded: false,
@@ -296,7 +311,7 @@ impl Chaos {
         let shift = |port: u16| SocketAddr::from(([127, 0, 0, 1], port + self.offset));
         match fault {
             Fault::KillServer { cell, server } => {
-                let port = server.parse::<SocketAddr>().unwrap().port();
+                let port = self.roles[server].port();
                 let part = format!("cell-{cell}-{}", port + self.offset);
                 self.crash(&part, Signal::Kill, shift(port));
                 let address = shift(port);

@@ -290,3 +290,20 @@ async fn workload(cli: &Cli, fleet: &Fleet) -> Result<(WorkloadReport, Option<Co
     });
     Ok((report, cost))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::variant_env;
+
+    #[test]
+    fn variants_name_the_cells_env_and_refuse_unknowns() {
+        assert!(variant_env("default").unwrap().is_empty());
+        let env = variant_env("rowlock+per-lane").unwrap();
+        assert_eq!(env["REDCELL_OPEN_STRATEGY"], "rowlock");
+        assert_eq!(env["REDCELL_COMMITTER"], "per-lane");
+        assert!(variant_env("lane+rowlock").unwrap_err().contains("twice"));
+        assert!(variant_env("fast").unwrap_err().contains("--variants"));
+    }
+}

@@ -312,6 +312,49 @@ async fn open_killed_after_the_commit_answers_the_stored_share_on_retry() {
     crash.assert_alive();
 }
 
+/// Killed between the ledger's credit and marking the transfer done: the
+/// receiver is credited, the transfer still pending; the fresh server credits
+/// it again under the same key, which the ledger answers without a second
+/// entry, and marks it done: paid exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_killed_after_the_credit_pays_the_receiver_once() {
+    const POINT: &str = "settlement::after_credit";
+    let mut crash = Crash::start(POINT, &[]).await;
+    let channel = crash.channel.clone();
+    let id = sent(&mut crash.stack, &channel, "alice", 10_000).await;
+    let share = stack::open_retrying(&mut crash.client("bob"), &id).await;
+    assert_eq!(share.status(), pb::ShareStatus::Available);
+    crash.reached(POINT).await;
+    let ledger = &crash.stack.ledger;
+    assert_eq!(ledger.balance("bob").await.unwrap(), share.amount_cents);
+    let pending = crash
+        .value(
+            "SELECT count(*) FROM transfers WHERE envelope_id = $1 AND status = 1",
+            &id,
+        )
+        .await;
+    assert_eq!(pending, 1, "credited, not yet marked done");
+    crash.kill_and_restart().await;
+    crash.stack.drain_settlement().await;
+    let ledger = &crash.stack.ledger;
+    assert_eq!(
+        ledger.balance("bob").await.unwrap(),
+        share.amount_cents,
+        "credited once"
+    );
+    let key = stack::claim_key(&id, share.sequence);
+    assert_eq!(
+        ledger.entries_count_by_prefix(&key).await.unwrap(),
+        1,
+        "one entry under {key}"
+    );
+    let report = crash.stack.check_money().await;
+    assert_eq!(report.claims, 1);
+    assert_eq!(report.pending_transfers, 0);
+    assert_eq!(report.held_cents, 10_000 - share.amount_cents);
+    crash.assert_alive();
+}
+
 /// Killed inside the expiry transaction (the envelope marked EXPIRED and its
 /// refund written, not committed): neither survives; the fresh server expires
 /// it again and refunds exactly the remainder, once; no share after that.

@@ -334,6 +334,7 @@ impl Chaos {
             }
             Fault::Cut { link, hold } => self.hold(link, Mode::Cut, *hold),
             Fault::Delay { link, by, hold } => self.hold(link, Mode::Delay(*by), *hold),
+            Fault::Blackhole { link, hold } => self.hold(link, Mode::Blackhole, *hold),
             Fault::FailRestore { cell, hold } => {
                 self.apply(&["fail", cell]);
                 std::thread::sleep(*hold);

@@ -9,7 +9,7 @@
 //! Every schedule holds each kind of fault at least once, in an order the
 //! seed shuffles (so even the short CI run crosses every path: both
 //! process kills, both PostgreSQL crashes, a cut of each kind of link, a
-//! delay, fail/restore and expand/switch); a longer run (`secs`) adds
+//! delay, a blackhole, fail/restore and expand/switch); a longer run (`secs`) adds
 //! faults drawn at random until its length is filled. Faults run one at a
 //! time: each is injected, held, healed, then the fleet gets a quiet pause.
 
@@ -51,6 +51,9 @@ pub enum Fault {
     CrashPostgres { what: String, port: u16 },
     /// Every connection through the link dropped, new ones refused.
     Cut { link: String, hold: Duration },
+    /// Nothing through the link either way, nothing closed: a silent
+    /// partition, healed after `hold`.
+    Blackhole { link: String, hold: Duration },
     /// Every chunk through the link held back `by`.
     Delay {
         link: String,
@@ -78,7 +81,9 @@ impl Fault {
         match self {
             Fault::KillServer { .. } | Fault::KillRouter => Duration::from_secs(3),
             Fault::CrashPostgres { .. } => Duration::from_secs(3),
-            Fault::Cut { hold, .. } | Fault::Delay { hold, .. } => *hold,
+            Fault::Cut { hold, .. } | Fault::Delay { hold, .. } | Fault::Blackhole { hold, .. } => {
+                *hold
+            }
             Fault::FailRestore { hold, .. } => *hold + Duration::from_secs(4),
             Fault::ExpandSwitch { hold } => *hold + Duration::from_secs(15),
         }
@@ -95,6 +100,7 @@ impl Fault {
             Fault::Cut { link, .. } if link.ends_with("ledger") => "cut cell->ledger",
             Fault::Cut { .. } => "cut cell->db",
             Fault::Delay { .. } => "delay link",
+            Fault::Blackhole { .. } => "blackhole link",
             Fault::FailRestore { .. } => "fail/restore",
             Fault::ExpandSwitch { .. } => "expand/switch",
         }
@@ -108,6 +114,9 @@ impl fmt::Display for Fault {
             Fault::KillRouter => write!(f, "kill -9 the router"),
             Fault::CrashPostgres { what, .. } => write!(f, "pg_ctl stop -m immediate: {what}"),
             Fault::Cut { link, hold } => write!(f, "cut {link} for {} ms", hold.as_millis()),
+            Fault::Blackhole { link, hold } => {
+                write!(f, "blackhole {link} for {} ms", hold.as_millis())
+            }
             Fault::Delay { link, by, hold } => write!(
                 f,
                 "delay {link} by {} ms for {} ms",
@@ -161,7 +170,7 @@ pub fn schedule(seed: u64, run: Duration, targets: &Targets) -> Vec<Step> {
 }
 
 /// How many kinds [`fault`] makes; the last is expand/switch.
-const KINDS: usize = 10;
+const KINDS: usize = 11;
 
 fn fault(rng: &mut StdRng, kind: usize, targets: &Targets) -> Fault {
     match kind {
@@ -207,7 +216,16 @@ fn fault(rng: &mut StdRng, kind: usize, targets: &Targets) -> Fault {
             cell: pick(rng, &targets.failable).clone(),
             hold: ms(rng, 1_000, 3_000),
         },
-        9 => Fault::ExpandSwitch {
+        9 => {
+            let mut links: Vec<String> = targets.to_servers.clone();
+            links.extend(targets.to_dbs.iter().cloned());
+            links.push(targets.to_ledger.clone());
+            Fault::Blackhole {
+                link: pick(rng, &links).clone(),
+                hold: ms(rng, 2_000, 8_000),
+            }
+        }
+        10 => Fault::ExpandSwitch {
             hold: ms(rng, 1_000, 3_000),
         },
         _ => unreachable!("kind {kind} of {KINDS}"),

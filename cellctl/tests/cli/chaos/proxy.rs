@@ -9,7 +9,11 @@
 //!   (latency, as a slow network adds it; throughput falls with it);
 //! - **cut**: every open connection is dropped at once (both sockets closed:
 //!   the peers see a reset or EOF mid-request) and each new one is closed
-//!   as soon as it is accepted, until the link is healed back to pass.
+//!   as soon as it is accepted, until the link is healed back to pass;
+//! - **blackhole**: a silent partition — nothing is forwarded either way and
+//!   nothing is closed (a new connection is accepted and left waiting), so
+//!   the peers see no error, only silence, until their own timeouts; at the
+//!   heal everything held flows on, as TCP resumes after a partition.
 //!
 //! Why our own and not toxiproxy: nothing to install, and the test drives it
 //! directly from the nemesis (no HTTP API in between), so a fault starts
@@ -29,6 +33,7 @@ pub enum Mode {
     Pass,
     Delay(Duration),
     Cut,
+    Blackhole,
 }
 
 /// One proxied path: a listener on `listen` forwarding to `target`.
@@ -92,6 +97,9 @@ impl Drop for Link {
 /// One connection: connect to `target`, then copy both ways under the
 /// link's mode until either side closes or the link is cut.
 async fn forward(client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    if !through_blackhole(&mut mode).await {
+        return;
+    }
     let Ok(server) = TcpStream::connect(target).await else {
         return; // the part is down (killed, restarting): the client sees EOF
     };
@@ -125,7 +133,7 @@ async fn forward(client: TcpStream, target: SocketAddr, mut mode: watch::Receive
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mode: watch::Receiver<Mode>,
+    mut mode: watch::Receiver<Mode>,
 ) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
@@ -137,8 +145,26 @@ async fn pump(
         if let Mode::Delay(delay) = current {
             tokio::time::sleep(delay).await;
         }
+        if !through_blackhole(&mut mode).await {
+            return;
+        }
         if to.write_all(&buffer[..read]).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Waits while the link is a blackhole; false when it was cut (or the
+/// link is gone) instead of healed.
+async fn through_blackhole(mode: &mut watch::Receiver<Mode>) -> bool {
+    loop {
+        match *mode.borrow_and_update() {
+            Mode::Blackhole => {}
+            Mode::Cut => return false,
+            Mode::Pass | Mode::Delay(_) => return true,
+        }
+        if mode.changed().await.is_err() {
+            return false;
         }
     }
 }
@@ -178,10 +204,11 @@ async fn round_trip(socket: &mut TcpStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The proxy's three modes on a real socket pair (an echo server behind a
-/// link): pass echoes, delay holds each chunk back at least its delay each
-/// way, cut ends an open connection and closes new ones at once, heal
-/// passes again.
+/// The proxy's modes on a real socket pair (an echo server behind a link):
+/// pass echoes, delay holds each chunk back at least its delay each way,
+/// blackhole answers nothing until healed and then delivers what it held,
+/// cut ends an open connection and closes new ones at once, heal passes
+/// again.
 #[test]
 fn chaos_proxy_passes_delays_cuts_and_heals() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -214,6 +241,16 @@ fn chaos_proxy_passes_delays_cuts_and_heals() {
         let took = started.elapsed();
         eprintln!("a round trip through a link delayed {delay:?} took {took:?}");
         assert!(took >= 2 * delay, "{took:?}");
+
+        link.set(Mode::Blackhole);
+        open.write_all(b"ping").await.unwrap();
+        let mut answer = [0u8; 4];
+        let silent =
+            tokio::time::timeout(Duration::from_millis(200), open.read_exact(&mut answer)).await;
+        assert!(silent.is_err(), "a blackholed link answered: {silent:?}");
+        link.set(Mode::Pass);
+        open.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"ping", "held bytes flow on after the heal");
 
         link.set(Mode::Cut);
         let mut byte = [0u8; 1];

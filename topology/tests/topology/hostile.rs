@@ -46,6 +46,8 @@ enum Mutation {
     Truncate(usize),
     Value(usize, usize),
     Insert(usize, String),
+    /// One character anywhere replaced (a typo inside a value or a list).
+    Char(usize, char),
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -56,6 +58,14 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         any::<usize>().prop_map(Mutation::Truncate),
         (any::<usize>(), 0..HOSTILE_VALUES.len()).prop_map(|(a, b)| Mutation::Value(a, b)),
         (any::<usize>(), "\\PC{0,40}").prop_map(|(a, text)| Mutation::Insert(a, text)),
+        (
+            any::<usize>(),
+            prop_oneof![
+                any::<char>(),
+                prop::sample::select(vec![' ', ',', ':', '[', ']', '"', '-', '0', '9'])
+            ]
+        )
+            .prop_map(|(a, c)| Mutation::Char(a, c)),
     ]
 }
 
@@ -92,6 +102,14 @@ fn apply(text: &str, mutation: &Mutation) -> String {
             line.push_str(HOSTILE_VALUES[*value]);
         }
         Mutation::Insert(at, inserted) => lines.insert(at % n, inserted.clone()),
+        Mutation::Char(at, replacement) => {
+            let mut chars: Vec<char> = text.chars().collect();
+            if !chars.is_empty() {
+                let at = at % chars.len();
+                chars[at] = *replacement;
+            }
+            return chars.into_iter().collect();
+        }
     }
     lines.join("\n")
 }

@@ -9,6 +9,12 @@ use redcell_proto::v1::red_envelope_server::RedEnvelopeServer;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::TcpIncoming;
+use tower::{
+    BoxError, ServiceBuilder,
+    layer::util::{Identity, Stack},
+    timeout::{TimeoutLayer, error::Elapsed},
+    util::MapErrLayer,
+};
 
 use crate::{
     config::RouterConfig,
@@ -41,6 +47,33 @@ pub const HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 4_096;
 /// TCP keepalive probes on accepted connections: a peer whose host vanished
 /// (no FIN, no RST) is found by the kernel even when HTTP/2 is quiet.
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// `--request-timeout-ms` as a layer inside the global limit (a call that
+/// runs out releases its slot): the handler's future, which decodes the
+/// request body, is cut off after `limit`. The timeout is answered
+/// `DEADLINE_EXCEEDED` like every other deadline of the router, rather than
+/// tonic's own server timeout, which answers `CANCELLED` (the router never
+/// answers that: README).
+fn request_timeout(limit: Duration) -> RequestTimeout {
+    ServiceBuilder::new()
+        .map_err(timeout_as_status as fn(BoxError) -> BoxError)
+        .timeout(limit)
+}
+
+/// The layer [`request_timeout`] builds: the timeout inside, the mapping of
+/// its error outside.
+type RequestTimeout =
+    ServiceBuilder<Stack<TimeoutLayer, Stack<MapErrLayer<fn(BoxError) -> BoxError>, Identity>>>;
+
+fn timeout_as_status(error: BoxError) -> BoxError {
+    if error.is::<Elapsed>() {
+        Box::new(tonic::Status::deadline_exceeded(
+            "the call ran past the router's request timeout",
+        ))
+    } else {
+        error
+    }
+}
 
 /// A started router's shared parts, for tests and operators' introspection.
 #[derive(Debug, Clone)]
@@ -165,9 +198,9 @@ pub fn start(
             .max_concurrent_streams(limits.max_streams_per_connection)
             .http2_keepalive_interval(Some(limits.keepalive))
             .http2_keepalive_timeout(Some(limits.keepalive))
-            .timeout(limits.request_timeout)
             .layer(RpcLayer::new(config.metrics.rpc.clone()))
             .layer(global_limit_layer(config.max_in_flight))
+            .layer(request_timeout(limits.request_timeout))
             .add_service(health_service.max_decoding_message_size(limits.max_message_bytes))
             .add_service(
                 RedEnvelopeServer::new(service).max_decoding_message_size(limits.max_message_bytes),

@@ -331,6 +331,9 @@ impl History {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 

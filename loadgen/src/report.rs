@@ -149,9 +149,17 @@ pub fn text(run: &RunReport) -> String {
             }
             let _ = writeln!(
                 out,
-                "  {:<28} {}{}",
+                "  {:<28} {}{}{}",
                 "acknowledged_shares",
                 workload.acknowledged_shares,
+                if workload.shares_found_on_replay > 0 {
+                    format!(
+                        " ({} found by replaying Opens that failed)",
+                        workload.shares_found_on_replay
+                    )
+                } else {
+                    String::new()
+                },
                 workload
                     .expected_shares
                     .map(|e| format!(" (expected {e})"))

@@ -230,6 +230,7 @@ async fn workload(cli: &Cli, fleet: &Fleet) -> Result<(WorkloadReport, Option<Co
             routers: Arc::new(Routers::connect(&fleet.routers)?),
             users: Arc::new(users),
             senders: Arc::new(senders),
+            unresolved: Arc::default(),
         },
         run_id: format!("lg{nanos}"),
         cost: CostProbe::new(&fleet.part_pids()),
@@ -280,6 +281,10 @@ async fn workload(cli: &Cli, fleet: &Fleet) -> Result<(WorkloadReport, Option<Co
         }
         Workload::Baseline => return Err("baseline runs no workload".into()),
     };
+    let mut report = report;
+    let found = workload::resolve_unknown_opens(&context.ops).await?;
+    report.shares_found_on_replay = found;
+    report.acknowledged_shares += found;
     let cost = context.measured.as_ref().map(|(before, after)| {
         let (per, calls) = if report.measured_opens > 0 {
             ("open", report.measured_opens)

@@ -65,8 +65,11 @@ pub struct WorkloadReport {
     pub phases: Vec<PhaseSummary>,
     /// Headline numbers (`shares_per_sec`, `cold_p99_ratio`, ...).
     pub figures: BTreeMap<String, f64>,
-    /// Opens answered AVAILABLE over every phase.
+    /// Opens answered AVAILABLE over every phase, plus the shares found on
+    /// replaying the Opens whose outcome was unknown.
     pub acknowledged_shares: u64,
+    /// Of those, found on replay (the first answer was lost or timed out).
+    pub shares_found_on_replay: u64,
     /// Shares the workload's envelopes must have had taken by the end, when
     /// it knows (every share of every envelope opened).
     pub expected_shares: Option<u64>,
@@ -83,6 +86,7 @@ impl WorkloadReport {
             phases,
             figures: BTreeMap::new(),
             acknowledged_shares,
+            shares_found_on_replay: 0,
             expected_shares: None,
             measured_opens: 0,
             measured_sends: 0,
@@ -110,12 +114,19 @@ impl WorkloadReport {
     }
 }
 
+/// An Open whose outcome is unknown: (user, envelope).
+pub type UnknownOpen = (usize, Arc<str>);
+
 /// Builds the calls; cheap to clone into a workload's generator.
 #[derive(Debug, Clone)]
 pub struct Calls {
     pub routers: Arc<Routers>,
     pub users: Arc<Users>,
     pub senders: Arc<Users>,
+    /// Opens whose outcome the caller never learned (the call failed with a
+    /// code that does not say "nothing happened"): replayed after the run,
+    /// as a client retries, since an Open replay returns the first result.
+    pub unresolved: Arc<std::sync::Mutex<Vec<UnknownOpen>>>,
 }
 
 impl Calls {
@@ -151,13 +162,24 @@ impl Calls {
     /// An Open of `envelope` by user `user`.
     pub fn open(&self, label: &'static str, user: usize, envelope: Arc<str>) -> Op {
         let mut client = self.routers.client(&self.users, user);
+        let unresolved = self.unresolved.clone();
         Op {
             label,
             call: Box::pin(async move {
                 let request = pb::OpenRequest {
                     envelope_id: envelope.to_string(),
                 };
-                let opened = client.open(request).await?.into_inner();
+                let opened = match client.open(request).await {
+                    Ok(opened) => opened.into_inner(),
+                    Err(status) => {
+                        if outcome_unknown(status.code())
+                            && let Ok(mut unresolved) = unresolved.lock()
+                        {
+                            unresolved.push((user, envelope));
+                        }
+                        return Err(status);
+                    }
+                };
                 Ok(match opened.status() {
                     pb::ShareStatus::Available => Outcome::Taken {
                         cents: opened.amount_cents,
@@ -182,6 +204,52 @@ impl Calls {
             }),
         }
     }
+}
+
+/// True for the codes after which an Open may or may not have taken a
+/// share (the reply was lost, or the router gave up waiting for the cell).
+fn outcome_unknown(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::DeadlineExceeded
+            | tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+    )
+}
+
+/// Replays every Open whose outcome was unknown (each up to five times,
+/// until it answers): the shares they had taken, which the run must count.
+pub async fn resolve_unknown_opens(calls: &Calls) -> Result<u64, String> {
+    let pending: Vec<UnknownOpen> = match calls.unresolved.lock() {
+        Ok(mut unresolved) => std::mem::take(&mut *unresolved),
+        Err(_) => return Err("an Open panicked".into()),
+    };
+    let mut taken = 0;
+    for (user, envelope) in pending {
+        let mut answered = false;
+        for _ in 0..5 {
+            let mut client = calls.routers.client(&calls.users, user);
+            let request = pb::OpenRequest {
+                envelope_id: envelope.to_string(),
+            };
+            if let Ok(opened) = client.open(request).await {
+                if opened.into_inner().status() == pb::ShareStatus::Available {
+                    taken += 1;
+                }
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !answered {
+            return Err(format!(
+                "an Open of {envelope} by user {user} never answered on replay"
+            ));
+        }
+    }
+    Ok(taken)
 }
 
 /// Funds `senders` senders enough for `cents_each` (in top-ups of at most

@@ -1,6 +1,6 @@
 //! The fleet under test, started and stopped the way an operator does it:
 //! `cellctl up --detach` on a cells.yaml loadgen writes (N cells of one
-//! region, one logic server and one PostgreSQL server each, the ledger a
+//! region, `--servers-per-cell` logic servers and one PostgreSQL server each, the ledger a
 //! database on the first cell's server; every port free when chosen), then
 //! `cellctl fund`, `cellctl reconcile` and `cellctl down`. loadgen links no
 //! server: the processes measured are the ones that ship.
@@ -43,6 +43,11 @@ const DEFAULT_DB_POOL: usize = 16;
 #[derive(Debug, Clone)]
 pub struct FleetSpec {
     pub cells: u32,
+    /// Logic servers per cell (`cellctl up` starts one per address in a
+    /// cell's `servers`; the router fails over between them).
+    pub servers_per_cell: u16,
+    /// `cellctl up --restart-crashed`: a killed part is started again.
+    pub restart_crashed: bool,
     pub routers: u16,
     pub fast: bool,
     pub admin_port_offset: u16,
@@ -110,6 +115,12 @@ impl Fleet {
         if spec.routers == 0 {
             return Err("--routers: must be at least 1".into());
         }
+        if !(1..=8).contains(&spec.servers_per_cell) {
+            return Err(format!(
+                "--servers-per-cell: must be 1 to 8, got {}",
+                spec.servers_per_cell
+            ));
+        }
         let cellctl = cellctl_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("loadgen-")
@@ -142,6 +153,9 @@ impl Fleet {
         if spec.fast {
             up.arg("--fast");
         }
+        if spec.restart_crashed {
+            up.arg("--restart-crashed");
+        }
         for (name, value) in FLEET_ENV_DEFAULTS {
             if std::env::var_os(name).is_none() {
                 up.env(name, value);
@@ -161,6 +175,7 @@ impl Fleet {
             cell_metrics: ports
                 .cells
                 .iter()
+                .flat_map(|&first| (0..ports.servers_per_cell).map(move |index| first + index))
                 .map(|port| SocketAddr::from(([127, 0, 0, 1], port + spec.admin_port_offset)))
                 .collect(),
             pg_port: ports.pg[0],
@@ -398,7 +413,9 @@ fn number_before(text: &str, suffix: &str) -> Option<u64> {
 #[derive(Debug)]
 struct Ports {
     pg: Vec<u16>,
+    /// Each cell's first logic server; its others on the ports after it.
     cells: Vec<u16>,
+    servers_per_cell: u16,
     router: u16,
 }
 
@@ -436,10 +453,15 @@ impl Ports {
         let mut cells = Vec::new();
         for _ in 0..spec.cells {
             pg.push(take(1, false)?);
-            cells.push(take(1, true)?);
+            cells.push(take(spec.servers_per_cell, true)?);
         }
         let router = take(spec.routers, true)?;
-        Ok(Ports { pg, cells, router })
+        Ok(Ports {
+            pg,
+            cells,
+            servers_per_cell: spec.servers_per_cell,
+            router,
+        })
     }
 
     fn ledger_dsn(&self) -> String {
@@ -453,8 +475,12 @@ fn topology_text(ports: &Ports) -> String {
     let mut text = String::from("version: 1\nregions: [north]\ncells:\n");
     for (index, (cell, pg)) in ports.cells.iter().zip(&ports.pg).enumerate() {
         let name = index + 1;
+        let servers: Vec<String> = (0..ports.servers_per_cell)
+            .map(|server| format!("\"127.0.0.1:{}\"", cell + server))
+            .collect();
+        let servers = servers.join(", ");
         text.push_str(&format!(
-            "  - name: n{name}\n    region: north\n    status: active\n    servers: [\"127.0.0.1:{cell}\"]\n    db: \"postgres://redcell@127.0.0.1:{pg}/cell_n{name}\"\n"
+            "  - name: n{name}\n    region: north\n    status: active\n    servers: [{servers}]\n    db: \"postgres://redcell@127.0.0.1:{pg}/cell_n{name}\"\n"
         ));
     }
     let ranges: Vec<String> = (0..count)
@@ -491,10 +517,15 @@ mod tests {
     fn written_topology_is_valid() {
         let ports = Ports {
             pg: vec![6001, 6002, 6003],
-            cells: vec![7001, 7002, 7003],
+            cells: vec![7001, 7011, 7021],
+            servers_per_cell: 2,
             router: 7000,
         };
         let topology = Topology::parse(&topology_text(&ports)).unwrap();
         assert_eq!(topology.cells().len(), 3);
+        assert_eq!(
+            topology.cells()[1].servers,
+            ["127.0.0.1:7011", "127.0.0.1:7012"]
+        );
     }
 }

@@ -47,6 +47,10 @@ pub struct Common {
     /// one PostgreSQL server each).
     #[arg(long, global = true, default_value_t = 2)]
     pub cells: u32,
+    /// Logic servers per cell of the fleet loadgen starts (`kill` needs 2:
+    /// the router fails over to a cell's other server).
+    #[arg(long, global = true)]
+    pub servers_per_cell: Option<u16>,
     /// Routers of the fleet loadgen starts (calls spread over them).
     #[arg(long, global = true, default_value_t = 1)]
     pub routers: u16,
@@ -106,6 +110,9 @@ pub enum Workload {
     Festival(workload::festival::FestivalArgs),
     /// A 10x step of Opens on one envelope: queue depth, shed %, drain time.
     Burst(workload::burst::BurstArgs),
+    /// Opens open loop at half the maximum over many envelopes; kill -9 of
+    /// one logic server part-way: the time back to 90% throughput.
+    Kill(workload::kill::KillArgs),
     /// Sends only: the maximum rate, then latency at half of it.
     Send,
     /// PostgreSQL's own limits on the fleet's server (bench/), alone.

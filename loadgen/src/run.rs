@@ -82,6 +82,7 @@ fn workload_name(workload: &Workload) -> &'static str {
         Workload::Uniform(_) => "uniform",
         Workload::Festival(_) => "festival",
         Workload::Burst(_) => "burst",
+        Workload::Kill(_) => "kill",
         Workload::Send => "send",
         Workload::Baseline => "baseline",
     }
@@ -122,6 +123,7 @@ fn users_needed(workload: &Workload, common: &Common) -> Result<usize, String> {
             common.rate.unwrap_or(BURST_RATE),
         ))
         .map_err(|_| "--rate: too high")?,
+        Workload::Kill(args) => args.shares as usize,
         Workload::Send | Workload::Baseline => 1,
     })
 }
@@ -136,6 +138,15 @@ async fn run_variant(
         Some(state_dir) => Fleet::attach(state_dir, common.admin_port_offset)?,
         None => Fleet::start(&FleetSpec {
             cells: common.cells,
+            // `kill` needs a cell's second server to fail over to.
+            servers_per_cell: common.servers_per_cell.unwrap_or(
+                if let Workload::Kill(_) = cli.workload {
+                    2
+                } else {
+                    1
+                },
+            ),
+            restart_crashed: matches!(&cli.workload, Workload::Kill(args) if args.restart_crashed),
             routers: common.routers,
             fast: common.fast,
             admin_port_offset: common
@@ -269,6 +280,7 @@ async fn workload(cli: &Cli, fleet: &Fleet) -> Result<(WorkloadReport, Option<Co
         Workload::Burst(args) => {
             workload::burst::run(&mut context, args, common.rate.unwrap_or(BURST_RATE)).await?
         }
+        Workload::Kill(args) => workload::kill::run(&mut context, args, fleet, common).await?,
         Workload::Send => {
             workload::send::run(
                 &mut context,

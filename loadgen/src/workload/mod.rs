@@ -1,6 +1,6 @@
 //! The workloads, one file each, all through the router(s) as users do:
 //! [`matrix`] (`hot`: few envelopes, many openers; `uniform`: many envelopes
-//! over every cell), [`send`], [`festival`], [`burst`].
+//! over every cell), [`send`], [`festival`], [`burst`], [`kill`].
 //!
 //! Shared here: the calls every workload makes ([`Calls`]), the senders' setup ([`send_envelopes`]) and the
 //! [`Context`] a workload runs in. Every user opens an envelope at most
@@ -9,6 +9,7 @@
 
 pub mod burst;
 pub mod festival;
+pub mod kill;
 pub mod matrix;
 pub mod send;
 
@@ -76,6 +77,9 @@ pub struct WorkloadReport {
     /// Calls of the measured phase, by kind, for the cost model.
     pub measured_opens: u64,
     pub measured_sends: u64,
+    /// Time series of a workload that has one (`kill`: OK Opens per 100 ms).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub series: BTreeMap<String, Vec<u64>>,
 }
 
 impl WorkloadReport {
@@ -90,6 +94,7 @@ impl WorkloadReport {
             expected_shares: None,
             measured_opens: 0,
             measured_sends: 0,
+            series: BTreeMap::new(),
         }
     }
 

@@ -114,9 +114,9 @@ fn users_needed(workload: &Workload, common: &Common) -> Result<usize, String> {
     Ok(match workload {
         Workload::Hot(args) => args.sizes(workload::matrix::HOT)?.users,
         Workload::Uniform(args) => args.sizes(workload::matrix::UNIFORM)?.users,
-        Workload::Festival(_) => {
+        Workload::Festival(args) => {
             let rate = common.rate.unwrap_or(FESTIVAL_RATE);
-            (rate * common.duration * 1.6).ceil() as usize + 16
+            (rate * common.duration * 1.6 * f64::from(args.rounds.max(1))).ceil() as usize + 16
         }
         Workload::Burst(args) => usize::try_from(workload::burst::shares(
             args,

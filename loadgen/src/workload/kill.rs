@@ -380,15 +380,13 @@ pub async fn run(
         }
     }
 
-    let mut report = WorkloadReport::new("kill", {
-        phases.push(phase.clone());
-        phases
-    })
-    .measured(&phase)
-    .figure("offered_per_sec", rate)
-    .figure("killed_at_secs", killed_at)
-    .figure("restarted_by_up", if restarted { 1.0 } else { 0.0 })
-    .figure("servers_in_killed_cell", servers as f64);
+    phases.push(phase.clone());
+    let mut report = WorkloadReport::new("kill", phases)
+        .measured(&phase)
+        .figure("offered_per_sec", rate)
+        .figure("killed_at_secs", killed_at)
+        .figure("restarted_by_up", if restarted { 1.0 } else { 0.0 })
+        .figure("servers_in_killed_cell", servers as f64);
     if let Some(max) = max {
         report = report.figure("max_opens_per_sec", max);
     }

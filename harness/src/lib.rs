@@ -59,8 +59,8 @@
 //!   not).
 //!
 //! **Owns**: starting, cloning and cleaning up PostgreSQL for tests and
-//! benchmarks. **Never**: linked into a server binary (a dev-dependency and
-//! loadgen's only), knows a redcell schema, or leaves a server running.
+//! benchmarks. **Never**: linked into a server binary (a dev-dependency
+//! only; loadgen measures `cellctl up` fleets now), knows a redcell schema, or leaves a server running.
 
 mod databases;
 mod error;

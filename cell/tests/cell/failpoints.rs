@@ -122,6 +122,43 @@ impl Crash {
         panic!("envelope {id} stayed in status {last}, never {code}");
     }
 
+    /// A server holding at `point` with alice's acknowledged 100.00 envelope.
+    pub async fn with_envelope(point: &str, extra: &[(&str, &str)]) -> (Crash, String) {
+        let mut crash = Crash::start(point, extra).await;
+        let channel = crash.channel.clone();
+        let id = sent(&mut crash.stack, &channel, "alice", 10_000).await;
+        (crash, id)
+    }
+
+    /// Runs `call` until the server sits at `point`, SIGKILLs and restarts it,
+    /// and checks the client was refused (`what` names the call in the log).
+    pub async fn kill_in_flight<T: Send + std::fmt::Debug + 'static>(
+        &mut self,
+        point: &str,
+        what: &str,
+        call: impl Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    ) {
+        let in_flight = tokio::spawn(call);
+        self.reached(point).await;
+        self.kill_and_restart().await;
+        let refused = in_flight.await.unwrap().unwrap_err();
+        println!("the {what} in flight at the kill: {refused:?}");
+    }
+
+    /// `user` opens `id` (retrying while the cell restarts) and is given an
+    /// available share.
+    pub async fn open_available(&self, user: &str, id: &str) -> pb::OpenResponse {
+        let share = stack::open_retrying(&mut self.client(user), id).await;
+        assert_eq!(share.status(), pb::ShareStatus::Available);
+        share
+    }
+
+    /// Settlement drained, then the money invariants checked.
+    pub async fn settled_report(&self) -> redcell_cell::reconcile::Report {
+        self.stack.drain_settlement().await;
+        self.stack.check_money().await
+    }
+
     /// Still running after everything the test did.
     pub fn assert_alive(&mut self) {
         assert!(
@@ -225,10 +262,8 @@ async fn send_killed_after_the_debit_activates_once_and_charges_once() {
         1,
         "one debit"
     );
-    let share = stack::open_retrying(&mut crash.client("bob"), &id).await;
-    assert_eq!(share.status(), pb::ShareStatus::Available);
-    crash.stack.drain_settlement().await;
-    let report = crash.stack.check_money().await;
+    let share = crash.open_available("bob", &id).await;
+    let report = crash.settled_report().await;
     assert_eq!(report.pending_payments, 0);
     assert_eq!(report.held_cents, 10_000 - share.amount_cents);
     crash.assert_alive();
@@ -239,33 +274,25 @@ async fn send_killed_after_the_debit_activates_once_and_charges_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_killed_before_the_commit_writes_nothing_and_the_retry_takes_one_share() {
     const POINT: &str = "lane::before_commit";
-    let mut crash = Crash::start(POINT, &[]).await;
-    let channel = crash.channel.clone();
-    let id = sent(&mut crash.stack, &channel, "alice", 10_000).await;
+    let (mut crash, id) = Crash::with_envelope(POINT, &[]).await;
     let mut client = crash.client("bob");
-    let in_flight = tokio::spawn({
-        let id = id.clone();
-        async move { client.open(open(&id)).await }
-    });
-    crash.reached(POINT).await;
-    crash.kill_and_restart().await;
-    let refused = in_flight.await.unwrap().unwrap_err();
-    println!("the Open in flight at the kill: {refused:?}");
+    let request = open(&id);
+    crash
+        .kill_in_flight(POINT, "Open", async move { client.open(request).await })
+        .await;
     assert!(
         crash.stack.claims(&id).await.is_empty(),
         "nothing committed"
     );
 
-    let share = stack::open_retrying(&mut crash.client("bob"), &id).await;
-    assert_eq!(share.status(), pb::ShareStatus::Available);
+    let share = crash.open_available("bob", &id).await;
     let again = stack::open_retrying(&mut crash.client("bob"), &id).await;
     assert_eq!(again.amount_cents, share.amount_cents, "the same share");
     assert_eq!(
         crash.stack.claims(&id).await,
         vec![("bob".to_owned(), share.amount_cents)]
     );
-    crash.stack.drain_settlement().await;
-    let report = crash.stack.check_money().await;
+    let report = crash.settled_report().await;
     assert_eq!(report.claims, 1);
     assert_eq!(
         crash.stack.ledger.balance("bob").await.unwrap(),
@@ -280,32 +307,24 @@ async fn open_killed_before_the_commit_writes_nothing_and_the_retry_takes_one_sh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_killed_after_the_commit_answers_the_stored_share_on_retry() {
     const POINT: &str = "lane::after_commit";
-    let mut crash = Crash::start(POINT, &[]).await;
-    let channel = crash.channel.clone();
-    let id = sent(&mut crash.stack, &channel, "alice", 10_000).await;
+    let (mut crash, id) = Crash::with_envelope(POINT, &[]).await;
     let mut client = crash.client("bob");
-    let in_flight = tokio::spawn({
-        let id = id.clone();
-        async move { client.open(open(&id)).await }
-    });
-    crash.reached(POINT).await;
-    crash.kill_and_restart().await;
-    let refused = in_flight.await.unwrap().unwrap_err();
-    println!("the Open in flight at the kill: {refused:?}");
+    let request = open(&id);
+    crash
+        .kill_in_flight(POINT, "Open", async move { client.open(request).await })
+        .await;
     let stored = crash.stack.claims(&id).await;
     assert_eq!(stored.len(), 1, "the commit happened: {stored:?}");
     let (user, amount) = stored[0].clone();
     assert_eq!(user, "bob");
 
-    let retried = stack::open_retrying(&mut crash.client("bob"), &id).await;
-    assert_eq!(retried.status(), pb::ShareStatus::Available);
+    let retried = crash.open_available("bob", &id).await;
     assert_eq!(
         retried.amount_cents, amount,
         "the retry answers the stored share"
     );
     assert_eq!(crash.stack.claims(&id).await, stored, "no second share");
-    crash.stack.drain_settlement().await;
-    let report = crash.stack.check_money().await;
+    let report = crash.settled_report().await;
     assert_eq!(report.claims, 1);
     assert_eq!(crash.stack.ledger.balance("bob").await.unwrap(), amount);
     assert_eq!(report.held_cents, 10_000 - amount);
@@ -319,11 +338,8 @@ async fn open_killed_after_the_commit_answers_the_stored_share_on_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settlement_killed_after_the_credit_pays_the_receiver_once() {
     const POINT: &str = "settlement::after_credit";
-    let mut crash = Crash::start(POINT, &[]).await;
-    let channel = crash.channel.clone();
-    let id = sent(&mut crash.stack, &channel, "alice", 10_000).await;
-    let share = stack::open_retrying(&mut crash.client("bob"), &id).await;
-    assert_eq!(share.status(), pb::ShareStatus::Available);
+    let (mut crash, id) = Crash::with_envelope(POINT, &[]).await;
+    let share = crash.open_available("bob", &id).await;
     crash.reached(POINT).await;
     let ledger = &crash.stack.ledger;
     assert_eq!(ledger.balance("bob").await.unwrap(), share.amount_cents);
@@ -361,11 +377,8 @@ async fn settlement_killed_after_the_credit_pays_the_receiver_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_killed_before_its_commit_refunds_exactly_once_after_restart() {
     const POINT: &str = "expiry::inside";
-    let mut crash = Crash::start(POINT, &[("--envelope-ttl-secs", "2")]).await;
-    let channel = crash.channel.clone();
-    let id = sent(&mut crash.stack, &channel, "alice", 10_000).await;
-    let share = stack::open_retrying(&mut crash.client("bob"), &id).await;
-    assert_eq!(share.status(), pb::ShareStatus::Available);
+    let (mut crash, id) = Crash::with_envelope(POINT, &[("--envelope-ttl-secs", "2")]).await;
+    let share = crash.open_available("bob", &id).await;
     crash.reached(POINT).await;
     crash.kill_and_restart().await;
     // (The fresh server may already have expired it again: either state is
@@ -391,8 +404,7 @@ async fn expiry_killed_before_its_commit_refunds_exactly_once_after_restart() {
     );
     let late = stack::open_retrying(&mut crash.client("carol"), &id).await;
     assert_eq!(late.status(), pb::ShareStatus::Expired);
-    crash.stack.drain_settlement().await;
-    let report = crash.stack.check_money().await;
+    let report = crash.settled_report().await;
     assert_eq!(report.claims, 1);
     assert_eq!(report.held_cents, 0);
     assert_eq!(crash.stack.ledger.balance("alice").await.unwrap(), refunded);

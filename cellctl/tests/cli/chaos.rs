@@ -49,7 +49,7 @@ use tonic_health::pb::{
 };
 
 use self::{
-    client::{ChaosLoad, Replays},
+    client::Replays,
     nemesis::{Fault, Step, Targets},
     proxy::{Mode, Proxy},
 };
@@ -469,7 +469,7 @@ fn chaos_bank_test_loses_and_duplicates_nothing() {
         .block_on(Router::connect(std::path::Path::new(&state)));
     let log: load::SharedLog = Arc::new(Mutex::new(load::Log::default()));
     let replays = Arc::new(Replays::default());
-    let load = ChaosLoad::start(&chaos.runtime, &router, &senders(), &log, &replays, seed);
+    let load = client::start(&chaos.runtime, &router, &senders(), &log, &replays, seed);
     chaos.wait("the load's first 10 Sends acknowledged", || {
         log.lock().unwrap().sends.len() >= 10
     });

@@ -33,9 +33,8 @@ pub type Client = RedEnvelopeClient<InterceptedService<Channel, BearerToken>>;
 /// How long one operation is retried before the load gives up on it.
 pub const RETRY_FOR: Duration = Duration::from_secs(60);
 /// Pause between attempts of one operation.
-const BACKOFF: Duration = Duration::from_millis(50);
-/// Pause between rounds of one task, so a user stays under the router's
-/// per-user rate limit (50 calls/s) without leaning on its refusals.
+pub const BACKOFF: Duration = Duration::from_millis(50);
+/// Pause between rounds of one live-scenario task ([`Variety::ROUND_PAUSE`]).
 const ROUND_PAUSE: Duration = Duration::from_millis(30);
 
 /// The fleet's front door: a channel to the first router of a `cellctl up`
@@ -259,6 +258,83 @@ pub async fn open_watched(
     }
 }
 
+/// What varies between the loads that run on [`Worker`]: the shape of each
+/// round's envelope, the random choices, and what to do after an
+/// acknowledged operation (the chaos run replays some; the live scenarios
+/// do nothing). One worker loop, so both loads retry and log alike.
+pub trait Variety: Send + 'static {
+    /// The greeting of every Send (tells the loads apart in the fleet).
+    const GREETING: &'static str;
+    /// Pause between rounds of one task, so a user stays under the router's
+    /// per-user rate limit (50 calls/s) without leaning on its refusals.
+    const ROUND_PAUSE: Duration;
+
+    /// The `round`th envelope: share count, cents a share, kind.
+    fn shape(&mut self, round: u64) -> (u32, i64, pb::EnvelopeKind);
+
+    /// An index below `len` (> 0), for the older envelope a round opens.
+    fn index(&mut self, len: usize) -> usize;
+
+    /// After `request` was acknowledged as `sent`.
+    fn after_send(
+        &mut self,
+        _client: &mut Client,
+        _sender: &Sender,
+        _request: &pb::SendRequest,
+        _sent: &Sent,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// After an Open of `envelope` by `user` was acknowledged as `first`.
+    fn after_open(
+        &mut self,
+        _client: &mut Client,
+        _log: &SharedLog,
+        _user: &str,
+        _envelope: &str,
+        _first: &Opened,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// The live scenarios' variety: alternating kinds, xorshift64 for the rest
+/// (reproducible variety without a dependency), nothing after an operation.
+struct Plain {
+    random: u64,
+}
+
+impl Variety for Plain {
+    const GREETING: &'static str = "live";
+    const ROUND_PAUSE: Duration = ROUND_PAUSE;
+
+    fn shape(&mut self, round: u64) -> (u32, i64, pb::EnvelopeKind) {
+        let count = 1 + (self.next() % 3) as u32;
+        let share = 50 + (self.next() % 201) as i64;
+        let kind = if round.is_multiple_of(2) {
+            pb::EnvelopeKind::Equal
+        } else {
+            pb::EnvelopeKind::Lucky
+        };
+        (count, share, kind)
+    }
+
+    fn index(&mut self, len: usize) -> usize {
+        (self.next() % len as u64) as usize
+    }
+}
+
+impl Plain {
+    /// xorshift64.
+    fn next(&mut self) -> u64 {
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        self.random
+    }
+}
+
 /// The running load: one task per sender.
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -282,6 +358,20 @@ impl Load {
         log: &SharedLog,
         tag: &str,
     ) -> Load {
+        Load::start_with(runtime, router, senders, log, tag, |index| Plain {
+            random: 0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1),
+        })
+    }
+
+    /// [`Load::start`] with the `variety` of each sender (by index).
+    pub fn start_with<V: Variety>(
+        runtime: &tokio::runtime::Runtime,
+        router: &Router,
+        senders: &[Sender],
+        log: &SharedLog,
+        tag: &str,
+        mut variety: impl FnMut(usize) -> V,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks = senders
             .iter()
@@ -294,7 +384,7 @@ impl Load {
                     stop: stop.clone(),
                     key_prefix: format!("{tag}-{index}"),
                     tried: HashSet::new(),
-                    random: 0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1),
+                    variety: variety(index),
                 };
                 runtime.spawn(worker.run())
             })
@@ -314,7 +404,7 @@ impl Load {
     }
 }
 
-struct Worker {
+struct Worker<V> {
     client: Client,
     sender: Sender,
     log: SharedLog,
@@ -322,37 +412,43 @@ struct Worker {
     key_prefix: String,
     /// Envelopes this user has tried to open.
     tried: HashSet<String>,
-    random: u64,
+    variety: V,
 }
 
-impl Worker {
+impl<V: Variety> Worker<V> {
     async fn run(mut self) {
         let mut round: u64 = 0;
         while !self.stop.load(Ordering::SeqCst) {
             round += 1;
-            let count = 1 + (self.next() % 3) as u32;
-            let share = 50 + (self.next() % 201) as i64;
-            let kind = if round.is_multiple_of(2) {
-                pb::EnvelopeKind::Equal
-            } else {
-                pb::EnvelopeKind::Lucky
-            };
+            let (count, share, kind) = self.variety.shape(round);
             let request = pb::SendRequest {
                 total_cents: share * i64::from(count),
                 count,
                 kind: kind.into(),
-                greeting: "live".to_owned(),
+                greeting: V::GREETING.to_owned(),
                 recipients: Vec::new(),
                 idempotency_key: format!("{}-{round}", self.key_prefix),
             };
-            send(&mut self.client, &self.log, &self.sender, request).await;
+            let sent = send(&mut self.client, &self.log, &self.sender, request.clone()).await;
+            if let Some(sent) = sent {
+                self.variety
+                    .after_send(&mut self.client, &self.sender, &request, &sent)
+                    .await;
+            }
             for pick in [Pick::Newest, Pick::Any] {
-                if let Some(envelope) = self.pick(pick) {
-                    self.tried.insert(envelope.clone());
-                    open(&mut self.client, &self.log, &self.sender.user, &envelope).await;
+                let Some(envelope) = self.pick(pick) else {
+                    continue;
+                };
+                self.tried.insert(envelope.clone());
+                let user = &self.sender.user;
+                let first = open(&mut self.client, &self.log, user, &envelope).await;
+                if let Some(first) = first {
+                    self.variety
+                        .after_open(&mut self.client, &self.log, user, &envelope, &first)
+                        .await;
                 }
             }
-            tokio::time::sleep(ROUND_PAUSE).await;
+            tokio::time::sleep(V::ROUND_PAUSE).await;
         }
     }
 
@@ -371,18 +467,10 @@ impl Worker {
             Pick::Newest => candidates.into_iter().next(),
             Pick::Any if candidates.is_empty() => None,
             Pick::Any => {
-                let index = (self.next() % candidates.len() as u64) as usize;
+                let index = self.variety.index(candidates.len());
                 candidates.into_iter().nth(index)
             }
         }
-    }
-
-    /// xorshift64: reproducible variety without a dependency.
-    fn next(&mut self) -> u64 {
-        self.random ^= self.random << 13;
-        self.random ^= self.random >> 7;
-        self.random ^= self.random << 17;
-        self.random
     }
 }
 

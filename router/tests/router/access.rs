@@ -118,7 +118,13 @@ fn bad_credentials() -> Vec<(&'static str, Option<String>)> {
     ]
 }
 
-fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, what: &str) -> Status {
+/// The call failed with `code` (`what` names it in the panic); its status,
+/// for checks of the message. Shared with hostile.rs.
+pub(crate) fn assert_code<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    what: &str,
+) -> Status {
     match result {
         Ok(value) => panic!("{what}: expected {code:?}, got {value:?}"),
         Err(status) => {

@@ -29,6 +29,7 @@ use redcell_proto::v1::{
 };
 use tonic::{Code, Request, Status, transport::Channel};
 
+use crate::access::assert_code;
 use crate::stack::{Builder, HS_KEY, INTERNAL_TOKEN, Stack};
 
 // ---------------------------------------------------------------------------
@@ -220,16 +221,6 @@ fn invalid(result: Result<(), Status>, field: &str, what: &str) {
     );
 }
 
-fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, what: &str) -> Status {
-    match result {
-        Ok(value) => panic!("{what}: expected {code:?}, got {value:?}"),
-        Err(status) => {
-            assert_eq!(status.code(), code, "{what}: {status:?}");
-            status
-        }
-    }
-}
-
 /// What the whole deployment has written: rows of every money-bearing table,
 /// summed over the cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +254,29 @@ async fn written(stack: &Stack) -> Written {
         total.send_requests += row.get::<_, i64>(3);
     }
     total
+}
+
+/// One value of the order DB of the cell that holds envelope `id`; `sql`
+/// takes `id` as `$1`.
+async fn envelope_value<T>(stack: &Stack, id: &str, sql: &str) -> T
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    stack
+        .cell(&stack.cell_of(id))
+        .orders
+        .connect()
+        .await
+        .unwrap()
+        .query_one(sql, &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The envelope of a Send that must succeed.
+fn sent_envelope(reply: Result<tonic::Response<pb::SendResponse>, Status>) -> pb::Envelope {
+    reply.unwrap().into_inner().envelope.unwrap()
 }
 
 /// Tables of every cell's order DB and of the ledger, to show none was
@@ -418,16 +432,14 @@ async fn hostile_tokens_are_unauthenticated_and_write_nothing() {
     // Control: the router's own header and alice's claims, signed with the
     // router's key, are served.
     let good = jws(HS256_HEADER, &alice_claims(), Sign::Hs256(HS_KEY));
-    let sent = client
-        .send(with_metadata(
-            lucky("control", "hi"),
-            &[("authorization", format!("Bearer {good}"))],
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .envelope
-        .unwrap();
+    let sent = sent_envelope(
+        client
+            .send(with_metadata(
+                lucky("control", "hi"),
+                &[("authorization", format!("Bearer {good}"))],
+            ))
+            .await,
+    );
     assert_eq!(sent.sender, "alice");
     stack.check_money().await;
 }
@@ -450,21 +462,19 @@ async fn a_caller_cannot_act_for_another_user() {
     let bobs = stack.send("bob", "bobs", 1_000, 10).await;
     // An EXCLUSIVE envelope for carol, from dave.
     stack.fund("dave", 500).await;
-    let for_carol = stack
-        .client("dave")
-        .send(pb::SendRequest {
-            total_cents: 500,
-            count: 1,
-            kind: pb::EnvelopeKind::Exclusive.into(),
-            greeting: String::new(),
-            recipients: vec!["carol".into()],
-            idempotency_key: "for-carol".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .envelope
-        .unwrap();
+    let for_carol = sent_envelope(
+        stack
+            .client("dave")
+            .send(pb::SendRequest {
+                total_cents: 500,
+                count: 1,
+                kind: pb::EnvelopeKind::Exclusive.into(),
+                greeting: String::new(),
+                recipients: vec!["carol".into()],
+                idempotency_key: "for-carol".into(),
+            })
+            .await,
+    );
     let bob_before = stack.ledger.balance("bob").await.unwrap();
 
     let posing = |user: &str, as_whom: &str| {
@@ -477,29 +487,22 @@ async fn a_caller_cannot_act_for_another_user() {
     let mut router = RedEnvelopeClient::new(channel_to(stack.router_address));
 
     // Send: the sender is alice, and alice pays.
-    let sent = router
-        .send(with_metadata(
-            lucky("posing", "hi"),
-            &posing("alice", "bob"),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .envelope
-        .unwrap();
+    let sent = sent_envelope(
+        router
+            .send(with_metadata(
+                lucky("posing", "hi"),
+                &posing("alice", "bob"),
+            ))
+            .await,
+    );
     assert_eq!(sent.sender, "alice");
     assert_eq!(stack.ledger.balance("alice").await.unwrap(), 10_000 - 100);
-    let cell = stack.cell_of(&sent.id);
-    let sender: String = stack
-        .cell(&cell)
-        .orders
-        .connect()
-        .await
-        .unwrap()
-        .query_one("SELECT sender FROM envelopes WHERE id = $1", &[&sent.id])
-        .await
-        .unwrap()
-        .get(0);
+    let sender: String = envelope_value(
+        &stack,
+        &sent.id,
+        "SELECT sender FROM envelopes WHERE id = $1",
+    )
+    .await;
     assert_eq!(sender, "alice");
 
     // Open of bob's envelope: the claim is alice's, not bob's.
@@ -581,19 +584,12 @@ async fn a_caller_cannot_act_for_another_user() {
     // envelope's debit happened before), and carol's envelope is untouched.
     stack.drain_settlement().await;
     assert_eq!(stack.ledger.balance("bob").await.unwrap(), bob_before);
-    let carol_claims: i64 = stack
-        .cell(&stack.cell_of(&for_carol.id))
-        .orders
-        .connect()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT count(*) FROM claims WHERE envelope_id = $1",
-            &[&for_carol.id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let carol_claims: i64 = envelope_value(
+        &stack,
+        &for_carol.id,
+        "SELECT count(*) FROM claims WHERE envelope_id = $1",
+    )
+    .await;
     assert_eq!(carol_claims, 0);
     stack.check_money().await;
 }
@@ -806,19 +802,12 @@ async fn injection_strings_are_refused_or_stored_verbatim() {
             .envelope
             .unwrap();
         assert_eq!(got.greeting, text, "{what}: Get");
-        let row: String = stack
-            .cell(&stack.cell_of(&envelope.id))
-            .orders
-            .connect()
-            .await
-            .unwrap()
-            .query_one(
-                "SELECT greeting FROM envelopes WHERE id = $1",
-                &[&envelope.id],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let row: String = envelope_value(
+            &stack,
+            &envelope.id,
+            "SELECT greeting FROM envelopes WHERE id = $1",
+        )
+        .await;
         assert_eq!(row, text, "{what}: the order DB");
         stored += 1;
     }
@@ -963,13 +952,7 @@ async fn oversized_messages_are_refused_and_the_servers_keep_serving() {
         .unwrap()
         .into_inner();
     assert_eq!(grabbed.status(), pb::ShareStatus::Available);
-    let sent = alice
-        .send(lucky("after", "hi"))
-        .await
-        .unwrap()
-        .into_inner()
-        .envelope
-        .unwrap();
+    let sent = sent_envelope(alice.send(lucky("after", "hi")).await);
     assert_eq!(sent.sender, "alice");
     stack.check_money().await;
 }
@@ -1126,19 +1109,12 @@ async fn floods_are_shed_and_others_are_still_served() {
         pb::ShareStatus::Available
     );
     // Every acknowledged Open is one claim, and nothing else was claimed.
-    let claims: i64 = stack
-        .cell(&stack.cell_of(&envelope.id))
-        .orders
-        .connect()
-        .await
-        .unwrap()
-        .query_one(
-            "SELECT count(*) FROM claims WHERE envelope_id = $1",
-            &[&envelope.id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let claims: i64 = envelope_value(
+        &stack,
+        &envelope.id,
+        "SELECT count(*) FROM claims WHERE envelope_id = $1",
+    )
+    .await;
     assert_eq!(claims, opened, "one claim per acknowledged Open");
     stack.check_money().await;
 }
@@ -1219,23 +1195,37 @@ fn start_router_process() -> Process {
     start_router_process_with(&[])
 }
 
+/// A directory with the bundled topology and the binary tests' key.
+fn router_files() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cells.yaml"), BUNDLED_TOPOLOGY).unwrap();
+    std::fs::write(dir.path().join("hs.key"), BINARY_KEY).unwrap();
+    dir
+}
+
+/// The `router` binary with the required flags, on the files of
+/// [`router_files`], listening on `listen`.
+fn router_command(dir: &tempfile::TempDir, listen: &str) -> Command {
+    let topology = dir.path().join("cells.yaml");
+    let key = dir.path().join("hs.key");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_router"));
+    command
+        .args(["--topology", topology.to_str().unwrap()])
+        .args(["--listen", listen])
+        .args(["--region", "north"])
+        .args(["--jwt-hs256-key-file", key.to_str().unwrap()])
+        .args(["--internal-token", "router-internal-token-0123456789"]);
+    command
+}
+
 /// [`start_router_process`] with `extra` flags after the test's own.
 fn start_router_process_with(extra: &[&str]) -> Process {
-    let dir = tempfile::tempdir().unwrap();
-    let topology = dir.path().join("cells.yaml");
-    std::fs::write(&topology, BUNDLED_TOPOLOGY).unwrap();
-    let key = dir.path().join("hs.key");
-    std::fs::write(&key, BINARY_KEY).unwrap();
+    let dir = router_files();
     let address = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_router"))
-        .args(["--topology", topology.to_str().unwrap()])
-        .args(["--listen", &address.to_string()])
-        .args(["--region", "north"])
-        .args(["--jwt-hs256-key-file", key.to_str().unwrap()])
-        .args(["--internal-token", "router-internal-token-0123456789"])
+    let child = router_command(&dir, &address.to_string())
         .args(["--max-connections", &MAX_CONNECTIONS.to_string()])
         .args(["--handshake-timeout-ms", &HANDSHAKE_MS.to_string()])
         .args(["--max-in-flight", &MAX_IN_FLIGHT.to_string()])
@@ -1374,13 +1364,7 @@ async fn slow_loris_and_floods_leave_the_router_process_bounded() {
 
     // Floods: 2,000 History calls from 100 users (20 each, against a burst
     // of 5) over 8 connections, all at once.
-    let channels: Vec<Channel> = (0..8)
-        .map(|_| {
-            Channel::from_shared(format!("http://{address}"))
-                .unwrap()
-                .connect_lazy()
-        })
-        .collect();
+    let channels: Vec<Channel> = (0..8).map(|_| channel_to(address)).collect();
     let channels = Arc::new(channels);
     let calls: Vec<_> = (0..2_000)
         .map(|n| {
@@ -1457,11 +1441,7 @@ async fn slow_loris_and_floods_leave_the_router_process_bounded() {
 /// flag, and so is a request timeout shorter than the cell timeout.
 #[test]
 fn the_guards_flags_are_validated_naming_the_flag() {
-    let dir = tempfile::tempdir().unwrap();
-    let topology = dir.path().join("cells.yaml");
-    std::fs::write(&topology, BUNDLED_TOPOLOGY).unwrap();
-    let key = dir.path().join("hs.key");
-    std::fs::write(&key, BINARY_KEY).unwrap();
+    let dir = router_files();
     // Taken, so a router that got past validation would fail to bind (exit
     // 1) rather than serve.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1504,12 +1484,7 @@ fn the_guards_flags_are_validated_naming_the_flag() {
         ),
     ];
     for (variable, value, expected) in cases {
-        let output = Command::new(env!("CARGO_BIN_EXE_router"))
-            .args(["--topology", topology.to_str().unwrap()])
-            .args(["--listen", &listen])
-            .args(["--region", "north"])
-            .args(["--jwt-hs256-key-file", key.to_str().unwrap()])
-            .args(["--internal-token", "router-internal-token-0123456789"])
+        let output = router_command(&dir, &listen)
             .env(variable, value)
             .output()
             .unwrap();

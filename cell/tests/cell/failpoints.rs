@@ -130,6 +130,18 @@ impl Crash {
         (crash, id)
     }
 
+    /// [`Crash::with_envelope`], then bob's Open of it, in flight when the
+    /// server is killed at `point` and restarted.
+    pub async fn open_killed_at(point: &str) -> (Crash, String) {
+        let (mut crash, id) = Crash::with_envelope(point, &[]).await;
+        let mut client = crash.client("bob");
+        let request = open(&id);
+        crash
+            .kill_in_flight(point, "Open", async move { client.open(request).await })
+            .await;
+        (crash, id)
+    }
+
     /// Runs `call` until the server sits at `point`, SIGKILLs and restarts it,
     /// and checks the client was refused (`what` names the call in the log).
     pub async fn kill_in_flight<T: Send + std::fmt::Debug + 'static>(
@@ -274,12 +286,7 @@ async fn send_killed_after_the_debit_activates_once_and_charges_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_killed_before_the_commit_writes_nothing_and_the_retry_takes_one_share() {
     const POINT: &str = "lane::before_commit";
-    let (mut crash, id) = Crash::with_envelope(POINT, &[]).await;
-    let mut client = crash.client("bob");
-    let request = open(&id);
-    crash
-        .kill_in_flight(POINT, "Open", async move { client.open(request).await })
-        .await;
+    let (mut crash, id) = Crash::open_killed_at(POINT).await;
     assert!(
         crash.stack.claims(&id).await.is_empty(),
         "nothing committed"
@@ -307,12 +314,7 @@ async fn open_killed_before_the_commit_writes_nothing_and_the_retry_takes_one_sh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_killed_after_the_commit_answers_the_stored_share_on_retry() {
     const POINT: &str = "lane::after_commit";
-    let (mut crash, id) = Crash::with_envelope(POINT, &[]).await;
-    let mut client = crash.client("bob");
-    let request = open(&id);
-    crash
-        .kill_in_flight(POINT, "Open", async move { client.open(request).await })
-        .await;
+    let (mut crash, id) = Crash::open_killed_at(POINT).await;
     let stored = crash.stack.claims(&id).await;
     assert_eq!(stored.len(), 1, "the commit happened: {stored:?}");
     let (user, amount) = stored[0].clone();

@@ -7,10 +7,7 @@
 
 use redcell_proto::v1::{self as pb};
 
-use crate::{
-    failpoints::{Crash, sent},
-    stack,
-};
+use crate::{failpoints::Crash, process::send_via, stack};
 
 const AHEAD: &str = "600";
 const BEHIND: &str = "-600";
@@ -27,8 +24,8 @@ async fn a_fast_clock_neither_refunds_early_nor_refuses_a_fresh_envelope() {
     )
     .await;
     let channel = cell.channel.clone();
-    let fresh = sent(&mut cell.stack, &channel, "alice", 10_000).await;
-    let due = sent(&mut cell.stack, &channel, "dave", 4_000).await;
+    let fresh = send_via(&mut cell.stack, &channel, "alice", 10_000, 5).await;
+    let due = send_via(&mut cell.stack, &channel, "dave", 4_000, 5).await;
     // `due` is past its time by the DB's clock: the worker, which does run
     // on this server, expires it; once it did, it has looked at `fresh` too.
     let client = cell.stack.orders.connect().await.unwrap();
@@ -80,7 +77,7 @@ async fn a_slow_clock_takes_no_share_after_the_refund() {
     )
     .await;
     let channel = cell.channel.clone();
-    let id = sent(&mut cell.stack, &channel, "alice", 10_000).await;
+    let id = send_via(&mut cell.stack, &channel, "alice", 10_000, 5).await;
     let share = stack::open_retrying(&mut cell.client("bob"), &id).await;
     assert_eq!(share.status(), pb::ShareStatus::Available);
     cell.wait_status(&id, 4).await;
@@ -124,8 +121,8 @@ async fn recovery_counts_its_grace_by_the_db_clock() {
         )
         .await;
         let channel = cell.channel.clone();
-        let fresh = sent(&mut cell.stack, &channel, "alice", 10_000).await;
-        let stuck = sent(&mut cell.stack, &channel, "dave", 4_000).await;
+        let fresh = send_via(&mut cell.stack, &channel, "alice", 10_000, 5).await;
+        let stuck = send_via(&mut cell.stack, &channel, "dave", 4_000, 5).await;
         let client = cell.stack.orders.connect().await.unwrap();
         for (id, age) in [(&fresh, 0.0_f64), (&stuck, 400.0)] {
             client

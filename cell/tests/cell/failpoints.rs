@@ -16,7 +16,7 @@ use redcell_proto::v1::{self as pb};
 use tonic::transport::Channel;
 
 use crate::{
-    process::{CellProcess, TempFile, cell_args, free_port, wait_serving},
+    process::{CellProcess, TempFile, cell_args, free_port, send_request, send_via, wait_serving},
     stack::{self, Stack, StackBuilder},
 };
 
@@ -126,7 +126,7 @@ impl Crash {
     pub async fn with_envelope(point: &str, extra: &[(&str, &str)]) -> (Crash, String) {
         let mut crash = Crash::start(point, extra).await;
         let channel = crash.channel.clone();
-        let id = sent(&mut crash.stack, &channel, "alice", 10_000).await;
+        let id = send_via(&mut crash.stack, &channel, "alice", 10_000, 5).await;
         (crash, id)
     }
 
@@ -188,31 +188,6 @@ pub(crate) fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) {
         Some(at) => args[at + 1] = value.to_owned(),
         None => args.extend([flag.to_owned(), value.to_owned()]),
     }
-}
-
-pub(crate) fn send_request(key: &str, total: i64, count: u32) -> pb::SendRequest {
-    pb::SendRequest {
-        total_cents: total,
-        count,
-        kind: pb::EnvelopeKind::Lucky.into(),
-        greeting: "恭喜发财".into(),
-        recipients: Vec::new(),
-        idempotency_key: key.to_owned(),
-    }
-}
-
-/// A funded sender's envelope, sent and acknowledged ACTIVE.
-pub(crate) async fn sent(stack: &mut Stack, channel: &Channel, sender: &str, total: i64) -> String {
-    stack.fund(sender, total).await;
-    let envelope = Stack::client_on(channel, sender)
-        .send(send_request(&format!("key-{sender}"), total, 5))
-        .await
-        .unwrap()
-        .into_inner()
-        .envelope
-        .unwrap();
-    assert_eq!(envelope.status(), pb::EnvelopeStatus::Active);
-    envelope.id
 }
 
 fn open(envelope: &str) -> pb::OpenRequest {

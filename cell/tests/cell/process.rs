@@ -208,8 +208,21 @@ fn retryable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::ResourceExhausted)
 }
 
-/// Funds `sender` and sends a LUCKY envelope through `channel`; its id.
-async fn send_via(
+/// A LUCKY Send of `total` cents in `count` shares under idempotency key `key`.
+pub(crate) fn send_request(key: &str, total: i64, count: u32) -> pb::SendRequest {
+    pb::SendRequest {
+        total_cents: total,
+        count,
+        kind: pb::EnvelopeKind::Lucky.into(),
+        greeting: "恭喜发财".into(),
+        recipients: Vec::new(),
+        idempotency_key: key.to_owned(),
+    }
+}
+
+/// Funds `sender` and sends a LUCKY envelope through `channel` (key
+/// `key-SENDER`), acknowledged ACTIVE; its id.
+pub(crate) async fn send_via(
     stack: &mut Stack,
     channel: &Channel,
     sender: &str,
@@ -218,14 +231,7 @@ async fn send_via(
 ) -> String {
     stack.fund(sender, total).await;
     let envelope = Stack::client_on(channel, sender)
-        .send(pb::SendRequest {
-            total_cents: total,
-            count,
-            kind: pb::EnvelopeKind::Lucky.into(),
-            greeting: "恭喜发财".into(),
-            recipients: Vec::new(),
-            idempotency_key: format!("key-{sender}"),
-        })
+        .send(send_request(&format!("key-{sender}"), total, count))
         .await
         .unwrap()
         .into_inner()

@@ -17,7 +17,7 @@ use std::{
 
 use prometheus::{HistogramVec, IntCounterVec, IntGauge};
 use redcell_lifecycle::{
-    metrics::{LATENCY_BUCKETS, Metrics},
+    metrics::{LATENCY_BUCKETS, Metrics, TopologyMetrics},
     rpc::RpcMetrics,
 };
 
@@ -51,12 +51,8 @@ pub struct CellMetrics {
     pub(crate) worker_pass_duration: HistogramVec,
     pub(crate) ledger_call: HistogramVec,
     pub(crate) ledger_errors: IntCounterVec,
-    pub(crate) topology_version: IntGauge,
-    topology_reloads: IntCounterVec,
-    /// The handle's own counts at the last sample (the counter moves by the
-    /// difference).
-    reloads_seen: AtomicU64,
-    refused_seen: AtomicU64,
+    /// The topology in force and its rereads.
+    pub(crate) topology: TopologyMetrics,
 }
 
 impl Default for CellMetrics {
@@ -161,17 +157,7 @@ impl CellMetrics {
                 "Calls to the payment system that failed, by operation",
                 &["op"],
             ),
-            topology_version: m.gauge(
-                "redcell_cell_topology_version",
-                "Version of the topology this server serves",
-            ),
-            topology_reloads: m.counter_vec(
-                "redcell_cell_topology_reloads_total",
-                "Topology file rereads that changed it, by result (ok: swapped in; refused: invalid, old one kept)",
-                &["result"],
-            ),
-            reloads_seen: AtomicU64::new(0),
-            refused_seen: AtomicU64::new(0),
+            topology: TopologyMetrics::new(m, "cell"),
             registry,
         }
     }
@@ -209,21 +195,6 @@ impl CellMetrics {
             .observe(took.as_secs_f64());
         if result.is_err() {
             self.ledger_errors.with_label_values(&[op]).inc();
-        }
-    }
-}
-
-impl CellMetrics {
-    /// Moves the reload counters up to the topology handle's own counts.
-    pub(crate) fn observe_reloads(&self, reloads: u64, refused: u64) {
-        for (result, now, seen) in [
-            ("ok", reloads, &self.reloads_seen),
-            ("refused", refused, &self.refused_seen),
-        ] {
-            let before = seen.swap(now, Ordering::Relaxed);
-            self.topology_reloads
-                .with_label_values(&[result])
-                .inc_by(now.saturating_sub(before));
         }
     }
 }

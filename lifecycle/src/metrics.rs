@@ -238,3 +238,52 @@ mod tests {
         }
     }
 }
+
+/// The topology a server serves, as the fleet view shows it: the version of
+/// cells.yaml in force, and rereads of the file by result. Cells and routers
+/// both export it, under their own prefix.
+#[derive(Debug)]
+pub struct TopologyMetrics {
+    version: IntGauge,
+    reloads: prometheus::IntCounterVec,
+    /// The handle's counts already added to `reloads` (the handle counts on
+    /// its own; a sample adds what is new since the last one).
+    seen_ok: std::sync::atomic::AtomicU64,
+    seen_refused: std::sync::atomic::AtomicU64,
+}
+
+impl TopologyMetrics {
+    /// Registers `redcell_<component>_topology_version` and
+    /// `redcell_<component>_topology_reloads_total{result}`.
+    pub fn new(metrics: &Metrics, component: &str) -> TopologyMetrics {
+        TopologyMetrics {
+            version: metrics.gauge(
+                &format!("redcell_{component}_topology_version"),
+                &format!("Version of the topology this {component} serves"),
+            ),
+            reloads: metrics.counter_vec(
+                &format!("redcell_{component}_topology_reloads_total"),
+                "Topology file rereads that changed it, by result (ok: swapped in; refused: invalid, old one kept)",
+                &["result"],
+            ),
+            seen_ok: Default::default(),
+            seen_refused: Default::default(),
+        }
+    }
+
+    /// Brings the gauge and the counters up to `handle`'s topology and counts.
+    pub fn observe(&self, handle: &crate::TopologyHandle) {
+        use std::sync::atomic::Ordering;
+        self.version
+            .set(i64::from(handle.load().document().version));
+        for (result, now, seen) in [
+            ("ok", handle.reloads(), &self.seen_ok),
+            ("refused", handle.refused(), &self.seen_refused),
+        ] {
+            let before = seen.swap(now, Ordering::Relaxed);
+            self.reloads
+                .with_label_values(&[result])
+                .inc_by(now.saturating_sub(before));
+        }
+    }
+}

@@ -7,17 +7,11 @@
 //! address, a region, a gRPC method and code, an attempt's outcome. Never a
 //! user or an envelope.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
 use redcell_lifecycle::{
-    metrics::{LATENCY_BUCKETS, Metrics},
+    metrics::{LATENCY_BUCKETS, Metrics, TopologyMetrics},
     rpc::RpcMetrics,
 };
 use redcell_topology::{CellStatus, RegionDigit, Topology};
@@ -38,10 +32,7 @@ pub struct RouterMetrics {
     cell_in_mint_pool: IntGaugeVec,
     mint_pool_cells: IntGaugeVec,
     mint_pool_suffixes: IntGaugeVec,
-    topology_version: IntGauge,
-    topology_reloads: IntCounterVec,
-    reloads_seen: AtomicU64,
-    refused_seen: AtomicU64,
+    topology: TopologyMetrics,
 }
 
 impl Default for RouterMetrics {
@@ -102,17 +93,7 @@ impl RouterMetrics {
                 "Suffixes new envelopes of a sender region may get, as this router sees the cells' health",
                 &["pool_region"],
             ),
-            topology_version: m.gauge(
-                "redcell_router_topology_version",
-                "Version of the topology this router serves",
-            ),
-            topology_reloads: m.counter_vec(
-                "redcell_router_topology_reloads_total",
-                "Topology file rereads that changed it, by result (ok: swapped in; refused: invalid, old one kept)",
-                &["result"],
-            ),
-            reloads_seen: AtomicU64::new(0),
-            refused_seen: AtomicU64::new(0),
+            topology: TopologyMetrics::new(m, "router"),
             registry,
         }
     }
@@ -176,17 +157,7 @@ impl RouterMetrics {
                 .with_label_values(&[region.as_str()])
                 .set(i64::from(suffixes));
         }
-        self.topology_version
-            .set(i64::from(topology.document().version));
-        for (result, now, seen) in [
-            ("ok", handle.reloads(), &self.reloads_seen),
-            ("refused", handle.refused(), &self.refused_seen),
-        ] {
-            let before = seen.swap(now, Ordering::Relaxed);
-            self.topology_reloads
-                .with_label_values(&[result])
-                .inc_by(now.saturating_sub(before));
-        }
+        self.topology.observe(handle);
     }
 }
 

@@ -27,11 +27,7 @@ pub async fn sample<P: Payments>(context: &Arc<CellContext<P>>) -> Result<usize,
     metrics.db_pool_connections.set(gauge(status.size));
     metrics.db_pool_idle.set(gauge(status.available));
     metrics.db_pool_waiting.set(gauge(status.waiting));
-    let topology = context.topology.load();
-    metrics
-        .topology_version
-        .set(i64::from(topology.document().version));
-    metrics.observe_reloads(context.topology.reloads(), context.topology.refused());
+    metrics.topology.observe(&context.topology);
 
     let client = context
         .pool

@@ -790,6 +790,18 @@ async fn configuration_errors_exit_78_before_binding() {
             args(&missing, "n1", ledger, &[]),
             format!("cell: --topology: cannot read {}: ", missing.display()),
         ),
+        // The merged committer needs connections left for the lanes' loads.
+        (
+            "--merge-in-flight not below --db-pool",
+            args(good.path(), "n1", ledger, &["--merge-in-flight", "16"]),
+            "cell: --merge-in-flight: must be below --db-pool (16) so lanes can still load envelopes, got 16\n"
+                .to_owned(),
+        ),
+        (
+            "--max-message-bytes 0",
+            args(good.path(), "n1", ledger, &["--max-message-bytes", "0"]),
+            "cell: --max-message-bytes: must be at least 1\n".to_owned(),
+        ),
         // Limits the arithmetic cannot carry: a count above the i32 columns,
         // a total whose double overflows i64.
         (
@@ -828,6 +840,12 @@ async fn configuration_errors_exit_78_before_binding() {
             &[("REDCELL_MAX_COUNT", "4294967295")][..],
             "cell: --max-count: must be at most 2147483647 (shares are counted in 32-bit columns), got 4294967295\n"
                 .to_owned(),
+        ),
+        (
+            "REDCELL_MERGE_IN_FLIGHT=0",
+            args(good.path(), "n1", ledger, &[]),
+            &[("REDCELL_MERGE_IN_FLIGHT", "0")][..],
+            "cell: --merge-in-flight: must be at least 1\n".to_owned(),
         ),
         (
             "REDCELL_WORKER_INTERVAL_MS=0",
